@@ -1,0 +1,41 @@
+"""Gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (what `make run` starts).
+
+Every value comes from the environment (and `.env`), with defaults chosen by measurement;
+see README "Capacity". The settings are validated here, in the master, so a bad value stops
+startup with one sentence before any worker boots.
+"""
+import os
+import sys
+
+from dotenv import load_dotenv
+
+load_dotenv(os.environ.get("DOTENV_PATH", ".env"))
+
+from kimi_backend.config import ConfigError, load_settings  # noqa: E402  (after .env is loaded)
+
+try:
+    _settings = load_settings(os.environ)
+except ConfigError as exc:
+    print(f"kimi-backend: configuration error: {exc}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_settings.port}"
+# Not `sync`: it kills any response that outlives `timeout`, and so every long stream.
+worker_class = os.environ.get("WORKER_CLASS", "gevent")
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+backlog = 2048
+timeout = 60
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "30"))
+keepalive = 5
+errorlog = "-"
+loglevel = _settings.log_level
+accesslog = None
+
+if workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
+    # In-memory counters live in one process: N workers would let N x the limit through.
+    print("kimi-backend: configuration error: WEB_CONCURRENCY is "
+          f"{workers} but RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
+          "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker.", file=sys.stderr, flush=True)
+    sys.exit(1)

@@ -1,0 +1,127 @@
+"""Kimi Backend: a small, safe HTTP API between web frontends and Moonshot AI's Kimi chat API."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask, g, request, send_from_directory
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import Settings, load_settings, read_environment
+from .errors import register_error_handlers
+from .extensions import add_rate_limit_headers, cors, limiter
+from .moonshot.client import MoonshotClient
+from .service import KimiService
+
+__version__ = "1.0.0"
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+ALLOWED_HEADERS = ["Content-Type", "x-api-key", "Authorization", "X-Request-ID"]
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Builds the app: settings → logging → upstream → request ids → extensions → errors → routes.
+
+    `test_config` overrides environment variables by name (same names, same parsing).
+    """
+    settings = load_settings(read_environment(os.environ, os.environ.get("DOTENV_PATH", ".env")), test_config)
+    app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    configure_app(app, settings)
+    configure_logging(settings)
+    connect_upstream(app, settings)
+    register_request_hooks(app)
+    register_extensions(app, settings)
+    register_error_handlers(app)
+    register_blueprints(app)
+    return app
+
+
+def configure_app(app: Flask, settings: Settings) -> None:
+    """Puts the settings where Flask and the extensions read them."""
+    app.config.update(
+        SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_RATE_LIMIT=settings.rate_limit,
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI=settings.rate_limit_storage_uri,
+        RATELIMIT_STRATEGY="fixed-window",
+        RATELIMIT_HEADERS_ENABLED=False,
+        RATELIMIT_KEY_PREFIX="kimi",
+    )
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+    if settings.trusted_proxy_count:
+        n = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+
+
+def configure_logging(settings: Settings) -> None:
+    """Sets the service's log level; handlers come from gunicorn or the dev server."""
+    logger = logging.getLogger("kimi_backend")
+    logger.setLevel(settings.log_level.upper())
+    if not logging.getLogger().handlers and not logger.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def connect_upstream(app: Flask, settings: Settings) -> None:
+    """Creates the Moonshot client; offline, it points at an in-process simulator over
+    loopback, so offline and live share every line of the client code path."""
+    base_url = settings.base_url
+    if settings.offline:
+        from .moonshot.simulator import start_in_thread
+        server = start_in_thread(api_key=settings.api_key)
+        app.extensions["simulator"] = server
+        base_url = server.base_url
+    client = MoonshotClient(
+        base_url, settings.api_key,
+        connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s,
+        max_retries=settings.max_retries, retry_backoff_s=settings.retry_backoff_s,
+        retry_max_wait_s=settings.retry_max_wait_s, pool_size=settings.pool_size, proxy=settings.upstream_proxy)
+    app.extensions["kimi_service"] = KimiService(settings, client)
+
+
+def register_extensions(app: Flask, settings: Settings) -> None:
+    """Binds the limiter and CORS to this app."""
+    limiter.init_app(app)
+    app.after_request(add_rate_limit_headers)
+    if settings.allowed_origins is not None:
+        origins = list(settings.allowed_origins)
+    else:
+        # Unset: any origin while developing, none in production.
+        origins = [] if settings.production else ["*"]
+    cors.init_app(app, resources={r"/api/*": {"origins": origins}, r"/health*": {"origins": origins}},
+                  allow_headers=ALLOWED_HEADERS, expose_headers=EXPOSED_HEADERS, max_age=600)
+
+
+def register_request_hooks(app: Flask) -> None:
+    """Gives every request an id (a sane incoming `X-Request-ID` is kept) and echoes it."""
+
+    @app.before_request
+    def assign_request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response):
+        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+        return response
+
+
+def register_blueprints(app: Flask) -> None:
+    """Mounts the routes and the test page."""
+    from .api import chat, health
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(health.info_bp)
+    app.register_blueprint(chat.bp)
+
+    @app.get("/")
+    def index():
+        """The test page."""
+        return send_from_directory(STATIC_DIR, "index.html")

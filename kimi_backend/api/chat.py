@@ -1,0 +1,51 @@
+"""`/api/chat/*`: the original service's chat routes (single turn, history, stream, models)."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..auth import require_client_key
+from ..extensions import api_rate_limit
+from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, parse
+from ..service import get_service
+
+bp = Blueprint("chat", __name__, url_prefix="/api/chat")
+bp.before_request(require_client_key)
+api_rate_limit(bp)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@bp.post("/completion")
+def completion():
+    """One user message (and an optional system prompt) in, one reply out."""
+    body = parse(CompletionRequest, request.get_data())
+    messages = [{"role": "system", "content": body.system}] if body.system else []
+    messages.append({"role": "user", "content": body.message})
+    return jsonify(success=True, data=get_service().complete(messages, body))
+
+
+@bp.post("/history")
+def history():
+    """A whole conversation in, the next reply out."""
+    body = parse(HistoryRequest, request.get_data())
+    messages = [message.model_dump() for message in body.messages]
+    return jsonify(success=True, data=get_service().complete(messages, body))
+
+
+@bp.post("/stream")
+def stream():
+    """The reply as server-sent events, each flushed as the upstream sends it."""
+    body = parse(StreamRequest, request.get_data())
+    if isinstance(body.messages, str):
+        messages = [{"role": "user", "content": body.messages}]
+    else:
+        messages = [message.model_dump() for message in body.messages]
+    events = get_service().stream(messages, body)
+    return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+@bp.get("/models")
+def models():
+    """The models this service can use."""
+    data, source = get_service().models()
+    return jsonify(success=True, data=data, source=source)

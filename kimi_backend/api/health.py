@@ -1,0 +1,54 @@
+"""`/health` (liveness) and `/api/info` (what this service offers)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, jsonify
+
+from .. import __version__
+from ..extensions import api_rate_limit
+from ..service import get_service
+
+bp = Blueprint("health", __name__)
+info_bp = Blueprint("info", __name__, url_prefix="/api")
+api_rate_limit(info_bp)
+
+ENDPOINTS = [
+    {"method": "GET", "path": "/health", "description": "Liveness check"},
+    {"method": "GET", "path": "/api/info", "description": "This document: endpoints, models, auth and limits"},
+    {"method": "POST", "path": "/api/chat/completion", "description": "Single-turn chat: {message, model?, system?}"},
+    {"method": "POST", "path": "/api/chat/history", "description": "Multi-turn chat: {messages: [{role, content}], model?}"},
+    {"method": "POST", "path": "/api/chat/stream", "description": "Streamed chat (server-sent events): {messages: text | [...], model?}"},
+    {"method": "GET", "path": "/api/chat/models", "description": "Available models"},
+]
+
+
+def upstream_mode() -> str:
+    """"offline" on the built-in simulator, "live" against Moonshot."""
+    return "offline" if current_app.config["SETTINGS"].offline else "live"
+
+
+@bp.get("/health")
+def health():
+    """Cheap liveness: the process answers."""
+    return jsonify(success=True, message="Kimi API Backend is running",
+                   timestamp=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                   version=__version__, upstream=upstream_mode())
+
+
+@info_bp.get("/info")
+def info():
+    """What this service offers, for a frontend to discover."""
+    settings = current_app.config["SETTINGS"]
+    models, _ = get_service().models()
+    return jsonify(success=True, data={
+        "name": "Kimi API Backend",
+        "version": __version__,
+        "description": "A safe backend between web frontends and Moonshot AI's Kimi chat API.",
+        "endpoints": ENDPOINTS,
+        "models": [model["id"] for model in models],
+        "defaultModel": settings.default_model,
+        "auth": {"required": settings.require_api_key, "headers": ["x-api-key", "Authorization: Bearer <key>"]},
+        "rateLimit": {"windowMs": settings.rate_limit_window_ms, "maxRequests": settings.rate_limit_max_requests},
+        "upstream": {"mode": upstream_mode()},
+    })

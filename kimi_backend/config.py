@@ -1,0 +1,248 @@
+"""The service's settings: defaults, the environment variable names (the original Node
+service's and ours), parsing and validation.
+
+Settings are built once, in `create_app`, in a fixed order: defaults → `.env` → process
+environment → the test's overrides. A bad value raises `ConfigError` with one sentence
+naming the variable, and startup stops there.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from dotenv import dotenv_values
+
+ENVIRONMENTS = ("development", "production")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+OFFLINE_API_KEY = "sk-offline-simulator"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _text(name: str, raw: Any) -> str:
+    return str(raw).strip()
+
+
+def _bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}.")
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
+    def parse(name: str, raw: Any) -> int:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise ConfigError(f"{name} must be {bound}, got {value}.")
+        return value
+    return parse
+
+
+def _seconds(name: str, raw: Any) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}.")
+    return value
+
+
+def _list(name: str, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, (list, tuple)):
+        items = raw
+    else:
+        items = re.split(r"[,\n]", str(raw))
+    return tuple(item.strip() for item in items if str(item).strip())
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def parse(name: str, raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}.")
+        return value
+    return parse
+
+
+def _url(name: str, raw: Any) -> str:
+    value = str(raw).strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}.")
+    return value
+
+
+def _secret_file(name: str, raw: Any) -> str:
+    """Reads a secret from a file (systemd credentials, Docker secrets)."""
+    path = str(raw).strip()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name} points to {path!r}, which cannot be read ({exc.strerror}).") from None
+
+
+def worker_concurrency(environ: Mapping[str, str]) -> int:
+    """How many requests one gunicorn worker serves at once, from the same variables
+    gunicorn.conf.py reads, so the upstream connection pool can match it."""
+    worker_class = environ.get("WORKER_CLASS", "gevent").strip()
+    if worker_class == "gevent":
+        return _int(1)("WORKER_CONNECTIONS", environ.get("WORKER_CONNECTIONS", "2000"))
+    return _int(1)("GUNICORN_THREADS", environ.get("GUNICORN_THREADS", "32"))
+
+
+# variable name -> (default, parser). `None` as default means "unset".
+VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
+    # The original Node service's names.
+    "KIMI_API_KEY": (None, _text),
+    "KIMI_BASE_URL": ("https://api.moonshot.cn/v1", _url),
+    "PORT": ("3000", _int(1, 65535)),
+    "NODE_ENV": ("development", _choice(ENVIRONMENTS)),
+    "APP_ENV": (None, _choice(ENVIRONMENTS)),
+    "RATE_LIMIT_WINDOW_MS": ("900000", _int(1)),
+    "RATE_LIMIT_MAX_REQUESTS": ("100", _int(1)),
+    "REQUIRE_API_KEY": ("false", _bool),
+    "VALID_API_KEYS": ("", _list),
+    "ALLOWED_ORIGINS": (None, _list),
+    # Ours.
+    "KIMI_API_KEY_FILE": (None, _secret_file),
+    "VALID_API_KEYS_FILE": (None, _secret_file),
+    "KIMI_OFFLINE": ("0", _bool),
+    "RATE_LIMIT_STORAGE_URI": ("memory://", _text),
+    "TRUSTED_PROXY_COUNT": ("0", _int(0, 10)),
+    "DEFAULT_MODEL": ("moonshot-v1-8k", _text),
+    "ALLOWED_MODELS": ("", _list),
+    "UPSTREAM_CONNECT_TIMEOUT_S": ("5", _seconds),
+    "UPSTREAM_READ_TIMEOUT_S": ("120", _seconds),
+    "UPSTREAM_MAX_RETRIES": ("2", _int(0, 10)),
+    "UPSTREAM_RETRY_BACKOFF_S": ("0.5", _seconds),
+    "UPSTREAM_RETRY_MAX_WAIT_S": ("10", _seconds),
+    "UPSTREAM_POOL_SIZE": (None, _int(1)),
+    "UPSTREAM_PROXY": (None, _url),
+    "MODELS_CACHE_TTL_S": ("300", _seconds),
+    "SSE_KEEPALIVE_S": ("15", _seconds),
+    "MAX_BODY_BYTES": ("1048576", _int(1024)),
+    "LOG_LEVEL": ("info", _choice(LOG_LEVELS)),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the service reads, typed and validated."""
+
+    env: str
+    port: int
+    api_key: str = field(repr=False)
+    base_url: str
+    offline: bool
+    rate_limit_window_ms: int
+    rate_limit_max_requests: int
+    rate_limit_storage_uri: str
+    require_api_key: bool
+    valid_api_keys: tuple[str, ...] = field(repr=False)
+    allowed_origins: tuple[str, ...] | None
+    trusted_proxy_count: int
+    default_model: str
+    allowed_models: tuple[str, ...]
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_retries: int
+    retry_backoff_s: float
+    retry_max_wait_s: float
+    pool_size: int
+    upstream_proxy: str | None
+    models_cache_ttl_s: float
+    sse_keepalive_s: float
+    max_body_bytes: int
+    log_level: str
+
+    @property
+    def production(self) -> bool:
+        """True when running with production defaults and checks."""
+        return self.env == "production"
+
+    @property
+    def rate_limit(self) -> str:
+        """The limit in flask-limiter's notation; windows are whole seconds, rounded up."""
+        seconds = max(1, math.ceil(self.rate_limit_window_ms / 1000))
+        return f"{self.rate_limit_max_requests} per {seconds} second"
+
+
+def read_environment(environ: Mapping[str, str], dotenv_path: str | None) -> dict[str, str]:
+    """Merges `.env` (when present) under the process environment: the environment wins,
+    as with python-dotenv's default."""
+    merged: dict[str, str] = {}
+    if dotenv_path and os.path.isfile(dotenv_path):
+        merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    merged.update(environ)
+    return merged
+
+
+def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Builds and validates the settings from an environment mapping plus overrides."""
+    source = dict(environ)
+    source.update(overrides or {})
+    values: dict[str, Any] = {}
+    for name, (default, parse) in VARIABLES.items():
+        raw = source.get(name)
+        if raw is None or (isinstance(raw, str) and raw.strip() == "" and default is None):
+            raw = default
+        values[name] = None if raw is None else parse(name, raw)
+
+    env = values["APP_ENV"] or values["NODE_ENV"]
+    api_key = values["KIMI_API_KEY"] or values["KIMI_API_KEY_FILE"] or ""
+    offline = values["KIMI_OFFLINE"]
+    if not api_key and not offline:
+        if env == "production":
+            raise ConfigError(
+                "KIMI_API_KEY is not set: production refuses to start without it "
+                "(set KIMI_API_KEY or KIMI_API_KEY_FILE, or KIMI_OFFLINE=1 to run on the offline simulator).")
+        offline = True
+    if offline:
+        api_key = OFFLINE_API_KEY
+
+    client_keys = values["VALID_API_KEYS"] + _list("VALID_API_KEYS_FILE", values["VALID_API_KEYS_FILE"] or "")
+    if values["REQUIRE_API_KEY"] and not client_keys:
+        raise ConfigError("REQUIRE_API_KEY is true but VALID_API_KEYS (or VALID_API_KEYS_FILE) lists no keys.")
+
+    return Settings(
+        env=env,
+        port=values["PORT"],
+        api_key=api_key,
+        base_url=values["KIMI_BASE_URL"],
+        offline=offline,
+        rate_limit_window_ms=values["RATE_LIMIT_WINDOW_MS"],
+        rate_limit_max_requests=values["RATE_LIMIT_MAX_REQUESTS"],
+        rate_limit_storage_uri=values["RATE_LIMIT_STORAGE_URI"],
+        require_api_key=values["REQUIRE_API_KEY"],
+        valid_api_keys=client_keys,
+        allowed_origins=values["ALLOWED_ORIGINS"],
+        trusted_proxy_count=values["TRUSTED_PROXY_COUNT"],
+        default_model=values["DEFAULT_MODEL"],
+        allowed_models=values["ALLOWED_MODELS"],
+        connect_timeout_s=values["UPSTREAM_CONNECT_TIMEOUT_S"],
+        read_timeout_s=values["UPSTREAM_READ_TIMEOUT_S"],
+        max_retries=values["UPSTREAM_MAX_RETRIES"],
+        retry_backoff_s=values["UPSTREAM_RETRY_BACKOFF_S"],
+        retry_max_wait_s=values["UPSTREAM_RETRY_MAX_WAIT_S"],
+        pool_size=values["UPSTREAM_POOL_SIZE"] or worker_concurrency(source),
+        upstream_proxy=values["UPSTREAM_PROXY"],
+        models_cache_ttl_s=values["MODELS_CACHE_TTL_S"],
+        sse_keepalive_s=values["SSE_KEEPALIVE_S"],
+        max_body_bytes=values["MAX_BODY_BYTES"],
+        log_level=values["LOG_LEVEL"],
+    )

@@ -1,0 +1,1 @@
+"""Moonshot AI (Kimi) upstream: HTTP client, SSE parsing and an offline simulator."""

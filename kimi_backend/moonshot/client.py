@@ -1,0 +1,215 @@
+"""The only module that talks to Moonshot: a pooled `requests` session, `(connect, read)`
+timeouts on every call, bounded retries for non-streaming calls, the upstream stream
+reader, and the mapping of Moonshot's errors onto ours."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from typing import Any, Iterator
+
+import requests
+import urllib3
+
+from ..errors import UpstreamError
+from .sse import iter_data_lines
+
+# Moonshot's texts say "please try again after 1 seconds" where no header does.
+_TRY_AGAIN_AFTER = re.compile(r"try again after (\d+(?:\.\d+)?) seconds?")
+_RETRYABLE_TYPES = {"rate_limit_reached_error", "engine_overloaded_error"}
+_AUTH_TYPES = {"invalid_authentication_error", "incorrect_api_key_error", "permission_denied_error"}
+
+
+class StreamBroken(Exception):
+    """The upstream stream failed after our 200 went out; `code` says how."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UpstreamStream:
+    """An open streaming completion whose status was 200; iterate `chunks()`, then `close()`."""
+
+    def __init__(self, response: requests.Response):
+        self._response = response
+
+    def chunks(self) -> Iterator[dict]:
+        """Yields each parsed chunk as it arrives, until `[DONE]`; raises `StreamBroken` on a
+        malformed chunk, a broken connection, a read timeout or an end without `[DONE]`."""
+        raw = self._response.raw
+        try:
+            for data in iter_data_lines(lambda: raw.read1(65536)):
+                if data == b"[DONE]":
+                    return
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise StreamBroken("upstream_malformed", "The upstream sent a malformed stream chunk.") from None
+                if isinstance(chunk, dict) and "error" in chunk:
+                    raise StreamBroken("upstream_error", _error_message(chunk) or "The upstream reported an error mid-stream.")
+                if not isinstance(chunk, dict):
+                    raise StreamBroken("upstream_malformed", "The upstream sent a malformed stream chunk.")
+                yield chunk
+        except urllib3.exceptions.ReadTimeoutError:
+            raise StreamBroken("upstream_timeout", "The upstream stopped sending for longer than the read timeout.") from None
+        except (urllib3.exceptions.HTTPError, OSError):
+            raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
+        raise StreamBroken("upstream_incomplete", "The upstream stream ended before it was complete.")
+
+    def close(self) -> None:
+        """Releases the upstream connection; closing early aborts the upstream request."""
+        self._response.close()
+
+
+class MoonshotClient:
+    """Calls Moonshot's REST API; returns Python values or raises `UpstreamError`."""
+
+    def __init__(self, base_url: str, api_key: str, *, connect_timeout_s: float, read_timeout_s: float,
+                 max_retries: int, retry_backoff_s: float, retry_max_wait_s: float, pool_size: int,
+                 proxy: str | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.max_retries = max_retries
+        self.retry_backoff_s = retry_backoff_s
+        self.retry_max_wait_s = retry_max_wait_s
+        self.session = requests.Session()
+        # Without this, requests consults proxy variables and netrc on every call (about a
+        # quarter of its CPU per request); an outbound proxy is set explicitly instead.
+        self.session.trust_env = False
+        if proxy:
+            self.session.proxies = {"http": proxy, "https": proxy}
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+
+    def chat(self, payload: dict) -> dict:
+        """A non-streaming chat completion, retried on transient failures."""
+        return self._with_retries(lambda: self._request("POST", "/chat/completions", json_body=payload))
+
+    def list_models(self) -> list[dict]:
+        """The models the upstream account can use."""
+        body = self._with_retries(lambda: self._request("GET", "/models"))
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise UpstreamError(502, "upstream_error", "The upstream's model list was not in the expected shape.")
+        return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+    def open_stream(self, payload: dict) -> UpstreamStream:
+        """Starts a streaming completion and checks its status before anything is sent to our
+        client, so a refused request is still a proper status code. Never retried."""
+        response = self._send("POST", "/chat/completions", json_body=dict(payload, stream=True), stream=True)
+        if response.status_code != 200:
+            try:
+                raise _map_error(response)
+            finally:
+                response.close()
+        return UpstreamStream(response)
+
+    def _with_retries(self, call):
+        """Runs `call` with up to `max_retries` retries on retryable failures, with exponential
+        backoff and full jitter, honouring the upstream's Retry-After up to a cap."""
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except UpstreamError as exc:
+                if not exc.retryable or attempt >= self.max_retries:
+                    raise
+                wait = random.uniform(0, self.retry_backoff_s * (2 ** attempt))
+                if exc.retry_after is not None:
+                    if exc.retry_after > self.retry_max_wait_s:
+                        raise
+                    wait = max(wait, exc.retry_after)
+                time.sleep(min(wait, self.retry_max_wait_s))
+                attempt += 1
+
+    def _request(self, method: str, path: str, json_body: dict | None = None) -> Any:
+        response = self._send(method, path, json_body=json_body)
+        with response:
+            if response.status_code != 200:
+                raise _map_error(response)
+            try:
+                return response.json()
+            except ValueError:
+                raise UpstreamError(502, "upstream_error", "The upstream answered with a body that is not JSON.") from None
+
+    def _send(self, method: str, path: str, json_body: dict | None = None, stream: bool = False) -> requests.Response:
+        data = None if json_body is None else json.dumps(json_body, ensure_ascii=False).encode()
+        try:
+            return self.session.request(method, self.base_url + path, data=data, timeout=self.timeout, stream=stream)
+        except requests.exceptions.ConnectTimeout:
+            raise UpstreamError(503, "upstream_unavailable", "The upstream could not be reached (connect timeout).",
+                                retryable=True) from None
+        except requests.exceptions.ReadTimeout:
+            raise UpstreamError(504, "upstream_timeout", "The upstream did not answer within the read timeout.") from None
+        except requests.exceptions.ConnectionError:
+            raise UpstreamError(503, "upstream_unavailable", "The upstream could not be reached (connection refused or reset).",
+                                retryable=True) from None
+        except requests.exceptions.RequestException:
+            raise UpstreamError(502, "upstream_error", "The request to the upstream failed.") from None
+
+
+def _error_message(body: Any) -> str | None:
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    if isinstance(error, str):
+        return error
+    return None
+
+
+def _retry_after(response: requests.Response, message: str | None) -> float | None:
+    header = response.headers.get("Retry-After")
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    match = _TRY_AGAIN_AFTER.search(message or "")
+    return float(match.group(1)) if match else None
+
+
+def _map_error(response: requests.Response) -> UpstreamError:
+    """Maps a non-200 upstream answer to our error, by Moonshot's error `type` first and the
+    HTTP status second. The upstream's own message is passed on only where it is about the
+    request (400s, model not found); auth failures never echo anything about the key."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    status = response.status_code
+    error = body.get("error") if isinstance(body, dict) else None
+    error_type = error.get("type") if isinstance(error, dict) else None
+    message = _error_message(body)
+
+    if error_type == "exceeded_current_quota_error":
+        return UpstreamError(429, "upstream_quota_exceeded",
+                             "The Moonshot account behind this service has no quota or balance left; "
+                             "retrying will not help until its operator tops it up.",
+                             retry_after=_retry_after(response, message) or 60, upstream_type=error_type)
+    if status == 429:
+        retry_after = _retry_after(response, message)
+        code = "upstream_overloaded" if error_type == "engine_overloaded_error" else "upstream_rate_limited"
+        return UpstreamError(429, code, "Moonshot is rate limiting or overloaded; retry after the time in Retry-After.",
+                             retry_after=retry_after if retry_after is not None else 1, upstream_type=error_type,
+                             retryable=error_type in _RETRYABLE_TYPES or error_type is None)
+    if status in (401, 403) or error_type in _AUTH_TYPES:
+        return UpstreamError(502, "upstream_auth_failed",
+                             "The upstream rejected this server's Moonshot API key; the operator must check KIMI_API_KEY.",
+                             upstream_type=error_type)
+    if status == 404 or error_type == "resource_not_found_error":
+        return UpstreamError(400, "model_not_found",
+                             f"The model is not available upstream: {message or 'not found'}.", upstream_type=error_type)
+    if status == 400:
+        code = "content_filter" if error_type == "content_filter" else "upstream_rejected"
+        return UpstreamError(400, code, f"Moonshot rejected the request: {message or 'invalid request'}",
+                             upstream_type=error_type)
+    if status >= 500:
+        return UpstreamError(502, "upstream_error", f"The upstream failed with HTTP {status}.",
+                             retry_after=_retry_after(response, message), upstream_type=error_type, retryable=True)
+    return UpstreamError(502, "upstream_error", f"The upstream answered with unexpected HTTP {status}.",
+                         upstream_type=error_type)

@@ -1,0 +1,679 @@
+"""Offline look-alike of Moonshot AI's Kimi REST API, speaking the real wire format.
+
+One plain WSGI app (no Flask, so it stays cheap per request) serves three uses:
+the service's upstream when no API key is configured (`start_in_thread`), the test
+suite's upstream over loopback, and the benchmarks' upstream as its own gevent process
+(`python -m kimi_backend.moonshot.simulator --port 9100`).
+
+Behaviour is steered per request by `sim:key=value` tokens in the last user message
+(see `DIRECTIVES`), or by a queue of scripted behaviours (`Simulator.script`).
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+OFFLINE_NOTICE = "[offline simulator]"
+
+
+def _model(model_id: str, context_length: int, *, reasoning: bool = False, vision: bool = False) -> dict:
+    """One /v1/models item in the newer shape (with capability fields)."""
+    return {"id": model_id, "object": "model", "created": 1712151494, "owned_by": "moonshot",
+            "context_length": context_length, "supports_image_in": vision, "supports_video_in": vision,
+            "supports_reasoning": reasoning}
+
+
+MODELS = [
+    _model("moonshot-v1-8k", 8192),
+    _model("moonshot-v1-32k", 32768),
+    _model("moonshot-v1-128k", 131072),
+    _model("moonshot-v1-auto", 131072),
+    _model("kimi-latest", 131072, vision=True),
+    _model("kimi-k2-turbo-preview", 262144),
+    _model("kimi-k2-thinking", 262144, reasoning=True),
+    _model("kimi-k2.5", 262144, vision=True),
+    _model("kimi-k2.6", 262144, vision=True),
+]
+_CONTEXT_LENGTH = {m["id"]: m["context_length"] for m in MODELS}
+_ROLES = {"system", "user", "assistant", "tool"}
+_DEFAULT_MAX_TOKENS = 1024  # what Moonshot assumes when max_tokens is omitted
+_HANG_LIMIT_S = 300.0       # Moonshot's own gateway gives up after about 5 minutes (504)
+_MALFORMED_EVENT = b"data: {not json\n\n"
+_DONE_EVENT = b"data: [DONE]\n\n"
+
+
+# ---------------------------------------------------------------- errors
+
+class ApiError(Exception):
+    """A Moonshot-style error reply: HTTP status plus {"error": {"message", "type"}}."""
+
+    def __init__(self, status: int, type_: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.type, self.message, self.retry_after = status, type_, message, retry_after
+
+
+def _invalid(message: str) -> ApiError:
+    """400 invalid_request_error with the given message."""
+    return ApiError(400, "invalid_request_error", message)
+
+
+_DEFAULT_ERROR_TYPE = {400: "invalid_request_error", 401: "invalid_authentication_error",
+                       403: "permission_denied_error", 404: "resource_not_found_error",
+                       429: "rate_limit_reached_error"}
+# Message templates from Moonshot's error tables; {model} and {retry} are filled in.
+_ERROR_MESSAGES = {
+    "invalid_request_error": "Invalid request: simulated error",
+    "invalid_authentication_error": "Invalid Authentication",
+    "incorrect_api_key_error": "Incorrect API key provided",
+    "permission_denied_error": "The API you are accessing is not open",
+    "resource_not_found_error": "Not found the model {model} or Permission denied",
+    "rate_limit_reached_error": ("Your account org-sim<ak-sim> request reached organization max RPM: 3, "
+                                 "please try again after {retry} seconds"),
+    "exceeded_current_quota_error": ("Your account is suspended due to insufficient balance, "
+                                     "please recharge your account or check your plan and billing details"),
+    "engine_overloaded_error": "The engine is currently overloaded, please try again later",
+    "content_filter": "The request was rejected because it was considered high risk",
+    "server_error": "Internal server error, please try again later",
+    "unexpected_output": "invalid state transition",
+}
+
+
+def _seconds(value: float) -> str:
+    """Formats seconds as Moonshot and Retry-After do: "1", or "0.5" when fractional."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# ---------------------------------------------------------------- directives and request parsing
+
+# Directive name -> value kind. Flags (bool) take no value; "_" in text values means a space.
+DIRECTIVES = {
+    "status": int, "type": str, "message": str, "retry_after": float,
+    "delay": float, "hang": bool,
+    "chunks": int, "interval": float, "duration": float, "first_delay": float, "reasoning": int,
+    "break_after": int, "malformed_after": int, "no_done": bool, "top_usage": bool,
+    "reply": str, "repeat": int, "cached": int,
+}
+
+
+@dataclass
+class Behaviour:
+    """What one chat request should do; built from directives or from a script item."""
+    status: int | None = None
+    type: str | None = None
+    message: str | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+    hang: bool = False
+    chunks: int = 8
+    interval: float = 0.0
+    duration: float | None = None
+    first_delay: float = 0.0
+    reasoning: int = 0
+    break_after: int | None = None
+    malformed_after: int | None = None
+    no_done: bool = False
+    top_usage: bool = False
+    reply: str | None = None
+    repeat: int = 1
+    cached: int = 0
+
+
+def parse_directives(text: str) -> dict:
+    """The `sim:key=value` / `sim:flag` tokens in a message, as {key: str or True}."""
+    found = {}
+    for token in text.split():
+        if token.startswith("sim:"):
+            key, has_value, value = token[4:].partition("=")
+            if key in ("message", "reply"):
+                value = value.replace("_", " ")
+            found[key] = value if has_value else True
+    return found
+
+
+def strip_directives(text: str) -> str:
+    """The message without its directive tokens (what the default reply echoes)."""
+    return " ".join(token for token in text.split() if not token.startswith("sim:"))
+
+
+def make_behaviour(settings: dict) -> Behaviour:
+    """Checks and converts directive/script values; raises ValueError naming the bad one."""
+    behaviour = Behaviour()
+    for key, value in settings.items():
+        kind = DIRECTIVES.get(key)
+        if kind is None:
+            raise ValueError(f"unknown simulator directive sim:{key}")
+        if kind is bool:
+            flag = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            setattr(behaviour, key, flag)
+            continue
+        try:
+            if isinstance(value, bool):  # a bare `sim:delay` has no value to convert
+                raise ValueError
+            converted = kind(value)
+            # One bound rejects negatives, NaN and inf (time.sleep(inf) would raise).
+            if kind is not str and not 0 <= converted <= 1_000_000:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"bad value for simulator directive sim:{key}={value}") from None
+        setattr(behaviour, key, converted)
+    if behaviour.status is not None and not 400 <= behaviour.status <= 599:
+        raise ValueError("sim:status must be an HTTP error code (400-599)")
+    if behaviour.chunks < 1 or behaviour.repeat < 1:
+        raise ValueError("sim:chunks and sim:repeat must be at least 1")
+    return behaviour
+
+
+def text_of(content) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def count_tokens(text: str) -> int:
+    """A deterministic stand-in for the tokenizer: about four characters per token."""
+    return max(1, len(text) // 4)
+
+
+def _check_content(position: int, message: dict) -> None:
+    """Rejects empty or malformed content the way Moonshot does."""
+    role, content = message["role"], message.get("content")
+    if role == "assistant" and message.get("tool_calls") and content in (None, ""):
+        return
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _invalid(f"Invalid request: the message at position {position} has a malformed content part")
+            if part["type"] == "text" and not part.get("text"):
+                raise _invalid("Invalid request: text content is empty")
+    elif content is not None and not isinstance(content, str):
+        raise _invalid(f"Invalid request: the message at position {position} has content of an unsupported type")
+    if not content:
+        raise _invalid(f"Invalid request: the message at position {position} with role '{role}' must not be empty")
+
+
+def _check_unit_range(body: dict, name: str) -> None:
+    """temperature and top_p: a number in [0, 1] when present."""
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+        raise _invalid(f"Invalid request: {name} must be a number in [0, 1]")
+
+
+@dataclass
+class ChatRequest:
+    """The parts of a validated chat request the reply depends on."""
+    model: str
+    stream: bool
+    include_usage: bool
+    prompt_tokens: int
+    last_user_text: str
+
+
+def validate_chat(body) -> ChatRequest:
+    """Validates a chat body like Moonshot (400 invalid_request_error, 404 unknown model)."""
+    if not isinstance(body, dict):
+        raise _invalid("Invalid request: the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _invalid("Invalid request: model is required")
+    if model not in _CONTEXT_LENGTH:
+        raise ApiError(404, "resource_not_found_error", f"Not found the model {model} or Permission denied")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("Invalid request: messages must be a non-empty list")
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise _invalid(f"Invalid request: the message at position {position} must have a role "
+                           "of system, user, assistant or tool")
+        _check_content(position, message)
+    _check_unit_range(body, "temperature")
+    _check_unit_range(body, "top_p")
+    n = body.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 5:
+        raise _invalid("Invalid request: n must be an integer between 1 and 5")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is None:
+        max_tokens = _DEFAULT_MAX_TOKENS
+    elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise _invalid("Invalid request: max_tokens must be a positive integer")
+    prompt_tokens = sum(count_tokens(text_of(m.get("content"))) + 3 for m in messages)
+    if prompt_tokens + max_tokens > _CONTEXT_LENGTH[model]:
+        raise _invalid(f"Your request exceeded model token limit : {_CONTEXT_LENGTH[model]}")
+    user_texts = [text_of(m.get("content")) for m in messages if m["role"] == "user"]
+    stream_options = body.get("stream_options")
+    return ChatRequest(
+        model=model, stream=body.get("stream") is True,
+        include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+        prompt_tokens=prompt_tokens, last_user_text=user_texts[-1] if user_texts else "")
+
+
+# ---------------------------------------------------------------- replies
+
+@dataclass
+class Completion:
+    """One generated reply, shared by the JSON and the SSE renderings."""
+    model: str
+    content: str
+    reasoning: list[str]
+    usage: dict
+    id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def make_completion(request: ChatRequest, behaviour: Behaviour) -> Completion:
+    """Builds the reply text, thinking text and deterministic usage for a request."""
+    body = behaviour.reply if behaviour.reply is not None else \
+        "You said: " + strip_directives(request.last_user_text)[:200]
+    content = f"{OFFLINE_NOTICE} " + " ".join([body] * behaviour.repeat)
+    reasoning = [f"Thinking step {i + 1} (offline). " for i in range(behaviour.reasoning)]
+    completion_tokens = count_tokens(content) + (count_tokens("".join(reasoning)) if reasoning else 0)
+    usage = {"prompt_tokens": request.prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": request.prompt_tokens + completion_tokens}
+    if behaviour.cached:  # Moonshot puts cached_tokens at the top level of usage, and only when > 0
+        usage["cached_tokens"] = min(behaviour.cached, request.prompt_tokens)
+    return Completion(request.model, content, reasoning, usage)
+
+
+def completion_json(c: Completion) -> dict:
+    """The non-stream chat.completion object."""
+    message = {"role": "assistant", "content": c.content}
+    if c.reasoning:
+        message["reasoning_content"] = "".join(c.reasoning)
+    return {"id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": c.usage}
+
+
+def split_text(text: str, n: int) -> list[str]:
+    """Splits text into n nearly equal pieces by characters (never inside a code point);
+    fewer pieces when the text is shorter than n."""
+    n = max(1, min(n, len(text)))
+    size, extra = divmod(len(text), n)
+    pieces, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _sse(obj: dict) -> bytes:
+    """One `data: <json>` event."""
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def stream_events(c: Completion, b: Behaviour, include_usage: bool) -> list[tuple[float, bytes | None]]:
+    """Lays out one stream as (pause before it, event bytes) pairs; None marks the connection cut."""
+    # With include_usage Moonshot follows OpenAI: "usage": null on every chunk but the extra one.
+    null_usage = {"usage": None} if include_usage else {}
+
+    def chunk(choices: list, **extra) -> bytes:
+        return _sse({"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
+                     "choices": choices, **extra})
+
+    def delta(d: dict) -> bytes:
+        return chunk([{"index": 0, "delta": d, "finish_reason": None}], **null_usage)
+
+    content = split_text(c.content, b.chunks)
+    pieces = [{"reasoning_content": t} for t in c.reasoning] + [{"content": t} for t in content]
+    gap = b.duration / len(pieces) if b.duration is not None else b.interval
+    # A duration is spread over every piece, the first included; an interval only separates them.
+    first_pause = b.first_delay + (gap if b.duration is not None else 0.0)
+    events = [(0.0, delta({"role": "assistant", "content": ""}))]
+    events += [(first_pause if i == 0 else gap, delta(p)) for i, p in enumerate(pieces)]
+
+    first_content = 1 + len(c.reasoning)  # index of the first content event
+    if b.break_after is not None:
+        events[first_content + min(b.break_after, len(content)):] = [(0.0, None)]
+    else:
+        final = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        if not b.top_usage:
+            final["usage"] = c.usage  # Kimi's own place for stream usage: inside the last choice
+        events.append((0.0, chunk([final], **null_usage)))
+        if include_usage or b.top_usage:
+            events.append((0.0, chunk([], usage=c.usage)))
+        if not b.no_done:
+            events.append((0.0, _DONE_EVENT))
+    if b.malformed_after is not None:
+        at = first_content + min(b.malformed_after, len(content))
+        if at < len(events):  # not past a cut
+            events.insert(at, (0.0, _MALFORMED_EVENT))
+    return events
+
+
+def _cut_connection(environ: dict) -> None:
+    """Drops the client connection mid-response, without the chunked terminator."""
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    # werkzeug treats ConnectionError as "connection dropped" and gevent.pywsgi ignores ECONNRESET;
+    # both then close the socket without writing the final "0\r\n\r\n", so the client sees a truncated body.
+    raise ConnectionResetError(errno.ECONNRESET, "simulated connection break (sim:break_after)")
+
+
+# ---------------------------------------------------------------- the WSGI app
+
+def _zero_stats() -> dict:
+    """Fresh counters."""
+    return {"chat_requests": 0, "stream_requests": 0, "models_requests": 0, "streams_started": 0,
+            "streams_completed": 0, "streams_aborted": 0, "open_streams": 0, "last_request": None}
+
+
+def _request_headers(environ: dict) -> dict:
+    """The request headers by name, with the Authorization value hidden."""
+    headers = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:]
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            name = key
+        else:
+            continue
+        name = name.replace("_", "-").title()
+        headers[name] = "***" if name == "Authorization" else value
+    return headers
+
+
+def _read_json(environ: dict):
+    """The request body parsed as JSON, or None when it is absent or not JSON."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    stream = environ["wsgi.input"]
+    if length > 0:
+        raw = stream.read(length)
+    elif environ.get("wsgi.input_terminated"):  # chunked upload: the server marks where it ends
+        raw = stream.read()
+    else:
+        raw = b""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _status_line(code: int) -> str:
+    """"429 Too Many Requests"; codes unknown to HTTPStatus get a generic phrase."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"{code} Error"
+
+
+def _json_response(start_response, status: int, payload: dict, extra_headers: list = ()) -> list[bytes]:
+    """A JSON reply with Moonshot's headers."""
+    data = json.dumps(payload, ensure_ascii=False).encode()
+    start_response(_status_line(status), [
+        ("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(data))),
+        ("Msh-Request-Id", str(uuid.uuid4())), *extra_headers])
+    return [data]
+
+
+def _error_response(start_response, error: ApiError, extra_headers: list = ()) -> list[bytes]:
+    """An ApiError as Moonshot's error body, with Retry-After when set."""
+    headers = list(extra_headers)
+    if error.retry_after is not None:
+        headers.append(("Retry-After", _seconds(error.retry_after)))
+    return _json_response(start_response, error.status,
+                          {"error": {"message": error.message, "type": error.type}}, headers)
+
+
+class Simulator:
+    """The WSGI app. Stats and the script queue are shared, directives are per request."""
+
+    def __init__(self, api_key: str | None = None):
+        self.api_key = api_key
+        self._lock = threading.Lock()
+        self._stats = _zero_stats()
+        self._script: deque[Behaviour] = deque()
+        self._released = threading.Event()  # set on server stop, so hung requests let go
+        self._routes = {"/v1/chat/completions": ("POST", self._chat), "/v1/models": ("GET", self._models),
+                        "/_sim/stats": ("GET", self._control_stats), "/_sim/reset": ("POST", self._control_reset),
+                        "/_sim/script": ("POST", self._control_script)}
+
+    # -- control surface
+
+    def stats(self) -> dict:
+        """A consistent snapshot of the counters (last_request dicts are never mutated once stored)."""
+        with self._lock:
+            return dict(self._stats)
+
+    def reset(self) -> None:
+        """Zeroes the counters and clears the script queue; open_streams stays, as it is a live gauge."""
+        with self._lock:
+            open_streams = self._stats["open_streams"]
+            self._stats = _zero_stats()
+            self._stats["open_streams"] = open_streams
+            self._script.clear()
+
+    def script(self, responses: list[dict]) -> None:
+        """Queues behaviours for the next chat requests, one each, in order.
+
+        Items take the directive names as keys, e.g. {"status": 503, "retry_after": 1} or {} for a
+        normal reply; a scripted item replaces the request's own directives.
+        """
+        if not isinstance(responses, list) or not all(isinstance(r, dict) for r in responses):
+            raise ValueError("responses must be a list of objects")
+        behaviours = [make_behaviour(r) for r in responses]
+        with self._lock:
+            self._script.extend(behaviours)
+
+    def _count(self, **deltas: int) -> None:
+        """Adds to counters under the lock."""
+        with self._lock:
+            for key, delta in deltas.items():
+                self._stats[key] += delta
+
+    def _release_waiters(self) -> None:
+        """Ends every sim:hang early (used when the server stops)."""
+        self._released.set()
+
+    # -- WSGI
+
+    def __call__(self, environ, start_response):
+        """Routes one request; every failure leaves as a Moonshot-shaped error."""
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+        try:
+            if path not in self._routes:
+                raise ApiError(404, "resource_not_found_error", f"Not found the url {path}")
+            allowed, handler = self._routes[path]
+            if method != allowed:
+                return _error_response(start_response, ApiError(
+                    405, "invalid_request_error", f"Method {method} is not allowed for {path}"), [("Allow", allowed)])
+            body = _read_json(environ) if method == "POST" else None
+            if not path.startswith("/_sim/"):  # polling the control endpoints must not hide the real request
+                record = {"path": path, "body": body, "headers": _request_headers(environ)}
+                with self._lock:
+                    self._stats["last_request"] = record
+            return handler(environ, start_response, body)
+        except ApiError as error:
+            return _error_response(start_response, error)
+
+    def _authorize(self, environ) -> None:
+        """Bearer key check: exact match when configured, else any `sk-` key."""
+        scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        key = key.strip()
+        valid = key == self.api_key if self.api_key else key.startswith("sk-")
+        if scheme.lower() != "bearer" or not valid:
+            raise ApiError(401, "invalid_authentication_error", "Invalid Authentication")
+
+    def _models(self, environ, start_response, _body):
+        """GET /v1/models."""
+        self._count(models_requests=1)
+        self._authorize(environ)
+        return _json_response(start_response, 200, {"object": "list", "data": MODELS})
+
+    def _chat(self, environ, start_response, body):
+        """POST /v1/chat/completions: validate, apply the behaviour, answer as JSON or SSE."""
+        streaming = isinstance(body, dict) and body.get("stream") is True
+        self._count(chat_requests=1, stream_requests=int(streaming))
+        self._authorize(environ)
+        request = validate_chat(body)
+        with self._lock:
+            behaviour = self._script.popleft() if self._script else None
+        if behaviour is None:
+            try:
+                behaviour = make_behaviour(parse_directives(request.last_user_text))
+            except ValueError as exc:
+                raise _invalid(f"Invalid request: {exc}") from None
+        if behaviour.hang:
+            # An Event instead of a sleep loop: one wake-up per hung request (cheap under load), and stop() ends it.
+            self._released.wait(_HANG_LIMIT_S)
+            raise ApiError(504, "server_error", "Gateway timeout (simulated hang)")
+        if behaviour.delay:
+            time.sleep(behaviour.delay)
+        if behaviour.status is not None:
+            error_type = behaviour.type or _DEFAULT_ERROR_TYPE.get(
+                behaviour.status, "server_error" if behaviour.status >= 500 else "invalid_request_error")
+            message = behaviour.message or _ERROR_MESSAGES.get(error_type, "Simulated error").format(
+                model=request.model, retry=_seconds(behaviour.retry_after or 1))
+            raise ApiError(behaviour.status, error_type, message, behaviour.retry_after)
+        completion = make_completion(request, behaviour)
+        if not request.stream:
+            return _json_response(start_response, 200, completion_json(completion))
+        start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
+                                  ("Msh-Request-Id", str(uuid.uuid4()))])
+        return self._play(stream_events(completion, behaviour, request.include_usage), environ)
+
+    def _play(self, events: list, environ: dict):
+        """Yields a stream's events one per iteration, counting how it ended.
+
+        A plain generator holding no reference to the server's objects, so its `finally` runs both on
+        close() (server noticed the client left) and, failing that, as soon as it is dropped.
+        """
+        self._count(streams_started=1, open_streams=1)
+        finished = False
+        try:
+            for i, (pause, data) in enumerate(events):
+                if pause:
+                    time.sleep(pause)
+                finished = i == len(events) - 1  # the planned end counts as complete even if cut
+                if data is None:
+                    _cut_connection(environ)
+                yield data
+        finally:
+            self._count(open_streams=-1, **{"streams_completed" if finished else "streams_aborted": 1})
+
+    # -- control endpoints (no auth: tests only)
+
+    def _control_stats(self, _environ, start_response, _body):
+        """GET /_sim/stats."""
+        return _json_response(start_response, 200, self.stats())
+
+    def _control_reset(self, _environ, start_response, _body):
+        """POST /_sim/reset."""
+        self.reset()
+        return _json_response(start_response, 200, {"ok": True})
+
+    def _control_script(self, _environ, start_response, body):
+        """POST /_sim/script with {"responses": [...]}."""
+        try:
+            self.script(body.get("responses") if isinstance(body, dict) else None)
+        except ValueError as exc:
+            raise _invalid(f"Invalid request: {exc}") from None
+        return _json_response(start_response, 200, {"ok": True})
+
+
+def create_simulator(api_key: str | None = None) -> Simulator:
+    """A new simulator app; with api_key only that exact key is accepted."""
+    return Simulator(api_key)
+
+
+# ---------------------------------------------------------------- servers
+
+class SimulatorServer:
+    """A simulator running on werkzeug's threaded server in a daemon thread."""
+
+    def __init__(self, server, thread: threading.Thread, simulator: Simulator):
+        self._server, self._thread, self.simulator = server, thread, simulator
+        self.host, self.port = server.server_address[:2]
+        self.base_url = f"http://{self.host}:{self.port}/v1"
+
+    def stop(self) -> None:
+        """Stops accepting, frees hung requests and closes the listening socket."""
+        self.simulator._release_waiters()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_in_thread(host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> SimulatorServer:
+    """Serves a new simulator from a daemon thread; returns once the socket is listening.
+
+    Works with or without gevent's monkey-patching (threads then become greenlets).
+    """
+    # Imported here so the gevent CLI never loads werkzeug.serving (and with it ssl) before patching.
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        """werkzeug's handler without the per-request access log line."""
+
+        def log_request(self, code="-", size="-") -> None:
+            """Skips the access log."""
+
+    simulator = create_simulator(api_key)
+    server = make_server(host, port, simulator, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="moonshot-simulator", daemon=True)
+    thread.start()
+    return SimulatorServer(server, thread, simulator)
+
+
+def _raise_open_files_limit() -> None:
+    """Lifts the soft open-files limit toward the hard one: 1,000 streams need over 1,024 sockets."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def main(argv=None) -> None:
+    """CLI: serve the simulator with gevent.pywsgi, which holds thousands of concurrent streams."""
+    import warnings
+
+    from gevent import monkey
+    # `python -m` has already imported the kimi_backend package (Flask, requests, hence ssl); this
+    # process never uses ssl, so gevent's "ssl imported before patching" warning is noise here.
+    warnings.filterwarnings("ignore", category=monkey.MonkeyPatchWarning)
+    monkey.patch_all()
+    from gevent.pywsgi import WSGIServer
+
+    parser = argparse.ArgumentParser(description="Offline Moonshot (Kimi) API simulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--api-key", default=None, help="accept only this key (default: any sk-... key)")
+    args = parser.parse_args(argv)
+
+    _raise_open_files_limit()
+    server = WSGIServer((args.host, args.port), create_simulator(args.api_key), log=None, backlog=2048)
+    server.start()
+    host, port = server.address[:2]
+    print(f"simulator listening on http://{host}:{port}/v1", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

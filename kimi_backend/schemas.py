@@ -1,0 +1,93 @@
+"""Request schemas: the single source for validating request bodies (and for the OpenAPI
+document). Validation errors become one 400 whose message names the field."""
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ApiError
+
+class ChatOptions(BaseModel):
+    """Options every chat request may carry, within Moonshot's ranges."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(default=None, min_length=1, max_length=128,
+                              description="Model id; the server's DEFAULT_MODEL when omitted.")
+    temperature: float | None = Field(default=None, ge=0, le=1, description="Sampling temperature, 0 to 1 (Moonshot's range).")
+    top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus sampling, 0 to 1.")
+    max_tokens: int | None = Field(default=None, ge=1, le=1_048_576, description="Output token budget.")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+class Message(BaseModel):
+    """One turn of a conversation."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+    _content_not_blank = field_validator("content")(_not_blank)
+
+
+class CompletionRequest(ChatOptions):
+    """`POST /api/chat/completion`: one user message, optionally a system prompt."""
+
+    message: str = Field(min_length=1, description="The user's message.")
+    system: str | None = Field(default=None, min_length=1, description="An optional system prompt.")
+
+    _message_not_blank = field_validator("message")(_not_blank)
+
+
+class HistoryRequest(ChatOptions):
+    """`POST /api/chat/history`: a whole conversation, oldest first."""
+
+    messages: list[Message] = Field(min_length=1, max_length=1000)
+
+
+class StreamRequest(ChatOptions):
+    """`POST /api/chat/stream`: one user message as text, or a conversation."""
+
+    messages: str | list[Message] = Field(description="A user message as text, or a list of messages.")
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_not_empty(cls, value: str | list[Message]) -> str | list[Message]:
+        if isinstance(value, str):
+            return _not_blank(value)
+        if not value:
+            raise ValueError("must contain at least one message")
+        return value
+
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def parse(schema: type[Schema], body: bytes) -> Schema:
+    """Validates a raw JSON body against `schema`, or raises a 400 `ApiError` naming the field."""
+    try:
+        return schema.model_validate_json(body or b"")
+    except ValidationError as exc:
+        raise _as_api_error(exc) from None
+
+
+def _as_api_error(exc: ValidationError) -> ApiError:
+    # With a union (`messages`: text or list) the longest location is the most specific error.
+    first = max(exc.errors(include_url=False), key=lambda error: len(error["loc"]))
+    kind = first["type"]
+    if kind == "json_invalid":
+        return ApiError(400, "invalid_json", "The request body is not valid JSON (send Content-Type: application/json).")
+    if not first["loc"]:
+        return ApiError(400, "invalid_body", "The request body must be a JSON object.")
+    field = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[")))
+    if kind == "missing":
+        return ApiError(400, "invalid_request", f"Field '{field}' is required.")
+    message = first["msg"].removeprefix("Value error, ")
+    return ApiError(400, "invalid_request", f"Field '{field}' is invalid: {message}.")

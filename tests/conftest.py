@@ -1,0 +1,106 @@
+"""Fixtures: the Moonshot simulator over real HTTP on loopback, apps built per config
+variant, and a suite-wide guard that the upstream key never leaks."""
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from flask.testing import FlaskClient
+
+from kimi_backend import create_app
+from kimi_backend.moonshot.simulator import start_in_thread
+
+# A fake key, long and recognisable, so a leak anywhere is found by a plain substring search.
+UPSTREAM_KEY = "sk-test-upstream-key-0123456789abcdefghijklmnopqrstuv"
+
+# Variables a developer's shell or .env could set; tests start from a clean slate.
+os.environ["DOTENV_PATH"] = ""
+for _name in list(os.environ):
+    if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY")) \
+            or _name in ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "DEFAULT_MODEL", "MAX_BODY_BYTES",
+                         "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S"):
+        del os.environ[_name]
+
+LEAKS: list[str] = []
+
+
+class LeakCheckingClient(FlaskClient):
+    """A test client that records any response carrying the upstream key."""
+
+    def open(self, *args, **kwargs):
+        response = super().open(*args, **kwargs)
+        if not response.is_streamed:
+            if UPSTREAM_KEY in response.get_data(as_text=True):
+                LEAKS.append(f"body of {response.request.path}")
+        if UPSTREAM_KEY in str(response.headers):
+            LEAKS.append(f"headers of {response.request.path}")
+        return response
+
+
+class _KeyLogGuard(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if UPSTREAM_KEY in record.getMessage() or (record.exc_text and UPSTREAM_KEY in record.exc_text):
+            LEAKS.append(f"log line from {record.name}")
+
+
+@pytest.fixture(autouse=True)
+def no_key_leaks():
+    """Fails any test during which the upstream key reached a response or a log line."""
+    guard = _KeyLogGuard(level=logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(guard)
+    LEAKS.clear()
+    yield
+    root.removeHandler(guard)
+    assert not LEAKS, f"upstream key leaked: {LEAKS}"
+
+
+@pytest.fixture(scope="session")
+def simulator_server():
+    """One simulator for the session, over real HTTP on loopback."""
+    server = start_in_thread(api_key=UPSTREAM_KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def simulator(simulator_server):
+    """The simulator, with stats and script queue reset for this test."""
+    simulator_server.simulator.reset()
+    return simulator_server.simulator
+
+
+def base_config(simulator_server, **overrides) -> dict:
+    """The settings every test app starts from: live mode against the simulator."""
+    config = {
+        "KIMI_API_KEY": UPSTREAM_KEY,
+        "KIMI_BASE_URL": simulator_server.base_url,
+        "UPSTREAM_RETRY_BACKOFF_S": "0.01",
+        "UPSTREAM_READ_TIMEOUT_S": "5",
+        "RATE_LIMIT_MAX_REQUESTS": "10000",
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def make_app(simulator_server, simulator):
+    """Builds an app for one config variant: `make_app(REQUIRE_API_KEY="true", ...)`."""
+    def build(**overrides):
+        app = create_app(base_config(simulator_server, **overrides))
+        app.test_client_class = LeakCheckingClient
+        return app
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    """The default app: live mode against the simulator."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """A test client for the default app."""
+    return app.test_client()

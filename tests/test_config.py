@@ -1,0 +1,119 @@
+"""Settings: built once from defaults → .env → environment → overrides; bad values stop startup."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from kimi_backend import create_app
+from kimi_backend.config import ConfigError, load_settings, read_environment
+from tests.servers import ROOT, clean_env, free_port
+
+def test_defaults_match_the_original_service():
+    settings = load_settings({"KIMI_API_KEY": "sk-x"})
+    assert settings.port == 3000
+    assert settings.env == "development"
+    assert settings.base_url == "https://api.moonshot.cn/v1"
+    assert (settings.rate_limit_window_ms, settings.rate_limit_max_requests) == (900000, 100)
+    assert settings.rate_limit == "100 per 900 second"
+    assert settings.require_api_key is False and settings.offline is False
+
+
+def test_original_env_file_works_unchanged(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("KIMI_API_KEY=sk-from-dotenv\nKIMI_BASE_URL=https://api.moonshot.ai/v1\nPORT=8080\n"
+                        "NODE_ENV=production\nRATE_LIMIT_WINDOW_MS=60000\nRATE_LIMIT_MAX_REQUESTS=5\n"
+                        "REQUIRE_API_KEY=true\nVALID_API_KEYS=k1,k2\nALLOWED_ORIGINS=https://a.example,https://b.example\n")
+    settings = load_settings(read_environment({}, str(env_file)))
+    assert settings.api_key == "sk-from-dotenv" and settings.base_url == "https://api.moonshot.ai/v1"
+    assert settings.port == 8080 and settings.production
+    assert settings.rate_limit == "5 per 60 second"
+    assert settings.require_api_key and settings.valid_api_keys == ("k1", "k2")
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+
+
+def test_environment_wins_over_dotenv_and_overrides_win_over_both(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=1111\nDEFAULT_MODEL=moonshot-v1-32k\n")
+    merged = read_environment({"PORT": "2222", "KIMI_API_KEY": "sk-x"}, str(env_file))
+    assert load_settings(merged).port == 2222
+    assert load_settings(merged).default_model == "moonshot-v1-32k"
+    assert load_settings(merged, {"PORT": "3333"}).port == 3333
+
+
+def test_app_env_wins_over_node_env():
+    assert load_settings({"NODE_ENV": "production", "APP_ENV": "development"}).env == "development"
+    assert load_settings({"NODE_ENV": "development", "APP_ENV": "production", "KIMI_API_KEY": "sk-x"}).production
+
+
+@pytest.mark.parametrize("name,value", [
+    ("RATE_LIMIT_WINDOW_MS", "fifteen minutes"), ("RATE_LIMIT_WINDOW_MS", "0"), ("RATE_LIMIT_MAX_REQUESTS", "-1"),
+    ("PORT", "99999"), ("PORT", "http"), ("NODE_ENV", "staging"), ("APP_ENV", "prod"),
+    ("REQUIRE_API_KEY", "maybe"), ("KIMI_BASE_URL", "api.moonshot.cn"), ("UPSTREAM_READ_TIMEOUT_S", "0"),
+    ("UPSTREAM_CONNECT_TIMEOUT_S", "nan"), ("UPSTREAM_MAX_RETRIES", "50"), ("LOG_LEVEL", "loud"),
+    ("TRUSTED_PROXY_COUNT", "-1"), ("MAX_BODY_BYTES", "10"), ("KIMI_OFFLINE", "perhaps"),
+])
+def test_bad_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"KIMI_API_KEY": "sk-x", name: value})
+    assert str(caught.value).startswith(name)
+
+
+def test_require_api_key_without_keys_is_refused():
+    with pytest.raises(ConfigError, match="REQUIRE_API_KEY"):
+        load_settings({"KIMI_API_KEY": "sk-x", "REQUIRE_API_KEY": "true"})
+
+
+def test_production_without_key_is_refused_unless_offline():
+    with pytest.raises(ConfigError, match="KIMI_API_KEY"):
+        load_settings({"NODE_ENV": "production"})
+    assert load_settings({"NODE_ENV": "production", "KIMI_OFFLINE": "1"}).offline
+
+
+def test_development_without_key_runs_offline():
+    assert load_settings({}).offline is True
+
+
+def test_keys_from_files(tmp_path):
+    (tmp_path / "upstream").write_text("sk-from-file\n")
+    (tmp_path / "clients").write_text("alpha\nbeta\n")
+    settings = load_settings({"KIMI_API_KEY_FILE": str(tmp_path / "upstream"), "REQUIRE_API_KEY": "true",
+                              "VALID_API_KEYS_FILE": str(tmp_path / "clients"), "VALID_API_KEYS": "gamma"})
+    assert settings.api_key == "sk-from-file"
+    assert settings.valid_api_keys == ("gamma", "alpha", "beta")
+
+
+def test_unreadable_key_file_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match="KIMI_API_KEY_FILE"):
+        load_settings({"KIMI_API_KEY_FILE": str(tmp_path / "missing")})
+
+
+def test_settings_repr_hides_keys():
+    settings = load_settings({"KIMI_API_KEY": "sk-very-secret", "VALID_API_KEYS": "client-secret"})
+    assert "sk-very-secret" not in repr(settings) and "client-secret" not in repr(settings)
+
+
+def test_create_app_refuses_bad_config():
+    with pytest.raises(ConfigError, match="RATE_LIMIT_WINDOW_MS"):
+        create_app({"KIMI_API_KEY": "sk-x", "RATE_LIMIT_WINDOW_MS": "soon"})
+
+
+def _start(extra_env: dict, *command: str) -> subprocess.CompletedProcess:
+    env = clean_env(PORT=str(free_port()), **extra_env)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("extra_env,variable", [
+    ({"NODE_ENV": "production"}, "KIMI_API_KEY"),
+    ({"RATE_LIMIT_WINDOW_MS": "abc"}, "RATE_LIMIT_WINDOW_MS"),
+    ({"NODE_ENV": "prod"}, "NODE_ENV"),
+    ({"REQUIRE_API_KEY": "true"}, "REQUIRE_API_KEY"),
+    ({"WEB_CONCURRENCY": "2"}, "RATE_LIMIT_STORAGE_URI"),
+])
+def test_gunicorn_refuses_to_start_with_one_sentence(extra_env, variable):
+    result = _start(extra_env, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("kimi-backend: configuration error:") and variable in last_line
