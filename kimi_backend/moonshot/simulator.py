@@ -551,8 +551,8 @@ class Simulator:
     def _play(self, events: list, environ: dict):
         """Yields a stream's events one per iteration, counting how it ended.
 
-        A plain generator holding no reference to the server's objects, so its `finally` runs both on
-        close() (server noticed the client left) and, failing that, as soon as it is dropped.
+        A plain generator outside any reference cycle, so its `finally` runs on close() (the server
+        noticed the client left) and, should a server skip close(), as soon as the server drops it.
         """
         self._count(streams_started=1, open_streams=1)
         finished = False
