@@ -4,18 +4,31 @@ Every value comes from the environment (and `.env`), with defaults chosen by mea
 see README "Capacity". The settings are validated here, in the master, so a bad value stops
 startup with one sentence before any worker boots.
 """
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 from dotenv import load_dotenv
 
 load_dotenv(os.environ.get("DOTENV_PATH", ".env"))
 
-from kimi_backend.config import ConfigError, load_settings  # noqa: E402  (after .env is loaded)
 
+def _load_config_module():
+    """Loads kimi_backend/config.py alone. Importing the package here would import Flask,
+    requests and urllib3 into the master before gevent patches the workers, which breaks
+    gevent's ssl patching for HTTPS upstreams."""
+    spec = importlib.util.spec_from_file_location("_kimi_config", Path(__file__).parent / "kimi_backend" / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building Settings
+    spec.loader.exec_module(module)
+    return module
+
+
+_config = _load_config_module()
 try:
-    _settings = load_settings(os.environ)
-except ConfigError as exc:
+    _settings = _config.load_settings(os.environ)
+except _config.ConfigError as exc:
     print(f"kimi-backend: configuration error: {exc}", file=sys.stderr, flush=True)
     sys.exit(1)
 
@@ -32,6 +45,9 @@ keepalive = 5
 errorlog = "-"
 loglevel = _settings.log_level
 accesslog = None
+# gunicorn 24+ opens a control socket at one fixed path per user; several instances on a
+# host (or ProtectSystem=strict under systemd) trip over it, and nothing here uses it.
+control_socket_disable = True
 
 if workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
     # In-memory counters live in one process: N workers would let N x the limit through.

@@ -7,6 +7,7 @@ from ..auth import require_client_key
 from ..extensions import api_rate_limit
 from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, parse
 from ..service import get_service
+from ..streaming import client_gone_probe
 
 bp = Blueprint("chat", __name__, url_prefix="/api/chat")
 bp.before_request(require_client_key)
@@ -40,7 +41,7 @@ def stream():
         messages = [{"role": "user", "content": body.messages}]
     else:
         messages = [message.model_dump() for message in body.messages]
-    events = get_service().stream(messages, body)
+    events = get_service().stream(messages, body, client_gone=client_gone_probe(request.environ))
     return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
 
 
