@@ -3,6 +3,7 @@ real service (gunicorn, offline simulator) with client keys required."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -40,3 +41,21 @@ def test_sdk_under_node_test_runner(keyed_service):
                             timeout=120, env={**os.environ, "KIMI_URL": keyed_service.url, "KIMI_KEY": CLIENT_KEY})
     assert result.returncode == 0, f"node --test failed:\n{result.stdout}\n{result.stderr}\n--- service log ---\n{keyed_service.log()}"
     assert "# fail 0" in result.stdout
+
+
+def test_readme_sdk_example_runs(keyed_service, tmp_path):
+    """The README's first JavaScript example, pointed at the test service, runs as written."""
+    node = node_binary()
+    section = (ROOT / "README.md").read_text().split("## JavaScript SDK", 1)[1]
+    example = re.search(r"```js\n(.*?)```", section, re.S).group(1)
+    assert "import KimiClient from './kimi-sdk.js';" in example
+    example = example.replace("http://localhost:3000", keyed_service.url).replace("your-client-key", CLIENT_KEY)
+    shutil.copy(ROOT / "static" / "kimi-sdk.js", tmp_path / "kimi-sdk.js")
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "example.js").write_text(example)
+    result = subprocess.run([node, "example.js"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[offline simulator] You said: 你好"
+    assert lines[-1] == "完成"
+    assert "".join(lines[2:-1]) == "[offline simulator] You said: 写一个故事"
