@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from tests.servers import ROOT, Service
 
@@ -29,9 +30,6 @@ document.addEventListener('securitypolicyviolation',
   (event) => window.__cspViolations.push(event.violatedDirective + ' ' + event.blockedURI));
 """
 
-sync_api = pytest.importorskip("playwright.sync_api")
-expect = sync_api.expect
-
 
 def require(condition: bool, what: str) -> None:
     """Skips without `what`, but fails under CI, where the browser tests must run."""
@@ -44,7 +42,7 @@ def require(condition: bool, what: str) -> None:
 @pytest.fixture(scope="module")
 def browser():
     require(Path(CHROMIUM).exists(), CHROMIUM)
-    with sync_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
