@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.procs import BENCH_KEY, start_service, start_simulator  # noqa: E402
+from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
 
 # 21 content chunks 0.5 s apart: a 10-second stream whose first token comes at once.
 STREAM_DIRECTIVES = "sim:chunks=21 sim:interval=0.5"
@@ -82,6 +82,8 @@ def main(argv=None) -> int:
 
     simulator = start_simulator()
     service = start_service(simulator.url)
+    # The reference floor, with our default worker model (one gevent process).
+    floor = start_min_proxy(simulator.url, ["-k", "gevent", "-w", "1", "--worker-connections", "2000"])
     print("\n## Concurrent 10-second streams opened at the same moment\n")
     print("| streams | target | completed | wall s | median first event s | p99 first event s | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|")
@@ -91,8 +93,10 @@ def main(argv=None) -> int:
                                        {"model": "moonshot-v1-8k", "stream": True,
                                         "messages": [{"role": "user", "content": f"story {STREAM_DIRECTIVES}"}]},
                                        {"Authorization": f"Bearer {BENCH_KEY}"}, count))
+            minimal = asyncio.run(burst(floor.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count))
             ours = asyncio.run(burst(service.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count))
-            for name, (results, wall), proc in (("simulator direct", direct, simulator), ("kimi-backend", ours, service)):
+            for name, (results, wall), proc in (("simulator direct", direct, simulator), ("min_proxy (reference)", minimal, floor),
+                                                ("kimi-backend", ours, service)):
                 s = summarize(results, wall)
                 print(f"| {count} | {name} | {s['completed']}/{count} | {s['wall']:.2f} | {s['median_first']:.3f} | "
                       f"{s['p99_first']:.3f} | {proc.peak_rss_mb():.0f} |", flush=True)
@@ -101,6 +105,7 @@ def main(argv=None) -> int:
                     print(f"|  | first failures: {failures} | | | | | |", flush=True)
     finally:
         service.stop()
+        floor.stop()
         simulator.stop()
     return 0
 
