@@ -106,7 +106,8 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     else:
         origins = ["*"]  # unset while developing: any origin
     cors.init_app(app, resources={r"/api/*": {"origins": origins}, r"/health*": {"origins": origins}},
-                  allow_headers=ALLOWED_HEADERS, expose_headers=EXPOSED_HEADERS, max_age=600)
+                  allow_headers=ALLOWED_HEADERS, expose_headers=EXPOSED_HEADERS, max_age=600,
+                  send_wildcard=True)  # `*` is sent as `*`, not as an echo of the caller's Origin
 
 
 def register_request_hooks(app: Flask) -> None:

@@ -56,10 +56,11 @@ def add_rate_limit_headers(response: Response) -> Response:
     if current is None:
         return response
     try:
-        reset_at = current.reset_at
+        # The window's own expiry (RequestLimit.reset_at adds a second to it).
+        reset_at, remaining = current.window
         response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
-        response.headers["X-RateLimit-Remaining"] = str(current.remaining)
-        response.headers["X-RateLimit-Reset"] = str(reset_at)
+        response.headers["X-RateLimit-Remaining"] = str(remaining)
+        response.headers["X-RateLimit-Reset"] = str(math.ceil(reset_at))
         if current.breached:
             response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
     except Exception:  # the storage went away after the check: the answer matters more than its headers

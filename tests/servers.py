@@ -3,6 +3,7 @@ and the simulator as its own process, each on a free loopback port."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+import redis
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,3 +103,40 @@ class SimulatorProcess(Process):
     def stats(self) -> dict:
         """The simulator's counters."""
         return requests.get(self.base_url.removesuffix("/v1") + "/_sim/stats", timeout=5).json()
+
+
+def require_binary(name: str) -> str:
+    """The path of a system binary a test drives for real. Missing: the test is skipped on a
+    developer's machine, but fails under CI (`CI` set), so CI never silently skips it."""
+    path = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.path.exists(p)), None)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed; .ci/run installs it with apt-get")
+    pytest.skip(f"{name} is not installed (apt-get install {name})")
+
+
+class RedisServer(Process):
+    """A throwaway redis-server on a loopback port, with no persistence. `stop()` and
+    `start()` again (same port) simulate an outage and its end."""
+
+    def __init__(self):
+        self.binary = require_binary("redis-server")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        """Starts the server and waits until it answers PING."""
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        super().__init__(command, clean_env())
+        wait_until(self._answers, timeout=20, message=f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"redis-server exited early:\n{self.log()}")
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1) as client:
+                return client.ping()
+        except redis.RedisError:
+            return False
