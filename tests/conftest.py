@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 
 from kimi_backend import create_app
 from kimi_backend.moonshot.simulator import start_in_thread
+from tests.servers import Service
 
 # A fake key, long and recognisable, so a leak anywhere is found by a plain substring search.
 UPSTREAM_KEY = "sk-test-upstream-key-0123456789abcdefghijklmnopqrstuv"
@@ -104,3 +105,16 @@ def app(make_app):
 def client(app):
     """A test client for the default app."""
     return app.test_client()
+
+
+@pytest.fixture
+def served():
+    """Starts the service under gunicorn with `served(**env)`; stops every one afterwards."""
+    started: list[Service] = []
+
+    def start(**env: str) -> Service:
+        started.append(Service(**env))
+        return started[-1]
+    yield start
+    for service in started:
+        service.stop()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ import redis
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+# A rate-limit window of an hour: no limit test can straddle a fixed-window boundary.
+LONG_WINDOW_MS = "3600000"
 
 
 def free_port() -> int:
@@ -35,6 +38,12 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, message
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def fetch_all(urls: list[str], headers: dict | None = None) -> list[requests.Response]:
+    """GETs every URL, six at a time, each on its own connection; responses in URL order."""
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        return list(pool.map(lambda url: requests.get(url, headers=headers or {}, timeout=10), urls))
 
 
 class Process:
