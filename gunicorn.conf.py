@@ -48,10 +48,18 @@ accesslog = None
 # gunicorn 24+ opens a control socket at one fixed path per user; several instances on a
 # host (or ProtectSystem=strict under systemd) trip over it, and nothing here uses it.
 control_socket_disable = True
+# TRUSTED_PROXY_COUNT (ProxyFix, in the app) alone decides which forwarded headers to believe;
+# gunicorn's own default trusts X-Forwarded-Proto from any loopback client.
+forwarded_allow_ips = ""
 
-if workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
-    # In-memory counters live in one process: N workers would let N x the limit through.
-    print("kimi-backend: configuration error: WEB_CONCURRENCY is "
-          f"{workers} but RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
-          "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker.", file=sys.stderr, flush=True)
-    sys.exit(1)
+
+def on_starting(server):
+    """Refuses memory:// limiter storage with several workers, whichever way the worker count
+    was given (WEB_CONCURRENCY, -w, GUNICORN_CMD_ARGS): in-memory counters live in one
+    process, so N workers would let N x the limit through."""
+    if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
+        print(f"kimi-backend: configuration error: {server.cfg.workers} workers were asked for but "
+              "RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
+              "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker (WEB_CONCURRENCY=1).",
+              file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -22,6 +22,9 @@ from .sse import iter_data_lines
 _TRY_AGAIN_AFTER = re.compile(r"try again after (\d+(?:\.\d+)?) seconds?")
 _RETRYABLE_TYPES = {"rate_limit_reached_error", "engine_overloaded_error"}
 _AUTH_TYPES = {"invalid_authentication_error", "incorrect_api_key_error", "permission_denied_error"}
+# Key-shaped text in an upstream message ("Incorrect API key provided: sk-…" is a common
+# reply): Moonshot's `sk-` keys and anything sent as a bearer token.
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+", re.IGNORECASE)
 
 
 class StreamBroken(Exception):
@@ -209,11 +212,13 @@ class MoonshotClient:
 
 
 def _error_message(body: Any) -> str | None:
+    """The upstream's error text, with anything key-shaped removed: it may be passed on to
+    our client, and the key must never leave the server."""
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
+        return _KEY_LIKE.sub("[redacted]", error["message"])
     if isinstance(error, str):
-        return error
+        return _KEY_LIKE.sub("[redacted]", error)
     return None
 
 
