@@ -76,14 +76,18 @@ def summarize(results: list[dict], wall: float) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--service-env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the service, e.g. WORKER_CLASS=gthread GUNICORN_THREADS=1100")
+    parser.add_argument("--no-reference", action="store_true", help="skip the min_proxy rows")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
     simulator = start_simulator()
-    service = start_service(simulator.url)
+    service = start_service(simulator.url, **dict(pair.split("=", 1) for pair in args.service_env))
     # The reference floor, with our default worker model (one gevent process).
-    floor = start_min_proxy(simulator.url, ["-k", "gevent", "-w", "1", "--worker-connections", "2000"])
+    floor = None if args.no_reference else start_min_proxy(
+        simulator.url, ["-k", "gevent", "-w", "1", "--worker-connections", "2000"])
     print("\n## Concurrent 10-second streams opened at the same moment\n")
     print("| streams | target | completed | wall s | median first event s | p99 first event s | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|")
@@ -93,10 +97,13 @@ def main(argv=None) -> int:
                                        {"model": "moonshot-v1-8k", "stream": True,
                                         "messages": [{"role": "user", "content": f"story {STREAM_DIRECTIVES}"}]},
                                        {"Authorization": f"Bearer {BENCH_KEY}"}, count))
-            minimal = asyncio.run(burst(floor.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count))
-            ours = asyncio.run(burst(service.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count))
-            for name, (results, wall), proc in (("simulator direct", direct, simulator), ("min_proxy (reference)", minimal, floor),
-                                                ("kimi-backend", ours, service)):
+            rows = [("simulator direct", direct, simulator)]
+            if floor:
+                rows.append(("min_proxy (reference)", asyncio.run(
+                    burst(floor.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count)), floor))
+            rows.append(("kimi-backend", asyncio.run(
+                burst(service.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count)), service))
+            for name, (results, wall), proc in rows:
                 s = summarize(results, wall)
                 print(f"| {count} | {name} | {s['completed']}/{count} | {s['wall']:.2f} | {s['median_first']:.3f} | "
                       f"{s['p99_first']:.3f} | {proc.peak_rss_mb():.0f} |", flush=True)
@@ -105,7 +112,8 @@ def main(argv=None) -> int:
                     print(f"|  | first failures: {failures} | | | | | |", flush=True)
     finally:
         service.stop()
-        floor.stop()
+        if floor:
+            floor.stop()
         simulator.stop()
     return 0
 

@@ -24,7 +24,7 @@ _END = object()
 def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
     """A cheap check, built from the WSGI environ in the view, that tells whether the client
     has closed its connection; None when the server does not expose the socket."""
-    sock = environ.get("gunicorn.socket")
+    sock = environ.get("gunicorn.socket") or environ.get("gunicorn.sock")  # gevent / gevent_pywsgi workers
     if sock is None:
         return None
 
