@@ -1,0 +1,11 @@
+"""Runs every benchmark and prints their tables (`make bench`)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import latency, streams  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(latency.main([]) or streams.main([]))
