@@ -1,7 +1,6 @@
 """Kimi Backend: a small, safe HTTP API between web frontends and Moonshot AI's Kimi chat API."""
 from __future__ import annotations
 
-import logging
 import os
 import re
 import uuid
@@ -14,8 +13,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .config import Settings, load_settings, read_environment
 from .errors import register_error_handlers
 from .extensions import add_rate_limit_headers, cors, limiter
+from .logs import configure_logging
 from .moonshot.client import MoonshotClient
 from .service import KimiService
+from . import telemetry
 
 __version__ = "1.0.0"
 
@@ -26,16 +27,18 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Builds the app: settings → logging → upstream → request ids → extensions → errors → routes.
+    """Builds the app: settings → logging → upstream → request ids and telemetry → extensions
+    → errors → routes.
 
     `test_config` overrides environment variables by name (same names, same parsing).
     """
     settings = load_settings(read_environment(os.environ, os.environ.get("DOTENV_PATH", ".env")), test_config)
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     configure_app(app, settings)
-    configure_logging(settings)
+    configure_logging(settings.log_level)
     connect_upstream(app, settings)
     register_request_hooks(app)
+    telemetry.init_app(app)
     register_extensions(app, settings)
     register_error_handlers(app)
     register_blueprints(app)
@@ -59,14 +62,6 @@ def configure_app(app: Flask, settings: Settings) -> None:
     if settings.trusted_proxy_count:
         n = settings.trusted_proxy_count
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
-
-
-def configure_logging(settings: Settings) -> None:
-    """Sets the service's log level; handlers come from gunicorn or the dev server."""
-    logger = logging.getLogger("kimi_backend")
-    logger.setLevel(settings.log_level.upper())
-    if not logging.getLogger().handlers and not logger.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 def connect_upstream(app: Flask, settings: Settings) -> None:
@@ -115,13 +110,17 @@ def register_request_hooks(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mounts the routes and the test page."""
-    from .api import chat, health
+    from .api import chat, health, metrics, openapi, ready
 
     app.register_blueprint(health.bp)
     app.register_blueprint(health.info_bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(ready.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.get("/")
+    @openapi.produces("text/html")
     def index():
         """The test page."""
         return send_from_directory(STATIC_DIR, "index.html")

@@ -137,6 +137,10 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "SSE_KEEPALIVE_S": ("15", _seconds),
     "MAX_BODY_BYTES": ("1048576", _int(1024)),
     "LOG_LEVEL": ("info", _choice(LOG_LEVELS)),
+    "LOG_BODIES": ("false", _bool),
+    "METRICS_TOKEN": (None, _text),
+    "READY_CACHE_S": ("5", _seconds),
+    "READY_TIMEOUT_S": ("2", _seconds),
 }
 
 
@@ -169,6 +173,10 @@ class Settings:
     sse_keepalive_s: float
     max_body_bytes: int
     log_level: str
+    log_bodies: bool
+    metrics_token: str | None = field(repr=False)
+    ready_cache_s: float
+    ready_timeout_s: float
 
     @property
     def production(self) -> bool:
@@ -245,4 +253,8 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         sse_keepalive_s=values["SSE_KEEPALIVE_S"],
         max_body_bytes=values["MAX_BODY_BYTES"],
         log_level=values["LOG_LEVEL"],
+        log_bodies=values["LOG_BODIES"],
+        metrics_token=values["METRICS_TOKEN"] or None,
+        ready_cache_s=values["READY_CACHE_S"],
+        ready_timeout_s=values["READY_TIMEOUT_S"],
     )

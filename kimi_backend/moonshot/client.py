@@ -98,6 +98,11 @@ class MoonshotClient:
             raise UpstreamError(502, "upstream_error", "The upstream's model list was not in the expected shape.")
         return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
 
+    def probe(self, timeout_s: float) -> None:
+        """One quick `GET /models`, never retried, for readiness: returns when the upstream
+        answers and accepts our key, raises `UpstreamError` otherwise."""
+        self._request("GET", "/models", timeout=(min(self.timeout[0], timeout_s), timeout_s))
+
     def open_stream(self, payload: dict) -> UpstreamStream:
         """Starts a streaming completion and checks its status before anything is sent to our
         client, so a refused request is still a proper status code. Never retried."""
@@ -127,8 +132,9 @@ class MoonshotClient:
                 time.sleep(min(wait, self.retry_max_wait_s))
                 attempt += 1
 
-    def _request(self, method: str, path: str, json_body: dict | None = None) -> Any:
-        response = self._send(method, path, json_body=json_body)
+    def _request(self, method: str, path: str, json_body: dict | None = None,
+                 timeout: tuple[float, float] | None = None) -> Any:
+        response = self._send(method, path, json_body=json_body, timeout=timeout)
         with response:
             if response.status_code != 200:
                 raise _map_error(response)
@@ -137,10 +143,12 @@ class MoonshotClient:
             except ValueError:
                 raise UpstreamError(502, "upstream_error", "The upstream answered with a body that is not JSON.") from None
 
-    def _send(self, method: str, path: str, json_body: dict | None = None, stream: bool = False) -> requests.Response:
+    def _send(self, method: str, path: str, json_body: dict | None = None, stream: bool = False,
+              timeout: tuple[float, float] | None = None) -> requests.Response:
         data = None if json_body is None else json.dumps(json_body, ensure_ascii=False).encode()
         try:
-            return self.session.request(method, self.base_url + path, data=data, timeout=self.timeout, stream=stream)
+            return self.session.request(method, self.base_url + path, data=data, timeout=timeout or self.timeout,
+                                        stream=stream)
         except requests.exceptions.ConnectTimeout:
             raise UpstreamError(503, "upstream_unavailable", "The upstream could not be reached (connect timeout).",
                                 retryable=True) from None
