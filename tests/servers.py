@@ -100,3 +100,30 @@ class SimulatorProcess(Process):
     def stats(self) -> dict:
         """The simulator's counters."""
         return requests.get(self.base_url.removesuffix("/v1") + "/_sim/stats", timeout=5).json()
+
+
+def require_binary(name: str) -> str:
+    """The path of a system binary a test drives; skips without it, except under CI (the
+    `CI` variable set), where a missing binary is a failure: .ci/run installs it."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed, and CI must run this test (.ci/run installs it)")
+    pytest.skip(f"{name} is not installed")
+
+
+class RedisServer(Process):
+    """A throwaway redis-server on a free loopback port, without persistence."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        command = [require_binary("redis-server"), "--bind", "127.0.0.1", "--port", str(self.port),
+                   "--save", "", "--appendonly", "no"]
+        super().__init__(command, clean_env())
+        wait_until(lambda: "Ready to accept connections" in self.log(), timeout=20, message="redis-server")
