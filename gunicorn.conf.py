@@ -4,26 +4,34 @@ Every value comes from the environment (and `.env`), with defaults chosen by mea
 see README "Capacity". The settings are validated here, in the master, so a bad value stops
 startup with one sentence before any worker boots.
 """
+import glob
+import importlib.util
 import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from dotenv import load_dotenv
 
 load_dotenv(os.environ.get("DOTENV_PATH", ".env"))
 
-# --- Observability (1/2): before anything imports prometheus_client, which reads this once.
-# Every worker inherits the directory and writes its metrics there; /metrics sums them.
-_METRICS_DIR_PREFIX = "kimi-backend-metrics-"
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
 
-from kimi_backend.config import ConfigError, load_settings  # noqa: E402  (after .env is loaded)
+def _load_module_alone(name: str):
+    """Loads kimi_backend/<name>.py alone. Importing the package here would import Flask,
+    requests and urllib3 into the master before gevent patches the workers, which breaks
+    gevent's ssl patching for HTTPS upstreams."""
+    spec = importlib.util.spec_from_file_location(f"_kimi_{name}", Path(__file__).parent / "kimi_backend" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building Settings
+    spec.loader.exec_module(module)
+    return module
 
+
+_config = _load_module_alone("config")
 try:
-    _settings = load_settings(os.environ)
-except ConfigError as exc:
+    _settings = _config.load_settings(os.environ)
+except _config.ConfigError as exc:
     print(f"kimi-backend: configuration error: {exc}", file=sys.stderr, flush=True)
     sys.exit(1)
 
@@ -40,6 +48,9 @@ keepalive = 5
 errorlog = "-"
 loglevel = _settings.log_level
 accesslog = None
+# gunicorn 24+ opens a control socket at one fixed path per user; several instances on a
+# host (or ProtectSystem=strict under systemd) trip over it, and nothing here uses it.
+control_socket_disable = True
 
 if workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
     # In-memory counters live in one process: N workers would let N x the limit through.
@@ -49,11 +60,16 @@ if workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
     sys.exit(1)
 
 
-# --- Observability (2/2): JSON logs for gunicorn's own lines, and the metrics directory's life.
-from kimi_backend.logs import gunicorn_logconfig  # noqa: E402
+# --- Observability: JSON logs for gunicorn's own lines, and the metrics shared by workers.
+_logs = _load_module_alone("logs")
+logconfig_dict = _logs.gunicorn_logconfig(_settings.log_level)
+logger_class = _logs.GunicornLogger
 
-logconfig_dict = gunicorn_logconfig(_settings.log_level)
-logger_class = "kimi_backend.logs.GunicornLogger"
+# prometheus-client reads this when a worker imports it; every worker writes its metrics
+# there and /metrics sums them.
+_METRICS_DIR_PREFIX = "kimi-backend-metrics-"
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
 
 
 def on_starting(server):
@@ -61,15 +77,16 @@ def on_starting(server):
     their old counts to this run's totals."""
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
-    for name in os.listdir(path):
-        if name.endswith(".db"):
-            os.remove(os.path.join(path, name))
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
 
 
 def child_exit(server, worker):
-    """Drops a dead worker's live gauges (active streams); its counters stay in the totals."""
-    from prometheus_client import multiprocess
-    multiprocess.mark_process_dead(worker.pid)
+    """Drops a dead worker's live gauges (active streams); its counters stay in the totals.
+    This is prometheus_client.multiprocess.mark_process_dead, which the master cannot
+    import: prometheus_client imports ssl."""
+    for name in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], f"gauge_live*_{worker.pid}.db")):
+        os.remove(name)
 
 
 def on_exit(server):

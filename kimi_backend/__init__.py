@@ -35,7 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     settings = load_settings(read_environment(os.environ, os.environ.get("DOTENV_PATH", ".env")), test_config)
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     configure_app(app, settings)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, telemetry.current_request_id)
     connect_upstream(app, settings)
     register_request_hooks(app)
     telemetry.init_app(app)

@@ -1,12 +1,16 @@
 """Structured logs: every line one JSON object with the request id when there is one, for
-the service's own lines and (through gunicorn.conf.py's `logconfig_dict`) gunicorn's."""
+the service's own lines and (through gunicorn.conf.py's `logconfig_dict`) gunicorn's.
+
+gunicorn.conf.py loads this file on its own in the master, so it imports nothing of the
+package and nothing that imports `ssl` before gevent patches the workers.
+"""
 from __future__ import annotations
 
 import json
 import logging
 from datetime import datetime, timezone
+from typing import Callable
 
-from flask import g, has_app_context
 from gunicorn.glogging import Logger as GunicornBaseLogger
 
 
@@ -22,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage(),
         }
-        request_id = g.get("request_id") if has_app_context() else None
+        request_id = getattr(record, "request_id", None)
         if request_id:
             entry["request_id"] = request_id
         entry.update(getattr(record, "fields", None) or {})
@@ -31,16 +35,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str) -> None:
-    """Sets the service's log level and, when nothing else has (gunicorn configures the root
-    logger through gunicorn.conf.py, pytest through its own handlers), logs JSON to stderr."""
+def configure_logging(level: str, current_request_id: Callable[[], str | None]) -> None:
+    """Sets the service's log level, stamps every record made while a request is served
+    with its id, and, when nothing else has (gunicorn configures the root logger through
+    gunicorn.conf.py, pytest through its own handlers), logs JSON to stderr."""
     logging.getLogger("kimi_backend").setLevel(level.upper())
+    _stamp_request_ids(current_request_id)
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+
+
+def _stamp_request_ids(current_request_id: Callable[[], str | None]) -> None:
+    # A record factory rather than a filter: it reaches every logger's records, the
+    # libraries' too, whichever handler ends up writing them. Installed once per process.
+    base = logging.getLogRecordFactory()
+    if getattr(base, "stamps_request_ids", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        record.request_id = current_request_id()
+        return record
+
+    factory.stamps_request_ids = True
+    logging.setLogRecordFactory(factory)
 
 
 class GunicornLogger(GunicornBaseLogger):

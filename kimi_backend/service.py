@@ -2,7 +2,7 @@
 counterpart of the original service's `services/kimiService.js`)."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from flask import current_app
 
@@ -41,7 +41,8 @@ class KimiService:
         exchange.replied(reply["model"], reply["usage"], content)
         return reply
 
-    def stream(self, messages: list[dict], options: ChatOptions) -> Iterator[bytes]:
+    def stream(self, messages: list[dict], options: ChatOptions,
+               client_gone: Callable[[], bool] | None = None) -> Iterator[bytes]:
         """Opens the upstream stream now (so refusals raise before our 200) and returns the
         generator of our SSE events."""
         payload = self._payload(messages, options)
@@ -49,7 +50,8 @@ class KimiService:
         exchange = current_exchange()
         with exchange.upstream("chat_stream"):
             upstream = self.client.open_stream(payload)
-        return relay(upstream, exchange.stream_handed_over())
+        return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
+                     exchange=exchange.stream_handed_over())
 
     def models(self) -> tuple[list[dict], str]:
         """The model list and its source ("upstream" or "fallback")."""

@@ -1,28 +1,100 @@
-"""Relaying an upstream stream to our client as the contract's SSE events."""
+"""Relaying an upstream stream to our client as the contract's SSE events: chunks flushed
+as they arrive, keep-alive comments while the upstream is silent, usage at the end, in-band
+errors after the start, and the upstream closed as soon as the client goes away."""
 from __future__ import annotations
 
-from typing import Iterator
+import queue
+import select
+import socket
+import threading
+import time
+from typing import Callable, Iterator
 
 from .moonshot.client import StreamBroken, UpstreamStream
-from .moonshot.sse import DONE, event
+from .moonshot.sse import DONE, KEEPALIVE, event
 from .telemetry import Exchange
 
+# Sent first, so the status and headers reach the client (and any proxy) at once, even when
+# the upstream takes a long time to its first token.
+OPENED = b": stream open\n\n"
+# How often a silent stream checks whether its client is still there.
+CLIENT_POLL_S = 0.5
+_END = object()
 
-def relay(stream: UpstreamStream, exchange: Exchange) -> Iterator[bytes]:
-    """Yields our events for each upstream chunk as it arrives, then the usage event and
-    `[DONE]`; a failure after the start becomes an in-band error event. Receives plain
-    values only (never `request`), always releases the upstream, and reports how the
-    stream ended to `exchange` (the request's log line and metrics)."""
+
+def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
+    """A cheap check, built from the WSGI environ in the view, that tells whether the client
+    has closed its connection; None when the server does not expose the socket."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return None
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            # Readable with nothing to read is the peer's FIN.
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except ValueError:  # TLS sockets refuse MSG_PEEK: we cannot tell, so keep going
+            return False
+        except OSError:
+            return True
+    return gone
+
+
+def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue) -> None:
+    """Reads the upstream in its own thread (a greenlet under gevent), so the relay can send
+    keep-alives and notice a departed client while the upstream is silent. It owns the
+    upstream response and releases it when the stream ends or is aborted."""
+    try:
+        for chunk in stream.chunks():
+            chunks.put(chunk)
+        chunks.put(_END)
+    except StreamBroken as exc:
+        chunks.put(exc)
+    except Exception:  # a bug in the reader must still end the stream in-band, not hang it
+        chunks.put(StreamBroken("internal_error", "The stream failed inside the server."))
+    finally:
+        # Wakes the reader, which releases the upstream; a no-op when it already ended.
+        stream.abort()
+
+
+def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
+          client_gone: Callable[[], bool] | None = None) -> Iterator[bytes]:
+    """Yields our SSE events for an open upstream stream, then the usage event and `[DONE]`;
+    a failure after the start becomes an in-band error event. Receives plain values only
+    (never `request`) and always releases the upstream, also when the client leaves.
+    Reports how the stream ended to `exchange` (the request's log line and metrics)."""
+    chunks: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_pump, args=(stream, chunks), daemon=True).start()
+    poll_s = min(keepalive_s, CLIENT_POLL_S) if client_gone else keepalive_s
     finish_reason = None
     usage = None
     outcome = "client_closed"
     exchange.stream_started()
     try:
-        for chunk in stream.chunks():
+        yield OPENED
+        last_sent = time.monotonic()
+        while True:
+            try:
+                item = chunks.get(timeout=poll_s)
+            except queue.Empty:
+                if client_gone is not None and client_gone():
+                    return
+                if time.monotonic() - last_sent >= keepalive_s:
+                    yield KEEPALIVE
+                    last_sent = time.monotonic()
+                continue
+            if item is _END:
+                break
+            if isinstance(item, StreamBroken):
+                outcome = item.code
+                yield event({"error": item.message, "code": item.code})
+                yield DONE
+                return
             # Moonshot puts usage inside the last choice; OpenAI-style servers send a
             # top-level usage chunk. Read both.
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices") or ():
+            usage = item.get("usage") or usage
+            for choice in item.get("choices") or ():
                 if choice.get("index", 0) != 0:
                     continue
                 delta = choice.get("delta") or {}
@@ -32,12 +104,11 @@ def relay(stream: UpstreamStream, exchange: Exchange) -> Iterator[bytes]:
                     yield event({"content": delta["content"]})
                 usage = choice.get("usage") or usage
                 finish_reason = choice.get("finish_reason") or finish_reason
+            last_sent = time.monotonic()
         outcome = "ok"
         yield event({"content": "", "finish_reason": finish_reason or "stop", "usage": usage})
-    except StreamBroken as exc:
-        outcome = exc.code
-        yield event({"error": exc.message, "code": exc.code})
+        yield DONE
     finally:
-        stream.close()
+        # Wakes the reader, which releases the upstream; a no-op when it already ended.
+        stream.abort()
         exchange.stream_ended(usage, outcome)
-    yield DONE

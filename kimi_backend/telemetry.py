@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, has_app_context, request
 
 from .auth import client_identity
 from .errors import UpstreamError
@@ -110,6 +110,11 @@ class Exchange:
         if self.log_bodies:
             fields.update(messages=self.messages, reply=self.reply)
         access_log.info("request", extra={"fields": fields})
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served in this context, if any (for log records)."""
+    return g.get("request_id") if has_app_context() else None
 
 
 def current_exchange() -> Exchange:

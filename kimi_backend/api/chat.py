@@ -1,12 +1,13 @@
 """`/api/chat/*`: the original service's chat routes (single turn, history, stream, models)."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from ..auth import require_client_key
 from ..extensions import api_rate_limit
 from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, validated
 from ..service import get_service
+from ..streaming import client_gone_probe
 from .openapi import produces
 
 bp = Blueprint("chat", __name__, url_prefix="/api/chat")
@@ -42,7 +43,7 @@ def stream(body: StreamRequest):
         messages = [{"role": "user", "content": body.messages}]
     else:
         messages = [message.model_dump() for message in body.messages]
-    events = get_service().stream(messages, body)
+    events = get_service().stream(messages, body, client_gone=client_gone_probe(request.environ))
     return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import socket
+import threading
 import time
 from typing import Any, Iterator
 
@@ -35,6 +37,9 @@ class UpstreamStream:
 
     def __init__(self, response: requests.Response):
         self._response = response
+        self._lock = threading.Lock()
+        self._released = False
+        self._complete = False
 
     def chunks(self) -> Iterator[dict]:
         """Yields each parsed chunk as it arrives, until `[DONE]`; raises `StreamBroken` on a
@@ -43,6 +48,7 @@ class UpstreamStream:
         try:
             for data in iter_data_lines(lambda: raw.read1(65536)):
                 if data == b"[DONE]":
+                    self._complete = True
                     return
                 try:
                     chunk = json.loads(data)
@@ -59,9 +65,52 @@ class UpstreamStream:
             raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
         raise StreamBroken("upstream_incomplete", "The upstream stream ended before it was complete.")
 
+    def abort(self) -> None:
+        """Ends the upstream request now, from any thread: shuts the socket down, which wakes
+        a reader blocked on it (a plain close does not, on Linux) and tells the upstream at
+        once that nobody is listening. The reader then releases the response."""
+        with self._lock:
+            # Once released, the connection may be back in the pool serving someone else.
+            if self._released:
+                return
+            sock = _socket_of(self._response)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
     def close(self) -> None:
-        """Releases the upstream connection; closing early aborts the upstream request."""
+        """Releases the upstream connection; call it from the thread that reads the stream.
+        After a complete stream, the body's last bytes are read first so the connection
+        can return to the pool (an `abort()` meanwhile just ends that early)."""
+        if self._complete:
+            try:
+                _drain(self._response.raw)
+            except (urllib3.exceptions.HTTPError, OSError):
+                pass
+        with self._lock:
+            self._released = True
         self._response.close()
+
+
+def _drain(raw) -> None:
+    """Reads the few bytes after `[DONE]` (the chunked body's end) so the connection can go
+    back to the pool instead of being closed."""
+    for _ in range(4):
+        if not raw.read1(65536):
+            return
+
+
+def _socket_of(response: requests.Response):
+    """The socket under a streaming response. http.client hands it from the connection to
+    the response's file object when the upstream says `Connection: close`, so look in both."""
+    connection = getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock
 
 
 class MoonshotClient:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import select
 import socket
 import threading
 import time
@@ -350,6 +351,27 @@ def stream_events(c: Completion, b: Behaviour, include_usage: bool) -> list[tupl
     return events
 
 
+def _pause_unless_client_left(seconds: float, environ: dict) -> bool:
+    """Sleeps between events, like a model generating; returns False as soon as the client
+    closes its connection (as the real service stops generating when a caller hangs up).
+    Only werkzeug's server exposes the socket; elsewhere this is a plain sleep."""
+    sock = environ.get("werkzeug.socket")
+    if sock is None:
+        time.sleep(seconds)
+        return True
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([sock], [], [], remaining)
+        if readable:
+            try:
+                if sock.recv(1, socket.MSG_PEEK) == b"":
+                    return False
+            except OSError:
+                return False
+            time.sleep(min(remaining, 0.01))  # pipelined bytes, not a close: keep pausing
+    return True
+
+
 def _cut_connection(environ: dict) -> None:
     """Drops the client connection mid-response, without the chunked terminator."""
     sock = environ.get("werkzeug.socket")
@@ -551,15 +573,15 @@ class Simulator:
     def _play(self, events: list, environ: dict):
         """Yields a stream's events one per iteration, counting how it ended.
 
-        A plain generator holding no reference to the server's objects, so its `finally` runs both on
-        close() (server noticed the client left) and, failing that, as soon as it is dropped.
+        A plain generator outside any reference cycle, so its `finally` runs on close() (the server
+        noticed the client left) and, should a server skip close(), as soon as the server drops it.
         """
         self._count(streams_started=1, open_streams=1)
         finished = False
         try:
             for i, (pause, data) in enumerate(events):
-                if pause:
-                    time.sleep(pause)
+                if pause and not _pause_unless_client_left(pause, environ):
+                    return
                 finished = i == len(events) - 1  # the planned end counts as complete even if cut
                 if data is None:
                     _cut_connection(environ)

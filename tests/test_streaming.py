@@ -1,0 +1,165 @@
+"""`POST /api/chat/stream` under the real gunicorn: unbuffered delivery, usage in both
+upstream forms, reasoning, failures before and after the first byte, keep-alives, and the
+upstream closed when the client leaves."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import UPSTREAM_KEY
+from tests.servers import Service, wait_until
+
+
+@pytest.fixture(scope="module")
+def service(simulator_server):
+    """The service under gunicorn (as `make run` starts it), live against the test simulator."""
+    svc = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url,
+                  SSE_KEEPALIVE_S="0.2", UPSTREAM_READ_TIMEOUT_S="3", RATE_LIMIT_MAX_REQUESTS="100000")
+    yield svc
+    assert UPSTREAM_KEY not in svc.log()
+    svc.stop()
+
+
+def read_stream(url: str, messages, **body):
+    """Posts a stream request and returns (status, [(seconds since send, kind, payload)])."""
+    started = time.monotonic()
+    events = []
+    with requests.post(url + "/api/chat/stream", json={"messages": messages, **body}, stream=True, timeout=20) as response:
+        if response.status_code != 200:
+            return response.status_code, response.json()
+        buffer = b""
+        for block in response.iter_content(chunk_size=None):
+            buffer += block
+            while b"\n\n" in buffer:
+                raw, buffer = buffer.split(b"\n\n", 1)
+                elapsed = time.monotonic() - started
+                if raw.startswith(b":"):
+                    events.append((elapsed, "comment", raw.decode()))
+                elif raw.startswith(b"data: "):
+                    payload = raw[6:].decode()
+                    events.append((elapsed, "data", payload if payload == "[DONE]" else json.loads(payload)))
+    return 200, events
+
+
+def data_events(events):
+    return [payload for _, kind, payload in events if kind == "data"]
+
+
+def test_events_arrive_unbuffered(service, simulator):
+    status, events = read_stream(service.url, "sim:chunks=6 sim:interval=0.4 sim:reply=one_two_three_four_five_six")
+    assert status == 200
+    content_times = [t for t, kind, payload in events if kind == "data" and isinstance(payload, dict) and payload.get("content")]
+    assert len(content_times) == 6
+    # The first piece arrives while the upstream is still generating the rest (~2 s more).
+    assert content_times[-1] - content_times[0] > 1.5
+    assert content_times[0] < content_times[-1] - 1.5
+    gaps = [b - a for a, b in zip(content_times, content_times[1:])]
+    assert min(gaps) > 0.2, gaps
+
+
+def test_stream_headers(service, simulator):
+    with requests.post(service.url + "/api/chat/stream", json={"messages": "hi"}, stream=True, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers["Cache-Control"] == "no-cache"
+        assert response.headers["X-Accel-Buffering"] == "no"
+        response.content
+
+
+@pytest.mark.parametrize("directive", ["", "sim:top_usage"])
+def test_usage_from_either_upstream_form(service, simulator, directive):
+    status, events = read_stream(service.url, f"count me {directive}")
+    payloads = data_events(events)
+    assert payloads[-1] == "[DONE]"
+    final = payloads[-2]
+    assert final["finish_reason"] == "stop" and final["content"] == ""
+    usage = final["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_reasoning_deltas_come_before_content(service, simulator):
+    _, events = read_stream(service.url, "think sim:reasoning=3")
+    payloads = [p for p in data_events(events) if p != "[DONE]"]
+    reasoning = [p for p in payloads if "reasoning" in p]
+    assert len(reasoning) == 3 and all(p["content"] == "" for p in reasoning)
+    first_content = next(i for i, p in enumerate(payloads) if p.get("content"))
+    assert all(payloads.index(p) < first_content for p in reasoning)
+
+
+@pytest.mark.parametrize("directive,code", [
+    ("sim:break_after=2 sim:chunks=6", "upstream_disconnected"),
+    ("sim:malformed_after=2 sim:chunks=6", "upstream_malformed"),
+    ("sim:no_done", "upstream_incomplete"),
+    ("sim:first_delay=5", "upstream_timeout"),
+])
+def test_failures_after_the_first_byte_are_in_band(service, simulator, directive, code):
+    status, events = read_stream(service.url, f"go {directive}")
+    assert status == 200
+    payloads = data_events(events)
+    assert payloads[-1] == "[DONE]"
+    assert payloads[-2]["code"] == code and payloads[-2]["error"]
+    assert "finish_reason" not in payloads[-2]
+
+
+def test_failure_before_the_first_byte_is_a_json_status(service, simulator):
+    status, body = read_stream(service.url, "sim:status=429 sim:type=rate_limit_reached_error sim:retry_after=3")
+    assert status == 429 and body["code"] == "upstream_rate_limited"
+
+
+def test_keepalive_comments_while_upstream_is_silent(service, simulator):
+    _, events = read_stream(service.url, "slow sim:first_delay=1.2")
+    first_content = next(t for t, kind, p in events if kind == "data" and isinstance(p, dict) and p.get("content"))
+    keepalives = [t for t, kind, p in events if kind == "comment" and "keep-alive" in p and t < first_content]
+    assert len(keepalives) >= 3, events[:8]
+    assert data_events(events)[-1] == "[DONE]"
+
+
+def _open_and_abandon(url: str, message: str, read_until: bytes) -> float:
+    """Opens a stream on a raw socket, reads until `read_until` appears, then closes the
+    socket; returns the monotonic time of the close."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"messages": message}).encode()
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    received = b""
+    while read_until not in received:
+        received += sock.recv(65536)
+    sock.close()
+    return time.monotonic()
+
+
+@pytest.mark.parametrize("message,read_until", [
+    ("sim:chunks=100 sim:interval=0.1", b'"content"'),   # upstream busy sending
+    ("sim:first_delay=30", b": stream open"),           # upstream silent (thinking)
+])
+def test_client_disconnect_closes_the_upstream_within_a_second(service, simulator, message, read_until):
+    closed_at = _open_and_abandon(service.url, message, read_until)
+    wait_until(lambda: simulator.stats()["streams_aborted"] == 1, timeout=5, message="the upstream stream to be aborted")
+    assert time.monotonic() - closed_at < 1.0
+    assert simulator.stats()["streams_completed"] == 0
+
+
+def test_a_few_hundred_concurrent_streams(service, simulator):
+    results = []
+    lock = threading.Lock()
+
+    def one(i):
+        status, events = read_stream(service.url, f"stream {i} sim:chunks=5 sim:interval=0.2")
+        with lock:
+            results.append((status, data_events(events)))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(300)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 300
+    for status, payloads in results:
+        assert status == 200 and payloads[-1] == "[DONE]" and payloads[-2]["usage"]["total_tokens"] > 0
+    assert simulator.stats()["streams_completed"] == 300
