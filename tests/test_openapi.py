@@ -68,3 +68,9 @@ def test_docs_page_renders_every_path_without_external_assets(client):
     assert "<h2><code>POST /api/chat/completion</code></h2>" in page
     assert "/api/openapi.json" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_every_endpoint_in_api_info_is_documented(client):
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    for endpoint in client.get("/api/info").get_json()["data"]["endpoints"]:
+        assert endpoint["method"].lower() in paths[endpoint["path"]], endpoint
