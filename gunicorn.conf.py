@@ -51,13 +51,22 @@ accesslog = None
 # gunicorn 24+ opens a control socket at one fixed path per user; several instances on a
 # host (or ProtectSystem=strict under systemd) trip over it, and nothing here uses it.
 control_socket_disable = True
+# TRUSTED_PROXY_COUNT (ProxyFix, in the app) alone decides which forwarded headers to believe;
+# gunicorn's own default trusts X-Forwarded-Proto from any loopback client.
+forwarded_allow_ips = ""
 
-if workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
-    # In-memory counters live in one process: N workers would let N x the limit through.
-    print("kimi-backend: configuration error: WEB_CONCURRENCY is "
-          f"{workers} but RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
-          "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker.", file=sys.stderr, flush=True)
-    sys.exit(1)
+
+def on_starting(server):
+    """Refuses memory:// limiter storage with several workers, whichever way the worker count
+    was given (WEB_CONCURRENCY, -w, GUNICORN_CMD_ARGS): in-memory counters live in one
+    process, so N workers would let N x the limit through. Then prepares the metrics directory."""
+    if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
+        print(f"kimi-backend: configuration error: {server.cfg.workers} workers were asked for but "
+              "RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
+              "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker (WEB_CONCURRENCY=1).",
+              file=sys.stderr, flush=True)
+        sys.exit(1)
+    _prepare_metrics_dir()
 
 
 # --- Observability: JSON logs for gunicorn's own lines, and the metrics shared by workers.
@@ -65,16 +74,16 @@ _logs = _load_module_alone("logs")
 logconfig_dict = _logs.gunicorn_logconfig(_settings.log_level)
 logger_class = _logs.GunicornLogger
 
-# prometheus-client reads this when a worker imports it; every worker writes its metrics
-# there and /metrics sums them.
 _METRICS_DIR_PREFIX = "kimi-backend-metrics-"
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
 
 
-def on_starting(server):
-    """Starts every run with an empty metrics directory: files of a previous run would add
-    their old counts to this run's totals."""
+def _prepare_metrics_dir():
+    """Called from on_starting, before any worker imports prometheus-client (which reads
+    PROMETHEUS_MULTIPROC_DIR then): every worker writes its metrics there and /metrics sums
+    them. A fresh directory by default; an operator's is emptied, since files of a previous
+    run would add their old counts to this run's totals."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
     for name in glob.glob(os.path.join(path, "*.db")):
@@ -91,6 +100,6 @@ def child_exit(server, worker):
 
 def on_exit(server):
     """Removes the metrics directory when this file made it (an operator's stays)."""
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if os.path.basename(path).startswith(_METRICS_DIR_PREFIX):
         shutil.rmtree(path, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Kimi Backend: a small, safe HTTP API between web frontends and Moonshot AI's Kimi chat API."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -8,13 +9,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask, g, request, send_from_directory
-from werkzeug.middleware.proxy_fix import ProxyFix
+from limits.errors import StorageError
 
 from .config import Settings, load_settings, read_environment
 from .errors import register_error_handlers
-from .extensions import add_rate_limit_headers, cors, limiter
+from .extensions import (add_rate_limit_headers, cors, init_security_headers, limiter, limiter_storage_options,
+                         rate_limit_unavailable)
 from .logs import configure_logging
 from .moonshot.client import MoonshotClient
+from .proxies import trust_proxies
 from .service import KimiService
 from . import telemetry
 
@@ -56,12 +59,13 @@ def configure_app(app: Flask, settings: Settings) -> None:
         RATELIMIT_STRATEGY="fixed-window",
         RATELIMIT_HEADERS_ENABLED=False,
         RATELIMIT_KEY_PREFIX="kimi",
+        RATELIMIT_STORAGE_OPTIONS=limiter_storage_options(settings.rate_limit_storage_uri),
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=settings.rate_limit_fail_open,
+        RATELIMIT_SWALLOW_ERRORS=False,
     )
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    if settings.trusted_proxy_count:
-        n = settings.trusted_proxy_count
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+    app.wsgi_app = trust_proxies(app.wsgi_app, settings.trusted_proxy_count)
 
 
 def connect_upstream(app: Flask, settings: Settings) -> None:
@@ -82,16 +86,24 @@ def connect_upstream(app: Flask, settings: Settings) -> None:
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    """Binds the limiter and CORS to this app."""
+    """Binds the security headers, the limiter and CORS to this app."""
+    # Talisman first: a plain-HTTP request is redirected before it spends any rate-limit budget.
+    init_security_headers(app, settings.force_https)
     limiter.init_app(app)
     app.after_request(add_rate_limit_headers)
+    app.register_error_handler(StorageError, rate_limit_unavailable)
     if settings.allowed_origins is not None:
         origins = list(settings.allowed_origins)
+    elif settings.production:
+        origins = []
+        logging.getLogger("kimi_backend").warning(
+            "ALLOWED_ORIGINS is not set: in production no browser origin may call the API "
+            "(set ALLOWED_ORIGINS=https://your.site, or * for any origin).")
     else:
-        # Unset: any origin while developing, none in production.
-        origins = [] if settings.production else ["*"]
+        origins = ["*"]  # unset while developing: any origin
     cors.init_app(app, resources={r"/api/*": {"origins": origins}, r"/health*": {"origins": origins}},
-                  allow_headers=ALLOWED_HEADERS, expose_headers=EXPOSED_HEADERS, max_age=600)
+                  allow_headers=ALLOWED_HEADERS, expose_headers=EXPOSED_HEADERS, max_age=600,
+                  send_wildcard=True)  # `*` is sent as `*`, not as an echo of the caller's Origin
 
 
 def register_request_hooks(app: Flask) -> None:

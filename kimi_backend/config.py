@@ -86,6 +86,19 @@ def _url(name: str, raw: Any) -> str:
     return value
 
 
+_ORIGIN = re.compile(r"^https?://[^/\s*]+$")
+
+
+def _origins(name: str, raw: Any) -> tuple[str, ...]:
+    """CORS origins: `*`, or exact `scheme://host[:port]` values (a browser's Origin header
+    never has a path, so a trailing slash would silently match nothing)."""
+    origins = _list(name, raw)
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ConfigError(f"{name} entries must be * or scheme://host[:port] with no path, got {origin!r}.")
+    return origins
+
+
 def _secret_file(name: str, raw: Any) -> str:
     """Reads a secret from a file (systemd credentials, Docker secrets)."""
     path = str(raw).strip()
@@ -117,7 +130,7 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "RATE_LIMIT_MAX_REQUESTS": ("100", _int(1)),
     "REQUIRE_API_KEY": ("false", _bool),
     "VALID_API_KEYS": ("", _list),
-    "ALLOWED_ORIGINS": (None, _list),
+    "ALLOWED_ORIGINS": (None, _origins),
     # Ours.
     "KIMI_API_KEY_FILE": (None, _secret_file),
     "VALID_API_KEYS_FILE": (None, _secret_file),
@@ -137,6 +150,8 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "SSE_KEEPALIVE_S": ("15", _seconds),
     "MAX_BODY_BYTES": ("1048576", _int(1024)),
     "LOG_LEVEL": ("info", _choice(LOG_LEVELS)),
+    "RATE_LIMIT_FAIL_OPEN": ("true", _bool),
+    "FORCE_HTTPS": ("false", _bool),
     "LOG_BODIES": ("false", _bool),
     "METRICS_TOKEN": (None, _text),
     "READY_CACHE_S": ("5", _seconds),
@@ -173,6 +188,8 @@ class Settings:
     sse_keepalive_s: float
     max_body_bytes: int
     log_level: str
+    rate_limit_fail_open: bool
+    force_https: bool
     log_bodies: bool
     metrics_token: str | None = field(repr=False)
     ready_cache_s: float
@@ -253,6 +270,8 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         sse_keepalive_s=values["SSE_KEEPALIVE_S"],
         max_body_bytes=values["MAX_BODY_BYTES"],
         log_level=values["LOG_LEVEL"],
+        rate_limit_fail_open=values["RATE_LIMIT_FAIL_OPEN"],
+        force_https=values["FORCE_HTTPS"],
         log_bodies=values["LOG_BODIES"],
         metrics_token=values["METRICS_TOKEN"] or None,
         ready_cache_s=values["READY_CACHE_S"],

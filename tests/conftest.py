@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 
 from kimi_backend import create_app
 from kimi_backend.moonshot.simulator import start_in_thread
+from tests.servers import Service
 
 # A fake key, long and recognisable, so a leak anywhere is found by a plain substring search.
 UPSTREAM_KEY = "sk-test-upstream-key-0123456789abcdefghijklmnopqrstuv"
@@ -19,7 +20,7 @@ os.environ["DOTENV_PATH"] = ""
 for _name in list(os.environ):
     if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY")) \
             or _name in ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "DEFAULT_MODEL", "MAX_BODY_BYTES",
-                         "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S",
+                         "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S", "FORCE_HTTPS",
                          "LOG_BODIES", "METRICS_TOKEN", "READY_CACHE_S", "READY_TIMEOUT_S"):
         del os.environ[_name]
 
@@ -105,3 +106,16 @@ def app(make_app):
 def client(app):
     """A test client for the default app."""
     return app.test_client()
+
+
+@pytest.fixture
+def served():
+    """Starts the service under gunicorn with `served(**env)`; stops every one afterwards."""
+    started: list[Service] = []
+
+    def start(**env: str) -> Service:
+        started.append(Service(**env))
+        return started[-1]
+    yield start
+    for service in started:
+        service.stop()

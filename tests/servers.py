@@ -3,17 +3,23 @@ and the simulator as its own process, each on a free loopback port."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+import redis
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+# A rate-limit window of an hour: no limit test can straddle a fixed-window boundary.
+LONG_WINDOW_MS = "3600000"
 
 
 def free_port() -> int:
@@ -32,6 +38,12 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, message
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def fetch_all(urls: list[str], headers: dict | None = None) -> list[requests.Response]:
+    """GETs every URL, six at a time, each on its own connection; responses in URL order."""
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        return list(pool.map(lambda url: requests.get(url, headers=headers or {}, timeout=10), urls))
 
 
 class Process:
@@ -61,7 +73,8 @@ def clean_env(**overrides: str) -> dict[str, str]:
     """The current environment without project variables, plus `overrides`."""
     prefixes = ("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "REQUIRE_API_KEY", "VALID_API_KEYS", "ALLOWED_",
                 "LOG_BODIES", "METRICS_TOKEN", "READY_", "PROMETHEUS_MULTIPROC_DIR")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in ("NODE_ENV", "APP_ENV", "PORT")}
+    unset = ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "FORCE_HTTPS", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in unset}
     env.update(DOTENV_PATH="", HOST="127.0.0.1")
     env.update(overrides)
     return env
@@ -104,27 +117,37 @@ class SimulatorProcess(Process):
 
 
 def require_binary(name: str) -> str:
-    """The path of a system binary a test drives; skips without it, except under CI (the
-    `CI` variable set), where a missing binary is a failure: .ci/run installs it."""
-    import shutil
-
-    import pytest
-
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    """The path of a system binary a test drives for real. Missing: the test is skipped on a
+    developer's machine, but fails under CI (`CI` set), so CI never silently skips it."""
+    path = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.path.exists(p)), None)
     if path:
         return path
     if os.environ.get("CI"):
-        pytest.fail(f"{name} is not installed, and CI must run this test (.ci/run installs it)")
-    pytest.skip(f"{name} is not installed")
+        pytest.fail(f"{name} is not installed; .ci/run installs it with apt-get")
+    pytest.skip(f"{name} is not installed (apt-get install {name})")
 
 
 class RedisServer(Process):
-    """A throwaway redis-server on a free loopback port, without persistence."""
+    """A throwaway redis-server on a loopback port, with no persistence. `stop()` and
+    `start()` again (same port) simulate an outage and its end."""
 
     def __init__(self):
+        self.binary = require_binary("redis-server")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        command = [require_binary("redis-server"), "--bind", "127.0.0.1", "--port", str(self.port),
-                   "--save", "", "--appendonly", "no"]
+        self.start()
+
+    def start(self) -> None:
+        """Starts the server and waits until it answers PING."""
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         super().__init__(command, clean_env())
-        wait_until(lambda: "Ready to accept connections" in self.log(), timeout=20, message="redis-server")
+        wait_until(self._answers, timeout=20, message=f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"redis-server exited early:\n{self.log()}")
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1) as client:
+                return client.ping()
+        except redis.RedisError:
+            return False

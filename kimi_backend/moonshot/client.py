@@ -1,4 +1,4 @@
-"""The only module that talks to Moonshot: a pooled `requests` session, `(connect, read)`
+"""The only module that talks to Moonshot: a pooled `requests` adapter, `(connect, read)`
 timeouts on every call, bounded retries for non-streaming calls, the upstream stream
 reader, and the mapping of Moonshot's errors onto ours."""
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import requests
 import urllib3
+from requests.structures import CaseInsensitiveDict
 
 from ..errors import UpstreamError
 from .sse import iter_data_lines
@@ -21,6 +22,9 @@ from .sse import iter_data_lines
 _TRY_AGAIN_AFTER = re.compile(r"try again after (\d+(?:\.\d+)?) seconds?")
 _RETRYABLE_TYPES = {"rate_limit_reached_error", "engine_overloaded_error"}
 _AUTH_TYPES = {"invalid_authentication_error", "incorrect_api_key_error", "permission_denied_error"}
+# Key-shaped text in an upstream message ("Incorrect API key provided: sk-…" is a common
+# reply): Moonshot's `sk-` keys and anything sent as a bearer token.
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+\S+", re.IGNORECASE)
 
 
 class StreamBroken(Exception):
@@ -124,16 +128,15 @@ class MoonshotClient:
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
         self.retry_max_wait_s = retry_max_wait_s
-        self.session = requests.Session()
-        # Without this, requests consults proxy variables and netrc on every call (about a
-        # quarter of its CPU per request); an outbound proxy is set explicitly instead.
-        self.session.trust_env = False
-        if proxy:
-            self.session.proxies = {"http": proxy, "https": proxy}
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+        # Requests go straight to the pooled adapter with a hand-built PreparedRequest: we need
+        # none of Session.request's cookie jar, redirects, auth hooks or environment lookups
+        # (requests otherwise reads proxy variables and netrc on every call), and skipping
+        # them measured ~0.1 ms less CPU per request, about a fifth of what a call costs.
+        self._adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self._proxies = {"http": proxy, "https": proxy} if proxy else {}
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
+                         "Accept": "application/json, text/event-stream", "Accept-Encoding": "identity",
+                         "User-Agent": "kimi-backend"}
 
     def chat(self, payload: dict) -> dict:
         """A non-streaming chat completion, retried on transient failures."""
@@ -194,10 +197,15 @@ class MoonshotClient:
 
     def _send(self, method: str, path: str, json_body: dict | None = None, stream: bool = False,
               timeout: tuple[float, float] | None = None) -> requests.Response:
-        data = None if json_body is None else json.dumps(json_body, ensure_ascii=False).encode()
+        prepared = requests.PreparedRequest()
+        prepared.method = method
+        prepared.url = self.base_url + path
+        prepared.headers = CaseInsensitiveDict(self._headers)
+        if json_body is not None:
+            prepared.body = json.dumps(json_body, ensure_ascii=False).encode()
+            prepared.headers["Content-Length"] = str(len(prepared.body))
         try:
-            return self.session.request(method, self.base_url + path, data=data, timeout=timeout or self.timeout,
-                                        stream=stream)
+            return self._adapter.send(prepared, stream=stream, timeout=timeout or self.timeout, proxies=self._proxies)
         except requests.exceptions.ConnectTimeout:
             raise UpstreamError(503, "upstream_unavailable", "The upstream could not be reached (connect timeout).",
                                 retryable=True) from None
@@ -211,11 +219,13 @@ class MoonshotClient:
 
 
 def _error_message(body: Any) -> str | None:
+    """The upstream's error text, with anything key-shaped removed: it may be passed on to
+    our client, and the key must never leave the server."""
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
+        return _KEY_LIKE.sub("[redacted]", error["message"])
     if isinstance(error, str):
-        return error
+        return _KEY_LIKE.sub("[redacted]", error)
     return None
 
 

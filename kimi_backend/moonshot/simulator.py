@@ -686,8 +686,16 @@ def main(argv=None) -> None:
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any sk-... key)")
     args = parser.parse_args(argv)
 
+    class NoDelayServer(WSGIServer):
+        """pywsgi writes headers and body separately; without TCP_NODELAY, Nagle's algorithm
+        and the client's delayed ACK add ~40 ms to every small response."""
+
+        def handle(self, sock, address):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle(sock, address)
+
     _raise_open_files_limit()
-    server = WSGIServer((args.host, args.port), create_simulator(args.api_key), log=None, backlog=2048)
+    server = NoDelayServer((args.host, args.port), create_simulator(args.api_key), log=None, backlog=2048)
     server.start()
     host, port = server.address[:2]
     print(f"simulator listening on http://{host}:{port}/v1", flush=True)

@@ -1,0 +1,103 @@
+"""Issue 2's benchmark: `/api/chat/completion` latency at 1 connection and throughput at 16,
+straight to the simulator, through the reference minimal proxy, and through our service,
+at the same number of processes. Uses wrk (Debian package `wrk`) as the load generator.
+
+    python benchmarks/latency.py [--seconds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+# Each comparison: a label, our service's gunicorn environment, the same worker model for min_proxy.
+SETUPS = [
+    ("gevent, 1 process (our default)", {}, ["-k", "gevent", "-w", "1", "--worker-connections", "2000"]),
+    ("gthread, 1 process x 16 threads", {"WORKER_CLASS": "gthread", "GUNICORN_THREADS": "16"},
+     ["-k", "gthread", "-w", "1", "--threads", "16"]),
+]
+
+
+def wrk(url: str, body: dict, connections: int, seconds: int, headers: dict | None = None) -> dict:
+    """Runs wrk and returns p50/p99 latency (ms), requests/s and error counts."""
+    script = "wrk.method = 'POST'\nwrk.body = [[" + json.dumps(body, ensure_ascii=False) + "]]\n"
+    for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        script += f"wrk.headers['{name}'] = '{value}'\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    threads = 1 if connections == 1 else 2
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", handle.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+
+    def ms(text: str) -> float:
+        number, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+        return float(number) * UNITS[unit]
+
+    requests_total = int(re.search(r"(\d+) requests in", out).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {"p50": ms(latency["50"]), "p99": ms(latency["99"]), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "requests": requests_total, "errors": (int(non_2xx.group(1)) if non_2xx else 0) + (1 if socket_errors else 0)}
+
+
+def measure(target, url: str, body: dict, seconds: int, headers: dict | None = None) -> dict:
+    """Latency at 1 connection, then throughput (and CPU per request) at 16."""
+    wrk(url, body, 16, 2, headers)  # warm up pools and caches
+    single = wrk(url, body, 1, seconds, headers)
+    cpu_before = target.cpu_seconds() if target else 0.0
+    loaded = wrk(url, body, 16, seconds, headers)
+    cpu_ms = (target.cpu_seconds() - cpu_before) * 1000 / max(1, loaded["requests"]) if target else float("nan")
+    return {"p50": single["p50"], "p99": single["p99"], "rps": loaded["rps"], "p99_16": loaded["p99"],
+            "cpu_ms": cpu_ms, "errors": single["errors"] + loaded["errors"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    simulator = start_simulator()
+    try:
+        direct = measure(None, simulator.url + "/chat/completions",
+                         {"model": "moonshot-v1-8k", "messages": [{"role": "user", "content": "hello"}]},
+                         args.seconds, {"Authorization": f"Bearer {BENCH_KEY}"})
+        print("\n## /api/chat/completion: latency at 1 connection, throughput at 16\n")
+        print("| setup | target | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | p99 ms (16 conn) | CPU ms/req | errors |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| — | simulator direct | {direct['p50']:.2f} | {direct['p99']:.2f} | — | {direct['rps']:.0f} | {direct['p99_16']:.2f} | — | {direct['errors']} |")
+        for label, service_env, proxy_args in SETUPS:
+            rows = {}
+            for name, start in (("min_proxy", lambda: start_min_proxy(simulator.url, proxy_args)),
+                                ("kimi-backend", lambda: start_service(simulator.url, **service_env))):
+                target = start()
+                try:
+                    rows[name] = measure(target, target.url + "/api/chat/completion", {"message": "hello"}, args.seconds)
+                finally:
+                    target.stop()
+                r = rows[name]
+                print(f"| {label} | {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | "
+                      f"{r['rps']:.0f} | {r['p99_16']:.2f} | {r['cpu_ms']:.2f} | {r['errors']} |", flush=True)
+            ours, floor = rows["kimi-backend"], rows["min_proxy"]
+            added_ratio = (ours["p50"] - direct["p50"]) / max(1e-9, floor["p50"] - direct["p50"])
+            print(f"| {label} | **ratio** | | | **{added_ratio:.2f}x** added latency | **{ours['rps'] / floor['rps']:.2f}x** throughput | | "
+                  f"{ours['cpu_ms'] / floor['cpu_ms']:.2f}x | |", flush=True)
+    finally:
+        simulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

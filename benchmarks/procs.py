@@ -1,0 +1,114 @@
+"""Starting the processes a benchmark compares: the simulator (the upstream), our service
+as `make run` starts it, and the reference minimal proxy, each on a free loopback port."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "reference"
+BENCH_KEY = "sk-bench"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "WEB_", "WORKER_", "GUNICORN_"))}
+    env.update(DOTENV_PATH="", **extra)
+    return env
+
+
+class Proc:
+    """A benchmark subprocess with a URL, its process tree's peak memory, and stop()."""
+
+    def __init__(self, name: str, command: list[str], url: str, ready_path: str, cwd: Path = ROOT, **env: str):
+        self.name = name
+        self.url = url
+        self.proc = subprocess.Popen(command, cwd=cwd, env=_clean_env(**env),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + ready_path, timeout=1).status_code < 500:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"{name} did not start: {' '.join(command)}")
+            time.sleep(0.1)
+
+    def pids(self) -> list[int]:
+        """This process and its children (gunicorn's workers)."""
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [self.proc.pid] + [int(pid) for pid in out.split()]
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) summed over the process tree, in MiB."""
+        total_kb = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total_kb += int(line.split()[1])
+            except OSError:
+                pass
+        return total_kb / 1024
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU time used so far by the process tree."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except OSError:
+                pass
+        return total / ticks
+
+    def stop(self) -> None:
+        """Stops the whole process group."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def start_simulator() -> Proc:
+    """The simulator on its gevent server: the upstream for everything else."""
+    port = free_port()
+    return Proc("simulator", [sys.executable, "-m", "kimi_backend.moonshot.simulator", "--host", "127.0.0.1",
+                              "--port", str(port)], f"http://127.0.0.1:{port}/v1", "/models")
+
+
+def start_service(upstream: str, **env: str) -> Proc:
+    """Our service, as `make run` starts it (gunicorn with gunicorn.conf.py), live against `upstream`.
+    The rate limit is raised out of the way but stays active, so its cost is measured."""
+    port = free_port()
+    settings = dict(KIMI_API_KEY=BENCH_KEY, KIMI_BASE_URL=upstream, PORT=str(port), HOST="127.0.0.1",
+                    RATE_LIMIT_MAX_REQUESTS="100000000", LOG_LEVEL="warning")
+    settings.update(env)
+    return Proc("service", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                f"http://127.0.0.1:{port}", "/health", **settings)
+
+
+def start_min_proxy(upstream: str, worker_args: list[str]) -> Proc:
+    """The reference minimal proxy (../shared/reference/min_proxy.py) with the given gunicorn worker flags."""
+    port = free_port()
+    return Proc("min_proxy", [sys.executable, "-m", "gunicorn", *worker_args, "-b", f"127.0.0.1:{port}",
+                              "--no-control-socket", "min_proxy:app"],
+                f"http://127.0.0.1:{port}", "/api/chat/completion", cwd=REFERENCE, UPSTREAM=upstream)

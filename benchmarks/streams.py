@@ -1,0 +1,114 @@
+"""Issue 3's benchmark: N clients each open a ~10-second stream at the same moment, straight
+to the simulator and through our service (as `make run` starts it): completed, wall time,
+median and p99 time to the first event, and peak memory.
+
+    python benchmarks/streams.py [--counts 100 500 1000]
+
+The load generator is one asyncio process on raw sockets, so it costs little CPU of its own.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
+
+# 21 content chunks 0.5 s apart: a 10-second stream whose first token comes at once.
+STREAM_DIRECTIVES = "sim:chunks=21 sim:interval=0.5"
+
+
+async def one_stream(host: str, port: int, request: bytes, start: asyncio.Event) -> dict:
+    """Sends one stream request when `start` fires; returns when it ended and its first event."""
+    await start.wait()
+    began = time.monotonic()
+    first_event = None
+    received = b""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(request)
+        while True:
+            block = await asyncio.wait_for(reader.read(65536), timeout=60)
+            if not block:
+                break
+            received += block
+            if first_event is None and b"\ndata: " in received:
+                first_event = time.monotonic() - began
+            if b"data: [DONE]" in received:
+                break
+        writer.close()
+    except (OSError, asyncio.TimeoutError) as exc:
+        return {"ok": False, "error": type(exc).__name__, "first": first_event, "end": time.monotonic() - began}
+    ok = received.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in received and b'"error"' not in received
+    return {"ok": ok, "first": first_event, "end": time.monotonic() - began, "error": None if ok else received[:200]}
+
+
+async def burst(url: str, path: str, body: dict, headers: dict, count: int) -> tuple[list[dict], float]:
+    """Opens `count` streams at the same moment; returns their results and the wall time."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    payload = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
+               f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
+    start = asyncio.Event()
+    tasks = [asyncio.create_task(one_stream(host, int(port), request, start)) for _ in range(count)]
+    await asyncio.sleep(0.2)  # let every task reach start.wait(): all begin together
+    began = time.monotonic()
+    start.set()
+    results = await asyncio.gather(*tasks)
+    return results, time.monotonic() - began
+
+
+def summarize(results: list[dict], wall: float) -> dict:
+    """Completed count, wall time, median and p99 time to first event."""
+    firsts = sorted(r["first"] for r in results if r["first"] is not None)
+    p99 = firsts[min(len(firsts) - 1, int(len(firsts) * 0.99))] if firsts else float("nan")
+    return {"completed": sum(r["ok"] for r in results), "wall": wall,
+            "median_first": statistics.median(firsts) if firsts else float("nan"), "p99_first": p99}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[100, 500, 1000])
+    args = parser.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    simulator = start_simulator()
+    service = start_service(simulator.url)
+    # The reference floor, with our default worker model (one gevent process).
+    floor = start_min_proxy(simulator.url, ["-k", "gevent", "-w", "1", "--worker-connections", "2000"])
+    print("\n## Concurrent 10-second streams opened at the same moment\n")
+    print("| streams | target | completed | wall s | median first event s | p99 first event s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    try:
+        for count in args.counts:
+            direct = asyncio.run(burst(simulator.url, "/v1/chat/completions",
+                                       {"model": "moonshot-v1-8k", "stream": True,
+                                        "messages": [{"role": "user", "content": f"story {STREAM_DIRECTIVES}"}]},
+                                       {"Authorization": f"Bearer {BENCH_KEY}"}, count))
+            minimal = asyncio.run(burst(floor.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count))
+            ours = asyncio.run(burst(service.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count))
+            for name, (results, wall), proc in (("simulator direct", direct, simulator), ("min_proxy (reference)", minimal, floor),
+                                                ("kimi-backend", ours, service)):
+                s = summarize(results, wall)
+                print(f"| {count} | {name} | {s['completed']}/{count} | {s['wall']:.2f} | {s['median_first']:.3f} | "
+                      f"{s['p99_first']:.3f} | {proc.peak_rss_mb():.0f} |", flush=True)
+                failures = [r["error"] for r in results if not r["ok"]][:3]
+                if failures:
+                    print(f"|  | first failures: {failures} | | | | | |", flush=True)
+    finally:
+        service.stop()
+        floor.stop()
+        simulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

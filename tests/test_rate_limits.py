@@ -1,0 +1,104 @@
+"""The limiter in one process: one budget per client over every API route, exempt health and
+static routes, the 429 contract, and what happens when the limiter's storage is unreachable."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.servers import free_port
+
+# An hour: no test can straddle a fixed-window boundary.
+LONG_WINDOW = {"RATE_LIMIT_WINDOW_MS": "3600000"}
+
+
+def limited_app(make_app, maximum: int, **overrides):
+    return make_app(RATE_LIMIT_MAX_REQUESTS=str(maximum), **LONG_WINDOW, **overrides)
+
+
+def assert_rate_limited(response, limit: int):
+    assert response.status_code == 429
+    body = response.get_json()
+    assert body == {"success": False, "error": body["error"], "code": "rate_limited", "request_id": body["request_id"]}
+    assert 1 <= int(response.headers["Retry-After"]) <= 3600
+    assert response.headers["X-RateLimit-Limit"] == str(limit)
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+    assert int(response.headers["X-RateLimit-Reset"]) > time.time()
+
+
+def test_the_n_plus_first_request_is_refused_across_all_api_routes(make_app):
+    client = limited_app(make_app, 4).test_client()
+    paths = ["/api/info", "/api/chat/models", "/api/info", "/api/chat/models"]
+    remaining = [client.get(path).headers["X-RateLimit-Remaining"] for path in paths]
+    assert remaining == ["3", "2", "1", "0"]
+    assert_rate_limited(client.post("/api/chat/completion", json={"message": "hi"}), 4)
+    assert_rate_limited(client.get("/api/info"), 4)
+
+
+def test_health_and_static_are_not_limited(make_app):
+    client = limited_app(make_app, 1).test_client()
+    assert client.get("/api/info").status_code == 200
+    assert client.get("/api/info").status_code == 429
+    for _ in range(3):
+        assert client.get("/health").status_code == 200
+        assert "X-RateLimit-Limit" not in client.get("/health").headers
+        assert client.get("/static/no-such-file.js").status_code == 404
+
+
+def test_a_valid_key_has_its_own_budget_and_an_invalid_one_counts_as_the_ip(make_app):
+    client = limited_app(make_app, 2, REQUIRE_API_KEY="true", VALID_API_KEYS="alice,bob").test_client()
+    for _ in range(2):
+        assert client.get("/api/chat/models", headers={"x-api-key": "alice"}).status_code == 200
+    assert client.get("/api/chat/models", headers={"x-api-key": "alice"}).status_code == 429
+    # bob and the anonymous IP are untouched by alice's use...
+    assert client.get("/api/chat/models", headers={"Authorization": "Bearer bob"}).status_code == 200
+    assert client.get("/api/info").status_code == 200
+    # ...and guessing keys spends the IP's budget, so it cannot be used to brute-force keys.
+    assert client.get("/api/chat/models", headers={"x-api-key": "mallory"}).status_code == 401
+    assert_rate_limited(client.get("/api/chat/models", headers={"x-api-key": "mallory-2"}), 2)
+
+
+def test_an_upstream_429_keeps_the_upstreams_retry_after(make_app):
+    client = limited_app(make_app, 10).test_client()
+    response = client.post("/api/chat/completion",
+                           json={"message": "sim:status=429 sim:type=rate_limit_reached_error sim:retry_after=42"})
+    assert response.status_code == 429
+    assert response.get_json()["code"] == "upstream_rate_limited"
+    assert response.headers["Retry-After"] == "42"
+    assert response.headers["X-RateLimit-Remaining"] == "9"
+
+
+def unreachable_redis() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def test_fail_closed_answers_503_when_the_storage_is_unreachable(make_app):
+    client = limited_app(make_app, 5, RATE_LIMIT_STORAGE_URI=unreachable_redis(), RATE_LIMIT_FAIL_OPEN="false").test_client()
+    response = client.get("/api/chat/models")
+    assert response.status_code == 503
+    assert response.get_json()["code"] == "rate_limit_unavailable"
+    assert response.headers["Retry-After"].isdigit()
+    assert client.get("/health").status_code == 200
+
+
+def test_fail_open_falls_back_to_in_memory_limits(make_app):
+    client = limited_app(make_app, 2, RATE_LIMIT_STORAGE_URI=unreachable_redis()).test_client()
+    assert [client.get("/api/chat/models").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_each_app_gets_its_own_outage_behaviour(make_app):
+    # flask-limiter's stock init_app keeps the first app's fallback switch and outage state.
+    storage = unreachable_redis()
+    fail_open = limited_app(make_app, 5, RATE_LIMIT_STORAGE_URI=storage).test_client()
+    assert fail_open.get("/api/chat/models").status_code == 200
+    fail_closed = limited_app(make_app, 5, RATE_LIMIT_STORAGE_URI=storage, RATE_LIMIT_FAIL_OPEN="false").test_client()
+    assert fail_closed.get("/api/chat/models").status_code == 503
+    fresh = limited_app(make_app, 5).test_client()
+    assert fresh.get("/api/chat/models").headers["X-RateLimit-Remaining"] == "4"
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_fail_open_setting_is_validated(make_app, value):
+    from kimi_backend.config import ConfigError
+    with pytest.raises(ConfigError, match="^RATE_LIMIT_FAIL_OPEN"):
+        make_app(RATE_LIMIT_FAIL_OPEN=value)

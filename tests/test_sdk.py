@@ -1,0 +1,61 @@
+"""The JavaScript SDK (`static/kimi-sdk.js`) under Node's built-in test runner, against the
+real service (gunicorn, offline simulator) with client keys required."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.servers import ROOT, Service
+
+SDK_TESTS = sorted((ROOT / "tests" / "sdk").glob("*.test.mjs"))
+CLIENT_KEY = "sdk-test-client-key"
+
+
+def node_binary() -> str:
+    """Node, or a skip (a failure under CI, where a missing Node must not pass silently)."""
+    node = shutil.which("node")
+    if node is None:
+        if os.environ.get("CI"):
+            pytest.fail("node is required under CI for the SDK tests")
+        pytest.skip("node is not installed")
+    return node
+
+
+@pytest.fixture(scope="module")
+def keyed_service():
+    # No upstream retries: the 429 tests want the simulator's Retry-After passed straight through.
+    service = Service(REQUIRE_API_KEY="true", VALID_API_KEYS=CLIENT_KEY, UPSTREAM_MAX_RETRIES="0",
+                      RATE_LIMIT_MAX_REQUESTS="10000")
+    yield service
+    service.stop()
+
+
+def test_sdk_under_node_test_runner(keyed_service):
+    node = node_binary()
+    assert SDK_TESTS, "no tests/sdk/*.test.mjs found"
+    result = subprocess.run([node, "--test", *map(str, SDK_TESTS)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "KIMI_URL": keyed_service.url, "KIMI_KEY": CLIENT_KEY})
+    assert result.returncode == 0, f"node --test failed:\n{result.stdout}\n{result.stderr}\n--- service log ---\n{keyed_service.log()}"
+    assert "# fail 0" in result.stdout
+
+
+def test_readme_sdk_example_runs(keyed_service, tmp_path):
+    """The README's first JavaScript example, pointed at the test service, runs as written."""
+    node = node_binary()
+    section = (ROOT / "README.md").read_text().split("## JavaScript SDK", 1)[1]
+    example = re.search(r"```js\n(.*?)```", section, re.S).group(1)
+    assert "import KimiClient from './kimi-sdk.js';" in example
+    example = example.replace("http://localhost:3000", keyed_service.url).replace("your-client-key", CLIENT_KEY)
+    shutil.copy(ROOT / "static" / "kimi-sdk.js", tmp_path / "kimi-sdk.js")
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "example.js").write_text(example)
+    result = subprocess.run([node, "example.js"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[offline simulator] You said: 你好"
+    assert lines[-1] == "完成"
+    assert "".join(lines[2:-1]) == "[offline simulator] You said: 写一个故事"

@@ -1,0 +1,60 @@
+"""Security headers (flask-talisman): on every response, errors included; HSTS only over
+HTTPS; the HTTPS redirect off by default, on with FORCE_HTTPS, honouring only a trusted
+proxy's forwarded scheme."""
+from __future__ import annotations
+
+import pytest
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("get", "/health", 200), ("get", "/api/info", 200), ("get", "/no-such-page", 404),
+    ("post", "/api/chat/completion", 400), ("get", "/static/no-such-file.js", 404)])
+def test_every_response_carries_the_security_headers(client, method, path, status):
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Content-Security-Policy"] == CSP
+    assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
+    assert "Strict-Transport-Security" not in response.headers  # plain HTTP
+
+
+def test_hsts_over_https(client):
+    response = client.get("/health", base_url="https://localhost")
+    max_age = response.headers["Strict-Transport-Security"].split(";")[0]
+    assert max_age.startswith("max-age=") and int(max_age.removeprefix("max-age=")) >= 365 * 24 * 3600
+
+
+def test_no_https_redirect_by_default(client):
+    assert client.get("/health").status_code == 200
+
+
+def test_force_https_redirects_plain_http(make_app):
+    client = make_app(FORCE_HTTPS="true").test_client()
+    response = client.get("/api/info?x=1")
+    assert response.status_code in (301, 302)
+    assert response.headers["Location"] == "https://localhost/api/info?x=1"
+    assert client.get("/api/info", base_url="https://localhost").status_code == 200
+
+
+def test_force_https_honours_a_trusted_proxys_scheme(make_app):
+    client = make_app(FORCE_HTTPS="true", TRUSTED_PROXY_COUNT="1").test_client()
+    response = client.get("/api/info", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"})
+    assert response.status_code == 200
+    assert "Strict-Transport-Security" in response.headers
+
+
+def test_without_a_trusted_proxy_a_forwarded_scheme_is_ignored(make_app):
+    client = make_app(FORCE_HTTPS="true").test_client()
+    response = client.get("/api/info", headers={"X-Forwarded-Proto": "https"})
+    assert response.status_code in (301, 302)
+    assert "Strict-Transport-Security" not in response.headers
+
+
+def test_production_runs_without_debug(make_app):
+    app = make_app(NODE_ENV="production")
+    assert not app.debug and not app.config["PROPAGATE_EXCEPTIONS"]
