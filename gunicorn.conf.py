@@ -4,9 +4,12 @@ Every value comes from the environment (and `.env`), with defaults chosen by mea
 see README "Capacity". The settings are validated here, in the master, so a bad value stops
 startup with one sentence before any worker boots.
 """
+import glob
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -14,18 +17,18 @@ from dotenv import load_dotenv
 load_dotenv(os.environ.get("DOTENV_PATH", ".env"))
 
 
-def _load_config_module():
-    """Loads kimi_backend/config.py alone. Importing the package here would import Flask,
+def _load_module_alone(name: str):
+    """Loads kimi_backend/<name>.py alone. Importing the package here would import Flask,
     requests and urllib3 into the master before gevent patches the workers, which breaks
     gevent's ssl patching for HTTPS upstreams."""
-    spec = importlib.util.spec_from_file_location("_kimi_config", Path(__file__).parent / "kimi_backend" / "config.py")
+    spec = importlib.util.spec_from_file_location(f"_kimi_{name}", Path(__file__).parent / "kimi_backend" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while building Settings
     spec.loader.exec_module(module)
     return module
 
 
-_config = _load_config_module()
+_config = _load_module_alone("config")
 try:
     _settings = _config.load_settings(os.environ)
 except _config.ConfigError as exc:
@@ -56,10 +59,47 @@ forwarded_allow_ips = ""
 def on_starting(server):
     """Refuses memory:// limiter storage with several workers, whichever way the worker count
     was given (WEB_CONCURRENCY, -w, GUNICORN_CMD_ARGS): in-memory counters live in one
-    process, so N workers would let N x the limit through."""
+    process, so N workers would let N x the limit through. Then prepares the metrics directory."""
     if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
         print(f"kimi-backend: configuration error: {server.cfg.workers} workers were asked for but "
               "RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
               "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker (WEB_CONCURRENCY=1).",
               file=sys.stderr, flush=True)
         sys.exit(1)
+    _prepare_metrics_dir()
+
+
+# --- Observability: JSON logs for gunicorn's own lines, and the metrics shared by workers.
+_logs = _load_module_alone("logs")
+logconfig_dict = _logs.gunicorn_logconfig(_settings.log_level)
+logger_class = _logs.GunicornLogger
+
+_METRICS_DIR_PREFIX = "kimi-backend-metrics-"
+
+
+def _prepare_metrics_dir():
+    """Called from on_starting, before any worker imports prometheus-client (which reads
+    PROMETHEUS_MULTIPROC_DIR then): every worker writes its metrics there and /metrics sums
+    them. A fresh directory by default; an operator's is emptied, since files of a previous
+    run would add their old counts to this run's totals."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
+
+
+def child_exit(server, worker):
+    """Drops a dead worker's live gauges (active streams); its counters stay in the totals.
+    This is prometheus_client.multiprocess.mark_process_dead, which the master cannot
+    import: prometheus_client imports ssl."""
+    for name in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], f"gauge_live*_{worker.pid}.db")):
+        os.remove(name)
+
+
+def on_exit(server):
+    """Removes the metrics directory when this file made it (an operator's stays)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(path).startswith(_METRICS_DIR_PREFIX):
+        shutil.rmtree(path, ignore_errors=True)

@@ -15,9 +15,11 @@ from .config import Settings, load_settings, read_environment
 from .errors import register_error_handlers
 from .extensions import (add_rate_limit_headers, cors, init_security_headers, limiter, limiter_storage_options,
                          rate_limit_unavailable)
+from .logs import configure_logging
 from .moonshot.client import MoonshotClient
 from .proxies import trust_proxies
 from .service import KimiService
+from . import telemetry
 
 __version__ = "1.0.0"
 
@@ -28,16 +30,18 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Builds the app: settings → logging → upstream → request ids → extensions → errors → routes.
+    """Builds the app: settings → logging → upstream → request ids and telemetry → extensions
+    → errors → routes.
 
     `test_config` overrides environment variables by name (same names, same parsing).
     """
     settings = load_settings(read_environment(os.environ, os.environ.get("DOTENV_PATH", ".env")), test_config)
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     configure_app(app, settings)
-    configure_logging(settings)
+    configure_logging(settings.log_level, telemetry.current_request_id)
     connect_upstream(app, settings)
     register_request_hooks(app)
+    telemetry.init_app(app)
     register_extensions(app, settings)
     register_error_handlers(app)
     register_blueprints(app)
@@ -62,14 +66,6 @@ def configure_app(app: Flask, settings: Settings) -> None:
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     app.wsgi_app = trust_proxies(app.wsgi_app, settings.trusted_proxy_count)
-
-
-def configure_logging(settings: Settings) -> None:
-    """Sets the service's log level; handlers come from gunicorn or the dev server."""
-    logger = logging.getLogger("kimi_backend")
-    logger.setLevel(settings.log_level.upper())
-    if not logging.getLogger().handlers and not logger.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 def connect_upstream(app: Flask, settings: Settings) -> None:
@@ -126,13 +122,17 @@ def register_request_hooks(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mounts the routes and the test page."""
-    from .api import chat, health
+    from .api import chat, health, metrics, openapi, ready
 
     app.register_blueprint(health.bp)
     app.register_blueprint(health.info_bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(ready.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.get("/")
+    @openapi.produces("text/html")
     def index():
         """The test page."""
         return send_from_directory(STATIC_DIR, "index.html")

@@ -152,6 +152,10 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "LOG_LEVEL": ("info", _choice(LOG_LEVELS)),
     "RATE_LIMIT_FAIL_OPEN": ("true", _bool),
     "FORCE_HTTPS": ("false", _bool),
+    "LOG_BODIES": ("false", _bool),
+    "METRICS_TOKEN": (None, _text),
+    "READY_CACHE_S": ("5", _seconds),
+    "READY_TIMEOUT_S": ("2", _seconds),
 }
 
 
@@ -186,6 +190,10 @@ class Settings:
     log_level: str
     rate_limit_fail_open: bool
     force_https: bool
+    log_bodies: bool
+    metrics_token: str | None = field(repr=False)
+    ready_cache_s: float
+    ready_timeout_s: float
 
     @property
     def production(self) -> bool:
@@ -264,4 +272,8 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         log_level=values["LOG_LEVEL"],
         rate_limit_fail_open=values["RATE_LIMIT_FAIL_OPEN"],
         force_https=values["FORCE_HTTPS"],
+        log_bodies=values["LOG_BODIES"],
+        metrics_token=values["METRICS_TOKEN"] or None,
+        ready_cache_s=values["READY_CACHE_S"],
+        ready_timeout_s=values["READY_TIMEOUT_S"],
     )

@@ -2,11 +2,14 @@
 document). Validation errors become one 400 whose message names the field."""
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import functools
+from typing import Callable, Literal, TypeVar
 
+from flask import request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ApiError
+
 
 class ChatOptions(BaseModel):
     """Options every chat request may carry, within Moonshot's ranges."""
@@ -76,6 +79,18 @@ def parse(schema: type[Schema], body: bytes) -> Schema:
         return schema.model_validate_json(body or b"")
     except ValidationError as exc:
         raise _as_api_error(exc) from None
+
+
+def validated(schema: type[BaseModel]) -> Callable:
+    """Decorates a view so it receives its JSON body validated against `schema` as `body`.
+    The schema stays on the view (`request_schema`), where the OpenAPI document reads it."""
+    def decorate(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            return view(*args, body=parse(schema, request.get_data()), **kwargs)
+        wrapper.request_schema = schema
+        return wrapper
+    return decorate
 
 
 def _as_api_error(exc: ValidationError) -> ApiError:

@@ -12,6 +12,7 @@ from .errors import ApiError, UpstreamError
 from .moonshot.client import MoonshotClient
 from .schemas import ChatOptions
 from .streaming import relay
+from .telemetry import current_exchange
 
 
 class KimiService:
@@ -25,7 +26,9 @@ class KimiService:
     def complete(self, messages: list[dict], options: ChatOptions) -> dict:
         """A whole reply: `{"message", "usage", "model", "finish_reason"}`."""
         payload = self._payload(messages, options)
-        body = self.client.chat(payload)
+        exchange = current_exchange()
+        with exchange.upstream("chat"):
+            body = self.client.chat(payload)
         try:
             choice = body["choices"][0]
             content = choice["message"].get("content") or ""
@@ -35,6 +38,7 @@ class KimiService:
                  "finish_reason": choice.get("finish_reason")}
         if choice["message"].get("reasoning_content"):
             reply["reasoning"] = choice["message"]["reasoning_content"]
+        exchange.replied(reply["model"], reply["usage"], content)
         return reply
 
     def stream(self, messages: list[dict], options: ChatOptions,
@@ -43,8 +47,11 @@ class KimiService:
         generator of our SSE events."""
         payload = self._payload(messages, options)
         payload["stream_options"] = {"include_usage": True}
-        upstream = self.client.open_stream(payload)
-        return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone)
+        exchange = current_exchange()
+        with exchange.upstream("chat_stream"):
+            upstream = self.client.open_stream(payload)
+        return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
+                     exchange=exchange.stream_handed_over())
 
     def models(self) -> tuple[list[dict], str]:
         """The model list and its source ("upstream" or "fallback")."""
@@ -56,6 +63,7 @@ class KimiService:
         if allowed and model not in allowed:
             raise ApiError(400, "model_not_allowed", f"Model '{model}' is not allowed here; use one of: {', '.join(allowed)}.")
         payload = {"model": model, "messages": messages}
+        current_exchange().requested(model, messages)
         for name in ("temperature", "top_p", "max_tokens"):
             value = getattr(options, name)
             if value is not None:

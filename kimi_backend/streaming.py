@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 from .moonshot.client import StreamBroken, UpstreamStream
 from .moonshot.sse import DONE, KEEPALIVE, event
+from .telemetry import Exchange
 
 # Sent first, so the status and headers reach the client (and any proxy) at once, even when
 # the upstream takes a long time to its first token.
@@ -57,16 +58,19 @@ def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue) -> None:
         stream.abort()
 
 
-def relay(stream: UpstreamStream, *, keepalive_s: float,
+def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
           client_gone: Callable[[], bool] | None = None) -> Iterator[bytes]:
     """Yields our SSE events for an open upstream stream, then the usage event and `[DONE]`;
     a failure after the start becomes an in-band error event. Receives plain values only
-    (never `request`) and always releases the upstream, also when the client leaves."""
+    (never `request`) and always releases the upstream, also when the client leaves.
+    Reports how the stream ended to `exchange` (the request's log line and metrics)."""
     chunks: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_pump, args=(stream, chunks), daemon=True).start()
     poll_s = min(keepalive_s, CLIENT_POLL_S) if client_gone else keepalive_s
     finish_reason = None
     usage = None
+    outcome = "client_closed"
+    exchange.stream_started()
     try:
         yield OPENED
         last_sent = time.monotonic()
@@ -83,6 +87,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float,
             if item is _END:
                 break
             if isinstance(item, StreamBroken):
+                outcome = item.code
                 yield event({"error": item.message, "code": item.code})
                 yield DONE
                 return
@@ -100,8 +105,10 @@ def relay(stream: UpstreamStream, *, keepalive_s: float,
                 usage = choice.get("usage") or usage
                 finish_reason = choice.get("finish_reason") or finish_reason
             last_sent = time.monotonic()
+        outcome = "ok"
         yield event({"content": "", "finish_reason": finish_reason or "stop", "usage": usage})
         yield DONE
     finally:
         # Wakes the reader, which releases the upstream; a no-op when it already ended.
         stream.abort()
+        exchange.stream_ended(usage, outcome)

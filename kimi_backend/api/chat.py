@@ -5,9 +5,10 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..auth import require_client_key
 from ..extensions import api_rate_limit
-from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, parse
+from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, validated
 from ..service import get_service
 from ..streaming import client_gone_probe
+from .openapi import produces
 
 bp = Blueprint("chat", __name__, url_prefix="/api/chat")
 bp.before_request(require_client_key)
@@ -17,26 +18,27 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @bp.post("/completion")
-def completion():
+@validated(CompletionRequest)
+def completion(body: CompletionRequest):
     """One user message (and an optional system prompt) in, one reply out."""
-    body = parse(CompletionRequest, request.get_data())
     messages = [{"role": "system", "content": body.system}] if body.system else []
     messages.append({"role": "user", "content": body.message})
     return jsonify(success=True, data=get_service().complete(messages, body))
 
 
 @bp.post("/history")
-def history():
+@validated(HistoryRequest)
+def history(body: HistoryRequest):
     """A whole conversation in, the next reply out."""
-    body = parse(HistoryRequest, request.get_data())
     messages = [message.model_dump() for message in body.messages]
     return jsonify(success=True, data=get_service().complete(messages, body))
 
 
 @bp.post("/stream")
-def stream():
+@validated(StreamRequest)
+@produces("text/event-stream")
+def stream(body: StreamRequest):
     """The reply as server-sent events, each flushed as the upstream sends it."""
-    body = parse(StreamRequest, request.get_data())
     if isinstance(body.messages, str):
         messages = [{"role": "user", "content": body.messages}]
     else:

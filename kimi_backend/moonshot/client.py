@@ -150,6 +150,11 @@ class MoonshotClient:
             raise UpstreamError(502, "upstream_error", "The upstream's model list was not in the expected shape.")
         return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
 
+    def probe(self, timeout_s: float) -> None:
+        """One quick `GET /models`, never retried, for readiness: returns when the upstream
+        answers and accepts our key, raises `UpstreamError` otherwise."""
+        self._request("GET", "/models", timeout=(min(self.timeout[0], timeout_s), timeout_s))
+
     def open_stream(self, payload: dict) -> UpstreamStream:
         """Starts a streaming completion and checks its status before anything is sent to our
         client, so a refused request is still a proper status code. Never retried."""
@@ -179,8 +184,9 @@ class MoonshotClient:
                 time.sleep(min(wait, self.retry_max_wait_s))
                 attempt += 1
 
-    def _request(self, method: str, path: str, json_body: dict | None = None) -> Any:
-        response = self._send(method, path, json_body=json_body)
+    def _request(self, method: str, path: str, json_body: dict | None = None,
+                 timeout: tuple[float, float] | None = None) -> Any:
+        response = self._send(method, path, json_body=json_body, timeout=timeout)
         with response:
             if response.status_code != 200:
                 raise _map_error(response)
@@ -189,7 +195,8 @@ class MoonshotClient:
             except ValueError:
                 raise UpstreamError(502, "upstream_error", "The upstream answered with a body that is not JSON.") from None
 
-    def _send(self, method: str, path: str, json_body: dict | None = None, stream: bool = False) -> requests.Response:
+    def _send(self, method: str, path: str, json_body: dict | None = None, stream: bool = False,
+              timeout: tuple[float, float] | None = None) -> requests.Response:
         prepared = requests.PreparedRequest()
         prepared.method = method
         prepared.url = self.base_url + path
@@ -198,7 +205,7 @@ class MoonshotClient:
             prepared.body = json.dumps(json_body, ensure_ascii=False).encode()
             prepared.headers["Content-Length"] = str(len(prepared.body))
         try:
-            return self._adapter.send(prepared, stream=stream, timeout=self.timeout, proxies=self._proxies)
+            return self._adapter.send(prepared, stream=stream, timeout=timeout or self.timeout, proxies=self._proxies)
         except requests.exceptions.ConnectTimeout:
             raise UpstreamError(503, "upstream_unavailable", "The upstream could not be reached (connect timeout).",
                                 retryable=True) from None

@@ -1,0 +1,68 @@
+"""`GET /health/ready`: whether this instance can serve chat right now (the upstream
+answers, the rate-limit storage answers); `/health` stays the cheap liveness check."""
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import Blueprint, current_app, jsonify
+
+from ..errors import UpstreamError, error_body
+from ..extensions import limiter
+from ..moonshot.client import MoonshotClient
+
+bp = Blueprint("ready", __name__)
+
+# Upstream answers that still mean "reachable, with our key accepted": it is only busy.
+_BUSY_CODES = {"upstream_rate_limited", "upstream_overloaded"}
+
+
+class UpstreamProbe:
+    """Asks the upstream at most once per `cache_s` (per worker) and remembers the answer."""
+
+    def __init__(self, client: MoonshotClient, cache_s: float, timeout_s: float):
+        self._client = client
+        self._cache_s = cache_s
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._result = "unknown"
+        self._expires = 0.0
+
+    def status(self) -> str:
+        """"ok", or the error code of the last probe."""
+        with self._lock:
+            if time.monotonic() >= self._expires:
+                self._result = self._probe()
+                self._expires = time.monotonic() + self._cache_s
+            return self._result
+
+    def _probe(self) -> str:
+        try:
+            self._client.probe(self._timeout_s)
+        except UpstreamError as exc:
+            return "ok" if exc.code in _BUSY_CODES else exc.code
+        return "ok"
+
+
+@bp.record_once
+def _create_probe(state) -> None:
+    settings = state.app.config["SETTINGS"]
+    client = state.app.extensions["kimi_service"].client
+    state.app.extensions["upstream_probe"] = UpstreamProbe(client, settings.ready_cache_s, settings.ready_timeout_s)
+
+
+@bp.get("/health/ready")
+def ready():
+    """200 when the upstream and the rate-limit storage answer; 503 naming what failed."""
+    checks = {
+        "upstream": current_app.extensions["upstream_probe"].status(),
+        "rate_limit_storage": "ok" if limiter.storage.check() else "unreachable",
+    }
+    failed = [name for name, result in checks.items() if result != "ok"]
+    if not failed:
+        return jsonify(success=True, status="ready", checks=checks)
+    details = ", ".join(f"{name} ({checks[name]})" for name in failed)
+    body = error_body("not_ready", f"Not ready: {details} failed the readiness check.")
+    response = jsonify(body | {"failed": failed, "checks": checks})
+    response.status_code = 503
+    return response

@@ -1,0 +1,41 @@
+"""The service's Prometheus metrics and their exposition, correct under several gunicorn
+workers (prometheus-client's multiprocess mode, switched on by `PROMETHEUS_MULTIPROC_DIR`,
+which gunicorn.conf.py sets for every worker before this module is imported)."""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Streams last minutes, so the buckets reach well past the usual web-request range.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter("kimi_http_requests_total", "HTTP requests answered, by route and status.",
+                   ["method", "route", "status"])
+REQUEST_SECONDS = Histogram("kimi_http_request_duration_seconds",
+                            "Time from request to the end of the response (a stream's end for streams).",
+                            ["route"], buckets=LATENCY_BUCKETS)
+UPSTREAM_SECONDS = Histogram("kimi_upstream_request_duration_seconds",
+                             "Moonshot call latency: to the whole reply, or to the stream's headers.",
+                             ["endpoint"], buckets=LATENCY_BUCKETS)
+UPSTREAM_ERRORS = Counter("kimi_upstream_errors_total",
+                          "Failed Moonshot calls, by Moonshot's error type (or our code when it gave none).",
+                          ["endpoint", "type"])
+TOKENS = Counter("kimi_tokens_total", "Tokens used, by model and direction (in = prompt, out = completion).",
+                 ["model", "direction"])
+ACTIVE_STREAMS = Gauge("kimi_active_streams", "Streams being relayed right now.", multiprocess_mode="livesum")
+RATE_LIMITED = Counter("kimi_rate_limit_rejections_total", "Requests refused by our own rate limit.", ["route"])
+
+
+def exposition() -> bytes:
+    """The current metrics in Prometheus text format, summed over every worker in
+    multiprocess mode."""
+    # prometheus-client picked its value store from this variable when it was imported;
+    # reading the same variable keeps the exposition consistent with that choice.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

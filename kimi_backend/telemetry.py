@@ -1,0 +1,152 @@
+"""The record of one request (who, which route, how long, which model, how many tokens,
+how the upstream answered), kept on `g` while the request runs and turned into one JSON
+log line and the metrics when it ends: when the response is complete, or for a stream
+when the stream ends."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from flask import Flask, Response, current_app, g, has_app_context, request
+
+from .auth import client_identity
+from .errors import UpstreamError
+from .metrics import ACTIVE_STREAMS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS, TOKENS, UPSTREAM_ERRORS, UPSTREAM_SECONDS
+
+access_log = logging.getLogger("kimi_backend.access")
+
+
+class Exchange:
+    """One request's facts; `finish()` writes its log line and metrics exactly once."""
+
+    def __init__(self, request_id: str, method: str, path: str, log_bodies: bool):
+        self.started = time.perf_counter()
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.log_bodies = log_bodies
+        self.route = "unmatched"
+        self.status = 0
+        self.client = None
+        self.model = None
+        self.tokens_in = None
+        self.tokens_out = None
+        self.upstream_ms = None
+        self.upstream_type = None
+        self.outcome = None
+        self.messages = None
+        self.reply = None
+        self.streaming = False
+
+    def requested(self, model: str, messages: list[dict]) -> None:
+        """Notes the model asked of the upstream (and the messages, with LOG_BODIES)."""
+        self.model = model
+        if self.log_bodies:
+            self.messages = messages
+
+    @contextmanager
+    def upstream(self, endpoint: str) -> Iterator[None]:
+        """Times one upstream call and records how it ended."""
+        started = time.perf_counter()
+        try:
+            yield
+        except UpstreamError as exc:
+            self.outcome, self.upstream_type = exc.code, exc.upstream_type
+            UPSTREAM_ERRORS.labels(endpoint, exc.upstream_type or exc.code).inc()
+            raise
+        else:
+            self.outcome = "ok"
+        finally:
+            elapsed = time.perf_counter() - started
+            self.upstream_ms = round(elapsed * 1000, 1)
+            UPSTREAM_SECONDS.labels(endpoint).observe(elapsed)
+
+    def replied(self, model: str | None, usage: dict | None, content: str | None = None) -> None:
+        """Counts the tokens of a reply (and keeps its text, with LOG_BODIES)."""
+        self.model = model or self.model
+        if isinstance(usage, dict):
+            self.tokens_in, self.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(self.tokens_in, int):
+                TOKENS.labels(self.model, "in").inc(self.tokens_in)
+            if isinstance(self.tokens_out, int):
+                TOKENS.labels(self.model, "out").inc(self.tokens_out)
+        if self.log_bodies and content is not None:
+            self.reply = content
+
+    def stream_handed_over(self) -> "Exchange":
+        """Marks the record as finished by the stream rather than by the response hook."""
+        self.streaming = True
+        return self
+
+    def stream_started(self) -> None:
+        """Called by the stream relay before its first event."""
+        ACTIVE_STREAMS.inc()
+
+    def stream_ended(self, usage: dict | None, outcome: str) -> None:
+        """Called by the stream relay when the stream is over, however it ended:
+        `outcome` is "ok", "client_closed" or the in-band error's code."""
+        ACTIVE_STREAMS.dec()
+        self.replied(None, usage)
+        self.outcome = outcome
+        if outcome not in ("ok", "client_closed"):
+            UPSTREAM_ERRORS.labels("chat_stream", outcome).inc()
+        self.finish()
+
+    def finish(self) -> None:
+        """Writes the request's log line and its metrics."""
+        elapsed = time.perf_counter() - self.started
+        REQUESTS.labels(self.method, self.route, str(self.status)).inc()
+        REQUEST_SECONDS.labels(self.route).observe(elapsed)
+        if self.outcome == "rate_limited":
+            RATE_LIMITED.labels(self.route).inc()
+        fields = {
+            "request_id": self.request_id, "method": self.method, "route": self.route, "path": self.path,
+            "status": self.status, "duration_ms": round(elapsed * 1000, 1), "client": self.client,
+            "model": self.model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+            "upstream_ms": self.upstream_ms, "upstream_type": self.upstream_type, "outcome": self.outcome,
+        }
+        if self.log_bodies:
+            fields.update(messages=self.messages, reply=self.reply)
+        access_log.info("request", extra={"fields": fields})
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served in this context, if any (for log records)."""
+    return g.get("request_id") if has_app_context() else None
+
+
+def current_exchange() -> Exchange:
+    """The record of the request being served."""
+    return g.exchange
+
+
+def begin_exchange() -> None:
+    """`before_request`: opens the record (after the request id is assigned)."""
+    settings = current_app.config["SETTINGS"]
+    g.exchange = Exchange(g.request_id, request.method, request.path, settings.log_bodies)
+
+
+def end_exchange(response: Response) -> Response:
+    """`after_request`: completes the record; finishes it unless a stream will."""
+    exchange = g.get("exchange")
+    if exchange is None:
+        return response
+    exchange.status = response.status_code
+    exchange.route = request.url_rule.rule if request.url_rule else "unmatched"
+    exchange.client = client_identity()
+    if exchange.outcome is None:
+        # Errors raised before any upstream call: the outcome is their code (from the body,
+        # read only for error statuses, so success costs nothing).
+        body = response.get_json(silent=True) if response.status_code >= 400 else None
+        exchange.outcome = body.get("code", "error") if isinstance(body, dict) else ("ok" if response.status_code < 400 else "error")
+    if not exchange.streaming:
+        exchange.finish()
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Installs the request hooks; register after the request-id hook, before the limiter."""
+    app.before_request(begin_exchange)
+    app.after_request(end_exchange)

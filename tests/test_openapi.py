@@ -1,0 +1,76 @@
+"""`GET /api/openapi.json`: a valid OpenAPI 3.1 document of every route, whose request
+bodies are the schemas the views validate with."""
+from __future__ import annotations
+
+from openapi_spec_validator import validate
+from pydantic import BaseModel
+
+from kimi_backend.api.openapi import build_document
+from kimi_backend.schemas import CompletionRequest, HistoryRequest, StreamRequest, validated
+
+
+def test_document_is_valid_openapi_31(client):
+    response = client.get("/api/openapi.json")
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+
+
+def test_document_lists_every_route_and_method(app, client):
+    document = client.get("/api/openapi.json").get_json()
+    for rule in app.url_map.iter_rules():
+        path = rule.rule.replace("<path:filename>", "{filename}")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert method.lower() in document["paths"][path], f"{method} {rule.rule} missing"
+    assert {"/health", "/health/ready", "/metrics", "/api/openapi.json", "/api/info"} <= set(document["paths"])
+
+
+def test_request_bodies_are_the_validating_schemas(client):
+    document = client.get("/api/openapi.json").get_json()
+    schemas = document["components"]["schemas"]
+    for path, model in (("/api/chat/completion", CompletionRequest), ("/api/chat/history", HistoryRequest),
+                        ("/api/chat/stream", StreamRequest)):
+        ref = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{model.__name__}"
+        assert set(schemas[model.__name__]["properties"]) == set(model.model_fields)
+    assert schemas["CompletionRequest"]["properties"]["temperature"]["anyOf"][0]["maximum"] == 1
+    assert "text/event-stream" in document["paths"]["/api/chat/stream"]["post"]["responses"]["200"]["content"]
+
+
+def test_client_key_routes_declare_security(client):
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    assert paths["/api/chat/completion"]["post"]["security"]
+    assert "security" not in paths["/health"]["get"]
+
+
+def test_a_route_added_later_appears_with_its_schema(app):
+    class EchoRequest(BaseModel):
+        text: str
+
+    @app.post("/api/echo/<int:times>")
+    @validated(EchoRequest)
+    def echo(times: int, body: EchoRequest):
+        """Echoes text."""
+        return {"success": True, "text": body.text * times}
+
+    assert app.test_client().post("/api/echo/2", json={"text": "ab"}).get_json()["text"] == "abab"
+    document = build_document(app)
+    validate(document)
+    operation = document["paths"]["/api/echo/{times}"]["post"]
+    assert operation["summary"] == "Echoes text."
+    assert operation["parameters"][0]["name"] == "times"
+    assert document["components"]["schemas"]["EchoRequest"]["required"] == ["text"]
+
+
+def test_docs_page_renders_every_path_without_external_assets(client):
+    page = client.get("/api/docs").get_data(as_text=True)
+    assert "<h2><code>POST /api/chat/completion</code></h2>" in page
+    assert "/api/openapi.json" in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_every_endpoint_in_api_info_is_documented(client):
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    for endpoint in client.get("/api/info").get_json()["data"]["endpoints"]:
+        assert endpoint["method"].lower() in paths[endpoint["path"]], endpoint
