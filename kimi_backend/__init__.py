@@ -13,8 +13,8 @@ from limits.errors import StorageError
 
 from .config import Settings, load_settings, read_environment
 from .errors import register_error_handlers
-from .extensions import (add_rate_limit_headers, cors, init_security_headers, limiter, limiter_storage_options,
-                         rate_limit_unavailable)
+from .extensions import cors, init_security_headers, limiter
+from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
 from .logs import configure_logging
 from .moonshot.client import MoonshotClient
 from .proxies import trust_proxies

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from flask import current_app, request
+from flask import current_app, g, request
 
 from .errors import ApiError
 
@@ -52,8 +52,14 @@ def require_client_key() -> None:
 def client_identity() -> str:
     """Who the limiter counts: a presented key when it is valid, otherwise the client IP
     (after ProxyFix, when TRUSTED_PROXY_COUNT trusts the proxies in front). The limiter runs
-    before `require_client_key`, so the key is checked here too."""
-    key = presented_key()
-    if key and _is_valid(key, current_app.config["SETTINGS"].valid_api_keys):
-        return f"key:{key_fingerprint(key)}"
-    return f"ip:{request.remote_addr or 'unknown'}"
+    before `require_client_key`, so the key is checked here too. Worked out once per request
+    (the limiter and the access log both ask)."""
+    identity = g.get("client_identity")
+    if identity is None:
+        key = presented_key()
+        if key and _is_valid(key, current_app.config["SETTINGS"].valid_api_keys):
+            identity = f"key:{key_fingerprint(key)}"
+        else:
+            identity = f"ip:{request.remote_addr or 'unknown'}"
+        g.client_identity = identity
+    return identity

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from ..auth import require_client_key
-from ..extensions import api_rate_limit
+from ..extensions import limiter
 from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, validated
 from ..service import get_service
 from ..streaming import client_gone_probe
@@ -12,7 +12,7 @@ from .openapi import produces
 
 bp = Blueprint("chat", __name__, url_prefix="/api/chat")
 bp.before_request(require_client_key)
-api_rate_limit(bp)
+limiter.limit_api(bp)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -6,12 +6,12 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, jsonify
 
 from .. import __version__
-from ..extensions import api_rate_limit
+from ..extensions import limiter
 from ..service import get_service
 
 bp = Blueprint("health", __name__)
 info_bp = Blueprint("info", __name__, url_prefix="/api")
-api_rate_limit(info_bp)
+limiter.limit_api(info_bp)
 
 ENDPOINTS = [
     {"method": "GET", "path": "/health", "description": "Liveness check"},

@@ -1,0 +1,133 @@
+"""The API rate limit: one fixed-window budget per client (its valid key, else its IP),
+shared by every API route, counted by flask-limiter in its configured storage (`memory://`
+or Redis), with `RATE_LIMIT_FAIL_OPEN` deciding what happens while that storage is down."""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+
+import flask
+from flask import Blueprint, Flask, Response, current_app, g
+from flask_limiter import Limiter
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
+
+from .auth import client_identity
+from .errors import HTTP_MESSAGES, ApiError, error_response
+
+log = logging.getLogger("kimi_backend")
+
+API_SCOPE = "api"
+# How long the limiter waits on Redis before the request is treated as a storage outage.
+REDIS_TIMEOUT_S = 1.0
+# While the storage is down (fail-open), how often to see whether it is back.
+RECOVERY_CHECK_S = 5.0
+
+
+@functools.lru_cache(maxsize=16)
+def _limit_item(limit: str) -> RateLimitItem:
+    return parse(limit)
+
+
+class AppLimiter(Limiter):
+    """flask-limiter's `Limiter` with two changes.
+
+    - It is reconfigured on every `init_app`: the stock one keeps the first app's fallback
+      switch, storage options and storage-outage state, so every app built after it in the
+      same process (tests, several configs) would inherit them.
+    - Its per-request check counts our one shared limit directly with flask-limiter's own
+      strategy and storage (`self.limiter`, which is the in-memory fallback while the storage
+      is down). The stock check resolves every route's limits, decorators, exemptions and
+      meta-limits on each request: measured at about 0.13 ms of CPU per request, a fifth of
+      the service's whole cost, against 0.01 ms for the direct count.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._api_blueprints: set[str] = set()
+        self._recovery_checked_at = 0.0
+
+    def init_app(self, app: Flask) -> None:
+        """Resets the per-app state the stock `init_app` only ever sets once, then binds."""
+        self._in_memory_fallback_enabled = bool(app.config["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"])
+        self._storage_options = {}
+        self._storage_dead = False
+        super().init_app(app)
+
+    def limit_api(self, blueprint: Blueprint) -> Blueprint:
+        """Puts every route of `blueprint` under the shared API budget."""
+        self._api_blueprints.add(blueprint.name)
+        return blueprint
+
+    def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
+        """`before_request`: counts the request against its client's API budget; a 429 once it
+        is spent. A storage error is a 503 (fail-closed) or a switch to in-memory counting
+        (fail-open) until the storage answers again."""
+        if not self.enabled or flask.request.blueprint not in self._api_blueprints:
+            return
+        item = _limit_item(current_app.config["API_RATE_LIMIT"])
+        args = (self._key_prefix, client_identity(), API_SCOPE)
+        if self._storage_dead:
+            self._check_recovery()
+        try:
+            allowed = self.limiter.hit(item, *args)
+        except StorageError:
+            if not self._in_memory_fallback_enabled or self._storage_dead:
+                raise
+            log.warning("rate-limit storage unreachable: falling back to in-memory storage until it answers again")
+            self._storage_dead = True
+            self._recovery_checked_at = time.monotonic()
+            allowed = self.limiter.hit(item, *args)
+        g.api_rate_limit = (self.limiter, item, args, allowed)
+        if not allowed:
+            raise ApiError(429, "rate_limited", HTTP_MESSAGES[429])
+
+    def _check_recovery(self) -> None:
+        now = time.monotonic()
+        if now - self._recovery_checked_at < RECOVERY_CHECK_S:
+            return
+        self._recovery_checked_at = now
+        if self.storage.check():
+            log.info("rate-limit storage is back: counting there again")
+            self._storage_dead = False
+
+
+def add_rate_limit_headers(response: Response) -> Response:
+    """`X-RateLimit-Limit/Remaining/Reset` on every limited response, and `Retry-After` on our
+    own 429 (an upstream 429 keeps the upstream's Retry-After)."""
+    state = g.get("api_rate_limit")
+    if state is None:
+        return response
+    strategy, item, args, allowed = state
+    try:
+        reset_at, remaining = strategy.get_window_stats(item, *args)
+    except StorageError:  # the storage went away after the check: the answer matters more than its headers
+        log.warning("rate-limit headers skipped: limiter storage unavailable")
+        return response
+    response.headers["X-RateLimit-Limit"] = str(item.amount)
+    response.headers["X-RateLimit-Remaining"] = str(remaining)
+    response.headers["X-RateLimit-Reset"] = str(math.ceil(reset_at))
+    if not allowed:
+        response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+    return response
+
+
+def limiter_storage_options(storage_uri: str) -> dict:
+    """Storage errors as `StorageError` (one type to answer, whatever the backend), and a
+    bounded wait on Redis so an unreachable server cannot hold requests for long."""
+    options: dict = {"wrap_exceptions": True}
+    if storage_uri.startswith(("redis://", "rediss://", "redis+unix://")):
+        options.update(socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S)
+    return options
+
+
+def rate_limit_unavailable(exc: StorageError) -> Response:
+    """Fail-closed (`RATE_LIMIT_FAIL_OPEN=false`) and the limiter's storage is down: refuse
+    the request with a 503 rather than serve it unlimited."""
+    log.error("rate-limit storage unavailable (%s): refusing the request", type(exc.storage_error).__name__)
+    return error_response(503, "rate_limit_unavailable",
+                          "The rate limiter's storage is unavailable, so requests are refused for now; retry shortly.",
+                          {"Retry-After": "5"})
+
