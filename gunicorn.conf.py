@@ -7,6 +7,7 @@ startup with one sentence before any worker boots.
 import glob
 import importlib.util
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -34,6 +35,13 @@ try:
 except _config.ConfigError as exc:
     print(f"kimi-backend: configuration error: {exc}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+# Each open stream holds two sockets (client and upstream): raise the soft open-files limit
+# (often 1,024) as far as the hard limit allows, so the default 2,000 connections fit.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+_wanted = 65536 if _hard == resource.RLIM_INFINITY else min(_hard, 65536)
+if _soft != resource.RLIM_INFINITY and _soft < _wanted:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_wanted, _hard))
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_settings.port}"
 # Not `sync`: it kills any response that outlives `timeout`, and so every long stream.

@@ -88,7 +88,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                 break
             if isinstance(item, StreamBroken):
                 outcome = item.code
-                yield event({"error": item.message, "code": item.code})
+                yield event({"error": item.message, "code": item.code, "request_id": exchange.request_id})
                 yield DONE
                 return
             # Moonshot puts usage inside the last choice; OpenAI-style servers send a

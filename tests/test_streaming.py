@@ -103,6 +103,7 @@ def test_failures_after_the_first_byte_are_in_band(service, simulator, directive
     payloads = data_events(events)
     assert payloads[-1] == "[DONE]"
     assert payloads[-2]["code"] == code and payloads[-2]["error"]
+    assert len(payloads[-2]["request_id"]) == 32  # the X-Request-ID of this stream, for the logs
     assert "finish_reason" not in payloads[-2]
 
 
