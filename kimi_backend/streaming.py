@@ -54,8 +54,7 @@ def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue) -> None:
     except Exception:  # a bug in the reader must still end the stream in-band, not hang it
         chunks.put(StreamBroken("internal_error", "The stream failed inside the server."))
     finally:
-        # Wakes the reader, which releases the upstream; a no-op when it already ended.
-        stream.abort()
+        stream.close()
 
 
 def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
@@ -109,6 +108,9 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
         yield event({"content": "", "finish_reason": finish_reason or "stop", "usage": usage})
         yield DONE
     finally:
-        # Wakes the reader, which releases the upstream; a no-op when it already ended.
-        stream.abort()
+        if outcome == "client_closed":
+            # We stopped early: wake the reader, which then releases the upstream. (Once the
+            # reader has ended the stream itself it releases it, and the connection may go
+            # back to the pool, so it is left alone.)
+            stream.abort()
         exchange.stream_ended(usage, outcome)

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import UPSTREAM_KEY
-from tests.servers import Service, wait_until
+from tests.servers import Service, SimulatorProcess, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +164,19 @@ def test_a_few_hundred_concurrent_streams(service, simulator):
     for status, payloads in results:
         assert status == 200 and payloads[-1] == "[DONE]" and payloads[-2]["usage"]["total_tokens"] > 0
     assert simulator.stats()["streams_completed"] == 300
+
+
+def test_a_finished_stream_returns_its_upstream_connection_to_the_pool(make_app):
+    """Against a keep-alive upstream (the simulator's gevent server), consecutive streams
+    share one upstream connection: a complete stream is released, not thrown away."""
+    upstream = SimulatorProcess(api_key=UPSTREAM_KEY)
+    try:
+        app = make_app(KIMI_BASE_URL=upstream.base_url)
+        client = app.test_client()
+        for _ in range(3):
+            body = client.post("/api/chat/stream", json={"messages": "hi"}).get_data()
+            assert body.endswith(b"data: [DONE]\n\n")
+        pools = app.extensions["kimi_service"].client._adapter.poolmanager.pools
+        assert [pools[key].num_connections for key in pools.keys()] == [1]
+    finally:
+        upstream.stop()
