@@ -3,6 +3,7 @@ as they arrive, keep-alive comments while the upstream is silent, usage at the e
 errors after the start, and the upstream closed as soon as the client goes away."""
 from __future__ import annotations
 
+import logging
 import queue
 import select
 import socket
@@ -13,6 +14,8 @@ from typing import Callable, Iterator
 from .moonshot.client import StreamBroken, UpstreamStream
 from .moonshot.sse import DONE, KEEPALIVE, event
 from .telemetry import Exchange
+
+log = logging.getLogger("kimi_backend")
 
 # Sent first, so the status and headers reach the client (and any proxy) at once, even when
 # the upstream takes a long time to its first token.
@@ -41,7 +44,7 @@ def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
     return gone
 
 
-def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue) -> None:
+def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue, request_id: str) -> None:
     """Reads the upstream in its own thread (a greenlet under gevent), so the relay can send
     keep-alives and notice a departed client while the upstream is silent. It owns the
     upstream response and releases it when the stream ends or is aborted."""
@@ -52,6 +55,8 @@ def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue) -> None:
     except StreamBroken as exc:
         chunks.put(exc)
     except Exception:  # a bug in the reader must still end the stream in-band, not hang it
+        # This thread has no request context, so the id is named here for the log line.
+        log.exception("stream reader failed (request_id=%s)", request_id)
         chunks.put(StreamBroken("internal_error", "The stream failed inside the server."))
     finally:
         stream.close()
@@ -64,7 +69,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
     (never `request`) and always releases the upstream, also when the client leaves.
     Reports how the stream ended to `exchange` (the request's log line and metrics)."""
     chunks: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_pump, args=(stream, chunks), daemon=True).start()
+    threading.Thread(target=_pump, args=(stream, chunks, exchange.request_id), daemon=True).start()
     poll_s = min(keepalive_s, CLIENT_POLL_S) if client_gone else keepalive_s
     finish_reason = None
     usage = None
