@@ -94,6 +94,7 @@ def test_reasoning_deltas_come_before_content(service, simulator):
 @pytest.mark.parametrize("directive,code", [
     ("sim:break_after=2 sim:chunks=6", "upstream_disconnected"),
     ("sim:malformed_after=2 sim:chunks=6", "upstream_malformed"),
+    ("sim:misshapen_after=2 sim:chunks=6", "upstream_malformed"),
     ("sim:no_done", "upstream_incomplete"),
     ("sim:first_delay=5", "upstream_timeout"),
 ])

@@ -60,7 +60,7 @@ class UpstreamStream:
                     raise StreamBroken("upstream_malformed", "The upstream sent a malformed stream chunk.") from None
                 if isinstance(chunk, dict) and "error" in chunk:
                     raise StreamBroken("upstream_error", _error_message(chunk) or "The upstream reported an error mid-stream.")
-                if not isinstance(chunk, dict):
+                if not _is_chunk(chunk):
                     raise StreamBroken("upstream_malformed", "The upstream sent a malformed stream chunk.")
                 yield chunk
         except urllib3.exceptions.ReadTimeoutError:
@@ -96,6 +96,17 @@ class UpstreamStream:
         with self._lock:
             self._released = True
         self._response.close()
+
+
+def _is_chunk(chunk) -> bool:
+    """Whether a parsed stream chunk has the shape the relay reads (a JSON object whose
+    `choices` is a list of objects with object `delta`s), so valid JSON in another shape is
+    reported in-band like invalid JSON rather than failing inside the relay."""
+    if not isinstance(chunk, dict):
+        return False
+    choices = chunk.get("choices") or []
+    return isinstance(choices, list) and all(
+        isinstance(choice, dict) and isinstance(choice.get("delta") or {}, dict) for choice in choices)
 
 
 def _drain(raw) -> None:

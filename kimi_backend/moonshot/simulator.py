@@ -48,6 +48,7 @@ _ROLES = {"system", "user", "assistant", "tool"}
 _DEFAULT_MAX_TOKENS = 1024  # what Moonshot assumes when max_tokens is omitted
 _HANG_LIMIT_S = 300.0       # Moonshot's own gateway gives up after about 5 minutes (504)
 _MALFORMED_EVENT = b"data: {not json\n\n"
+_MISSHAPEN_EVENT = b'data: {"object": "chat.completion.chunk", "choices": "not a list"}\n\n'
 _DONE_EVENT = b"data: [DONE]\n\n"
 
 
@@ -99,7 +100,7 @@ DIRECTIVES = {
     "status": int, "type": str, "message": str, "retry_after": float,
     "delay": float, "hang": bool,
     "chunks": int, "interval": float, "duration": float, "first_delay": float, "reasoning": int,
-    "break_after": int, "malformed_after": int, "no_done": bool, "top_usage": bool,
+    "break_after": int, "malformed_after": int, "misshapen_after": int, "no_done": bool, "top_usage": bool,
     "reply": str, "repeat": int, "cached": int,
 }
 
@@ -120,6 +121,7 @@ class Behaviour:
     reasoning: int = 0
     break_after: int | None = None
     malformed_after: int | None = None
+    misshapen_after: int | None = None  # valid JSON in the wrong shape
     no_done: bool = False
     top_usage: bool = False
     reply: str | None = None
@@ -344,10 +346,11 @@ def stream_events(c: Completion, b: Behaviour, include_usage: bool) -> list[tupl
             events.append((0.0, chunk([], usage=c.usage)))
         if not b.no_done:
             events.append((0.0, _DONE_EVENT))
-    if b.malformed_after is not None:
-        at = first_content + min(b.malformed_after, len(content))
-        if at < len(events):  # not past a cut
-            events.insert(at, (0.0, _MALFORMED_EVENT))
+    for after, bad_event in ((b.malformed_after, _MALFORMED_EVENT), (b.misshapen_after, _MISSHAPEN_EVENT)):
+        if after is not None:
+            at = first_content + min(after, len(content))
+            if at < len(events):  # not past a cut
+                events.insert(at, (0.0, bad_event))
     return events
 
 
