@@ -314,7 +314,8 @@ def test_break_after_cuts_connection(base):
 
 def test_client_abort_is_counted(sim, base):
     host, port = base.split("//")[1].split("/")[0].split(":")
-    open_then_hang_up(host, int(port), "hi sim:chunks=50 sim:interval=0.05")
+    # A 10-second stream, so it cannot end on its own before the wait below does.
+    open_then_hang_up(host, int(port), "hi sim:reply=word sim:repeat=300 sim:chunks=200 sim:interval=0.05")
     stats = wait_for(lambda: (s := sim.simulator.stats())["streams_aborted"] == 1 and s)
     assert stats, sim.simulator.stats()
     assert stats["streams_started"] == 1 and stats["streams_completed"] == 0 and stats["open_streams"] == 0
