@@ -116,3 +116,16 @@ def test_streams_are_never_retried(make_app, simulator):
     simulator.script([{"status": 503}, {}])
     assert_error(client.post("/api/chat/stream", json={"messages": "hi"}), 502, "upstream_error")
     assert simulator.stats()["chat_requests"] == 1
+
+
+def test_retry_waits_add_up_to_at_most_the_budget(make_app, simulator):
+    client = make_app(UPSTREAM_MAX_RETRIES="3", UPSTREAM_RETRY_MAX_WAIT_S="1.5").test_client()
+    limited = {"status": 429, "type": "rate_limit_reached_error", "retry_after": 1}
+    simulator.script([limited, limited, {}])
+    started = time.monotonic()
+    response = client.post("/api/chat/completion", json={"message": "hi"})
+    # One 1-second wait fits the 1.5-second budget; a second would not, so the 429 goes back.
+    assert_error(response, 429, "upstream_rate_limited")
+    assert response.headers["Retry-After"] == "1"
+    assert simulator.stats()["chat_requests"] == 2
+    assert time.monotonic() - started >= 1.0

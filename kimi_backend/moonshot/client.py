@@ -179,8 +179,11 @@ class MoonshotClient:
 
     def _with_retries(self, call):
         """Runs `call` with up to `max_retries` retries on retryable failures, with exponential
-        backoff and full jitter, honouring the upstream's Retry-After up to a cap."""
+        backoff and full jitter, honouring the upstream's Retry-After. The waits of one call add
+        up to at most `retry_max_wait_s`: when the next wait would pass that budget, the failure
+        (with its Retry-After) goes to the client instead of keeping it waiting."""
         attempt = 0
+        waited = 0.0
         while True:
             try:
                 return call()
@@ -189,10 +192,11 @@ class MoonshotClient:
                     raise
                 wait = random.uniform(0, self.retry_backoff_s * (2 ** attempt))
                 if exc.retry_after is not None:
-                    if exc.retry_after > self.retry_max_wait_s:
-                        raise
                     wait = max(wait, exc.retry_after)
-                time.sleep(min(wait, self.retry_max_wait_s))
+                if waited + wait > self.retry_max_wait_s:
+                    raise
+                time.sleep(wait)
+                waited += wait
                 attempt += 1
 
     def _request(self, method: str, path: str, json_body: dict | None = None,
