@@ -37,9 +37,9 @@ class AppLimiter(Limiter):
     - It is reconfigured on every `init_app`: the stock one keeps the first app's fallback
       switch, storage options and storage-outage state, so every app built after it in the
       same process (tests, several configs) would inherit them.
-    - Its per-request check counts our one shared limit directly with flask-limiter's own
-      strategy and storage (`self.limiter`, which is the in-memory fallback while the storage
-      is down). The stock check resolves every route's limits, decorators, exemptions and
+    - Its per-request check counts our one shared limit directly in flask-limiter's own
+      fixed-window strategy's storage (`self.limiter`, which is the in-memory fallback while
+      the storage is down). The stock check resolves every route's limits, decorators, exemptions and
       meta-limits on each request: measured at about 0.13 ms of CPU per request, a fifth of
       the service's whole cost, against 0.01 ms for the direct count.
     """
@@ -69,20 +69,26 @@ class AppLimiter(Limiter):
             return
         item = _limit_item(current_app.config["API_RATE_LIMIT"])
         args = (self._key_prefix, client_identity(), API_SCOPE)
+        key = item.key_for(*args)
         if self._storage_dead:
             self._check_recovery()
         try:
-            allowed = self.limiter.hit(item, *args)
+            count = self._count(item, key)
         except StorageError:
             if not self._in_memory_fallback_enabled or self._storage_dead:
                 raise
             log.warning("rate-limit storage unreachable: falling back to in-memory storage until it answers again")
             self._storage_dead = True
             self._recovery_checked_at = time.monotonic()
-            allowed = self.limiter.hit(item, *args)
-        g.api_rate_limit = (self.limiter, item, args, allowed)
-        if not allowed:
+            count = self._count(item, key)
+        g.api_rate_limit = (self.limiter.storage, item, key, count)
+        if count > item.amount:
             raise ApiError(429, "rate_limited", HTTP_MESSAGES[429])
+
+    def _count(self, item: RateLimitItem, key: str) -> int:
+        # The fixed-window strategy's `hit` is this same increment compared with the limit;
+        # keeping the count spares the rate-limit headers a second read (two Redis calls).
+        return self.limiter.storage.incr(key, item.get_expiry())
 
     def _check_recovery(self) -> None:
         now = time.monotonic()
@@ -100,16 +106,16 @@ def add_rate_limit_headers(response: Response) -> Response:
     state = g.get("api_rate_limit")
     if state is None:
         return response
-    strategy, item, args, allowed = state
+    storage, item, key, count = state
     try:
-        reset_at, remaining = strategy.get_window_stats(item, *args)
+        reset_at = storage.get_expiry(key)
     except StorageError:  # the storage went away after the check: the answer matters more than its headers
         log.warning("rate-limit headers skipped: limiter storage unavailable")
         return response
     response.headers["X-RateLimit-Limit"] = str(item.amount)
-    response.headers["X-RateLimit-Remaining"] = str(remaining)
+    response.headers["X-RateLimit-Remaining"] = str(max(0, item.amount - count))
     response.headers["X-RateLimit-Reset"] = str(math.ceil(reset_at))
-    if not allowed:
+    if count > item.amount:
         response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
     return response
 
