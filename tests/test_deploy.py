@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import tempfile
