@@ -10,15 +10,20 @@ from flask import current_app, g, request
 from .errors import ApiError
 
 
+def bearer_token() -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if any."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
 def presented_key() -> str | None:
     """The client key from `x-api-key` or `Authorization: Bearer`, if any."""
     key = request.headers.get("x-api-key")
     if key:
         return key.strip()
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+    return bearer_token()
 
 
 def _is_valid(key: str, valid_keys: tuple[str, ...]) -> bool:

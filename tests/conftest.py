@@ -12,6 +12,9 @@ from kimi_backend import create_app
 from kimi_backend.moonshot.simulator import start_in_thread
 from tests.servers import Service
 
+# The client key the SDK and test-page tests present to a service that requires one.
+CLIENT_KEY = "frontend-test-client-key"
+
 # A fake key, long and recognisable, so a leak anywhere is found by a plain substring search.
 UPSTREAM_KEY = "sk-test-upstream-key-0123456789abcdefghijklmnopqrstuv"
 
@@ -119,3 +122,16 @@ def served():
     yield start
     for service in started:
         service.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed_service():
+    """The service under gunicorn (offline simulator) requiring CLIENT_KEY, as the SDK and the
+    test page meet it. No upstream retries: the 429 cases want the simulator's Retry-After
+    passed straight through."""
+    from tests.servers import Service
+
+    service = Service(REQUIRE_API_KEY="true", VALID_API_KEYS=CLIENT_KEY, UPSTREAM_MAX_RETRIES="0",
+                      RATE_LIMIT_MAX_REQUESTS="10000")
+    yield service
+    service.stop()

@@ -11,7 +11,8 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.servers import ROOT, Service
+from tests.conftest import CLIENT_KEY
+from tests.servers import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium's own outbound connections are refused in the sandbox.
@@ -20,7 +21,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
 ARTIFACTS = ROOT / "test-artifacts"
-CLIENT_KEY = "page-test-client-key"
 OFFLINE = "[offline simulator]"
 RATE_LIMITED = "sim:status=429 sim:type=rate_limit_reached_error sim:retry_after=7"
 # Records CSP violations from the first script on, before any of the page's own.
@@ -46,15 +46,6 @@ def browser():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-@pytest.fixture(scope="module")
-def service():
-    # No upstream retries: the 429 case wants the simulator's Retry-After passed straight through.
-    service = Service(REQUIRE_API_KEY="true", VALID_API_KEYS=CLIENT_KEY, UPSTREAM_MAX_RETRIES="0",
-                      RATE_LIMIT_MAX_REQUESTS="10000")
-    yield service
-    service.stop()
 
 
 class PageProblems:
@@ -98,8 +89,8 @@ def last_reply(page):
     return page.locator(".message.assistant").last
 
 
-def test_streams_stops_and_keeps_context_on_a_phone_in_chinese(browser, service):
-    page, problems = open_page(browser, service.url, locale="zh-CN", viewport={"width": 390, "height": 844},
+def test_streams_stops_and_keeps_context_on_a_phone_in_chinese(browser, keyed_service):
+    page, problems = open_page(browser, keyed_service.url, locale="zh-CN", viewport={"width": 390, "height": 844},
                                device_scale_factor=2, is_mobile=True, has_touch=True)
     expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
     expect(page.locator("h1")).to_have_text("Kimi API 测试页")
@@ -163,8 +154,8 @@ def test_streams_stops_and_keeps_context_on_a_phone_in_chinese(browser, service)
     page.context.close()
 
 
-def test_explains_key_and_network_errors_in_english(browser, service):
-    page, problems = open_page(browser, service.url, locale="en-US", viewport={"width": 1280, "height": 800})
+def test_explains_key_and_network_errors_in_english(browser, keyed_service):
+    page, problems = open_page(browser, keyed_service.url, locale="en-US", viewport={"width": 1280, "height": 800})
     expect(page.locator("#send")).to_have_text("Send")
     page.get_by_label("Single turn").check()
     notice = page.locator("#notice")

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from tests.servers import ROOT, Service
+from tests.conftest import CLIENT_KEY
+from tests.servers import ROOT
 
 SDK_TESTS = sorted((ROOT / "tests" / "sdk").glob("*.test.mjs"))
-CLIENT_KEY = "sdk-test-client-key"
 
 
 def node_binary() -> str:
@@ -23,15 +23,6 @@ def node_binary() -> str:
             pytest.fail("node is required under CI for the SDK tests")
         pytest.skip("node is not installed")
     return node
-
-
-@pytest.fixture(scope="module")
-def keyed_service():
-    # No upstream retries: the 429 tests want the simulator's Retry-After passed straight through.
-    service = Service(REQUIRE_API_KEY="true", VALID_API_KEYS=CLIENT_KEY, UPSTREAM_MAX_RETRIES="0",
-                      RATE_LIMIT_MAX_REQUESTS="10000")
-    yield service
-    service.stop()
 
 
 def test_sdk_under_node_test_runner(keyed_service):

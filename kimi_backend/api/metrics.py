@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
+from ..auth import bearer_token
 from ..errors import ApiError
 from ..metrics import CONTENT_TYPE, exposition
 
@@ -16,8 +17,8 @@ def metrics():
     """The service's metrics, summed over every gunicorn worker."""
     token = current_app.config["SETTINGS"].metrics_token
     if token:
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        presented = bearer_token()
+        if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
             raise ApiError(401, "invalid_metrics_token", "Metrics need 'Authorization: Bearer <METRICS_TOKEN>'.",
                            {"WWW-Authenticate": 'Bearer realm="kimi-backend-metrics"'})
     return Response(exposition(), content_type=CONTENT_TYPE)
