@@ -156,6 +156,7 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "METRICS_TOKEN": (None, _text),
     "READY_CACHE_S": ("5", _seconds),
     "READY_TIMEOUT_S": ("2", _seconds),
+    "ADMIN_API_KEY": (None, _text),
 }
 
 
@@ -194,6 +195,7 @@ class Settings:
     metrics_token: str | None = field(repr=False)
     ready_cache_s: float
     ready_timeout_s: float
+    admin_api_key: str | None = field(repr=False)
 
     @property
     def production(self) -> bool:
@@ -276,4 +278,5 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         metrics_token=values["METRICS_TOKEN"] or None,
         ready_cache_s=values["READY_CACHE_S"],
         ready_timeout_s=values["READY_TIMEOUT_S"],
+        admin_api_key=values["ADMIN_API_KEY"] or None,
     )
