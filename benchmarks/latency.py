@@ -17,8 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
+from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+# Every target asks the same of the upstream: the default model, no reasoning to relay.
+MESSAGE = "hello sim:reasoning=0"
 
 # Each comparison: a label, our service's gunicorn environment, the same worker model for min_proxy.
 SETUPS = [
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
     simulator = start_simulator()
     try:
         direct = measure(None, simulator.url + "/chat/completions",
-                         {"model": "moonshot-v1-8k", "messages": [{"role": "user", "content": "hello"}]},
+                         {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE}]},
                          args.seconds, {"Authorization": f"Bearer {BENCH_KEY}"})
         print("\n## /api/chat/completion: latency at 1 connection, throughput at 16\n")
         print("| setup | target | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | p99 ms (16 conn) | CPU ms/req | errors |")
@@ -84,7 +87,7 @@ def main(argv=None) -> int:
                                 ("kimi-backend", lambda: start_service(simulator.url, **service_env))):
                 target = start()
                 try:
-                    rows[name] = measure(target, target.url + "/api/chat/completion", {"message": "hello"}, args.seconds)
+                    rows[name] = measure(target, target.url + "/api/chat/completion", {"message": MESSAGE, "model": DEFAULT_MODEL}, args.seconds)
                 finally:
                     target.stop()
                 r = rows[name]

@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
+from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 
 # 21 content chunks 0.5 s apart: a 10-second stream whose first token comes at once.
-STREAM_DIRECTIVES = "sim:chunks=21 sim:interval=0.5"
+STREAM_DIRECTIVES = "sim:chunks=21 sim:interval=0.5 sim:reasoning=0"
 
 
 async def one_stream(host: str, port: int, request: bytes, start: asyncio.Event) -> dict:
@@ -94,13 +95,13 @@ def main(argv=None) -> int:
     try:
         for count in args.counts:
             direct = asyncio.run(burst(simulator.url, "/v1/chat/completions",
-                                       {"model": "moonshot-v1-8k", "stream": True,
+                                       {"model": DEFAULT_MODEL, "stream": True,
                                         "messages": [{"role": "user", "content": f"story {STREAM_DIRECTIVES}"}]},
                                        {"Authorization": f"Bearer {BENCH_KEY}"}, count))
             rows = [("simulator direct", direct, simulator)]
             if floor:
                 rows.append(("min_proxy (reference)", asyncio.run(
-                    burst(floor.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count)), floor))
+                    burst(floor.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}", "model": DEFAULT_MODEL}, {}, count)), floor))
             rows.append(("kimi-backend", asyncio.run(
                 burst(service.url, "/api/chat/stream", {"messages": f"story {STREAM_DIRECTIVES}"}, {}, count)), service))
             for name, (results, wall), proc in rows:

@@ -24,7 +24,7 @@ from . import telemetry
 __version__ = "1.0.0"
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-EXPOSED_HEADERS = ["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+EXPOSED_HEADERS = ["X-Request-ID", "X-Kimi-Dropped-Params", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
 ALLOWED_HEADERS = ["Content-Type", "x-api-key", "Authorization", "X-Request-ID"]
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -80,6 +80,7 @@ def connect_upstream(app: Flask, settings: Settings) -> None:
     client = MoonshotClient(
         base_url, settings.api_key,
         connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s,
+        completion_timeout_s=settings.completion_timeout_s,
         max_retries=settings.max_retries, retry_backoff_s=settings.retry_backoff_s,
         retry_max_wait_s=settings.retry_max_wait_s, pool_size=settings.pool_size, proxy=settings.upstream_proxy)
     app.extensions["kimi_service"] = KimiService(settings, client)

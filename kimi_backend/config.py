@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 from dotenv import dotenv_values
 
 ENVIRONMENTS = ("development", "production")
+THINKING_DEFAULTS = ("model", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 OFFLINE_API_KEY = "sk-offline-simulator"
 
@@ -99,6 +100,17 @@ def _origins(name: str, raw: Any) -> tuple[str, ...]:
     return origins
 
 
+def _aliases(name: str, raw: Any) -> dict[str, str]:
+    """`old=new,old2=new2`: model ids answered by other ids."""
+    aliases = {}
+    for item in _list(name, raw):
+        old, sep, new = (part.strip() for part in item.partition("="))
+        if not sep or not old or not new:
+            raise ConfigError(f"{name} entries must look like old-model=new-model, got {item!r}.")
+        aliases[old] = new
+    return aliases
+
+
 def _secret_file(name: str, raw: Any) -> str:
     """Reads a secret from a file (systemd credentials, Docker secrets)."""
     path = str(raw).strip()
@@ -137,10 +149,15 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "KIMI_OFFLINE": ("0", _bool),
     "RATE_LIMIT_STORAGE_URI": ("memory://", _text),
     "TRUSTED_PROXY_COUNT": ("0", _int(0, 10)),
-    "DEFAULT_MODEL": ("moonshot-v1-8k", _text),
+    # Unset: the model table's default (config.py is loaded on its own by gunicorn.conf.py,
+    # so it cannot import the table; ModelPolicy fills it in).
+    "DEFAULT_MODEL": (None, _text),
+    "MODEL_ALIASES": ("", _aliases),
+    "DEFAULT_THINKING": ("model", _choice(THINKING_DEFAULTS)),
     "ALLOWED_MODELS": ("", _list),
     "UPSTREAM_CONNECT_TIMEOUT_S": ("5", _seconds),
     "UPSTREAM_READ_TIMEOUT_S": ("120", _seconds),
+    "UPSTREAM_COMPLETION_TIMEOUT_S": ("910", _seconds),
     "UPSTREAM_MAX_RETRIES": ("2", _int(0, 10)),
     "UPSTREAM_RETRY_BACKOFF_S": ("0.5", _seconds),
     "UPSTREAM_RETRY_MAX_WAIT_S": ("10", _seconds),
@@ -176,10 +193,13 @@ class Settings:
     valid_api_keys: tuple[str, ...] = field(repr=False)
     allowed_origins: tuple[str, ...] | None
     trusted_proxy_count: int
-    default_model: str
+    default_model: str | None
+    model_aliases: dict[str, str]
+    default_thinking: str
     allowed_models: tuple[str, ...]
     connect_timeout_s: float
     read_timeout_s: float
+    completion_timeout_s: float
     max_retries: int
     retry_backoff_s: float
     retry_max_wait_s: float
@@ -259,10 +279,13 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         valid_api_keys=client_keys,
         allowed_origins=values["ALLOWED_ORIGINS"],
         trusted_proxy_count=values["TRUSTED_PROXY_COUNT"],
-        default_model=values["DEFAULT_MODEL"],
+        default_model=values["DEFAULT_MODEL"] or None,
+        model_aliases=values["MODEL_ALIASES"],
+        default_thinking=values["DEFAULT_THINKING"],
         allowed_models=values["ALLOWED_MODELS"],
         connect_timeout_s=values["UPSTREAM_CONNECT_TIMEOUT_S"],
         read_timeout_s=values["UPSTREAM_READ_TIMEOUT_S"],
+        completion_timeout_s=values["UPSTREAM_COMPLETION_TIMEOUT_S"],
         max_retries=values["UPSTREAM_MAX_RETRIES"],
         retry_backoff_s=values["UPSTREAM_RETRY_BACKOFF_S"],
         retry_max_wait_s=values["UPSTREAM_RETRY_MAX_WAIT_S"],

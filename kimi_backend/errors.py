@@ -47,6 +47,7 @@ class UpstreamError(ApiError):
         self.retry_after = retry_after
         self.upstream_type = upstream_type
         self.retryable = retryable
+        self.upstream_status: int | None = None  # the upstream's HTTP status, when it answered
 
 
 def error_body(code: str, message: str) -> dict:

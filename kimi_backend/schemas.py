@@ -21,6 +21,16 @@ class ChatOptions(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=1, description="Sampling temperature, 0 to 1 (Moonshot's range).")
     top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus sampling, 0 to 1.")
     max_tokens: int | None = Field(default=None, ge=1, le=1_048_576, description="Output token budget.")
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_048_576,
+                                              description="Output token budget (the newer name; either is accepted).")
+    thinking: bool | None = Field(default=None, description=(
+        "Whether the model reasons before answering; the server's DEFAULT_THINKING when omitted. "
+        "Refused for models that always think when false."))
+
+    def upstream_options(self) -> dict:
+        """The options that go into the upstream payload as they are (the model is fitted apart)."""
+        return {name: value for name in ("temperature", "top_p", "max_tokens", "max_completion_tokens")
+                if (value := getattr(self, name)) is not None}
 
 
 def _not_blank(value: str) -> str:
@@ -36,8 +46,20 @@ class Message(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str = Field(min_length=1)
+    reasoning: str | None = Field(default=None, description=(
+        "An assistant turn's reasoning, from the reply that produced it: sent back to Moonshot as "
+        "reasoning_content, which thinking models need in multi-turn calls."))
+    reasoning_content: str | None = Field(default=None, description="The same as 'reasoning' (Moonshot's name).")
 
     _content_not_blank = field_validator("content")(_not_blank)
+
+    def upstream(self) -> dict:
+        """The message in Moonshot's form."""
+        message = {"role": self.role, "content": self.content}
+        reasoning = self.reasoning or self.reasoning_content
+        if reasoning and self.role == "assistant":
+            message["reasoning_content"] = reasoning
+        return message
 
 
 class CompletionRequest(ChatOptions):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from flask import current_app
+from flask import Response, current_app, g
 
 from .catalog import ModelCatalog
 from .config import Settings
-from .errors import ApiError, UpstreamError
+from .errors import UpstreamError
+from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient
 from .schemas import ChatOptions
 from .streaming import relay
@@ -22,6 +23,8 @@ class KimiService:
         self.settings = settings
         self.client = client
         self.catalog = ModelCatalog(client, settings.models_cache_ttl_s, settings.allowed_models)
+        self.policy = ModelPolicy(settings.default_model, settings.model_aliases, settings.allowed_models,
+                                  settings.default_thinking, self.catalog.served_ids)
 
     def complete(self, messages: list[dict], options: ChatOptions) -> dict:
         """A whole reply: `{"message", "usage", "model", "finish_reason"}`."""
@@ -58,17 +61,20 @@ class KimiService:
         return self.catalog.models()
 
     def _payload(self, messages: list[dict], options: ChatOptions) -> dict:
-        model = options.model or self.settings.default_model
-        allowed = self.settings.allowed_models
-        if allowed and model not in allowed:
-            raise ApiError(400, "model_not_allowed", f"Model '{model}' is not allowed here; use one of: {', '.join(allowed)}.")
-        payload = {"model": model, "messages": messages}
-        current_exchange().requested(model, messages)
-        for name in ("temperature", "top_p", "max_tokens"):
-            value = getattr(options, name)
-            if value is not None:
-                payload[name] = value
-        return payload
+        fitted = self.policy.fit({"model": options.model, "messages": messages, **options.upstream_options()},
+                                 options.thinking)
+        g.dropped_params = fitted.dropped
+        current_exchange().requested(fitted.requested, fitted.served, messages)
+        return fitted.payload
+
+
+def dropped_params_header(response: Response) -> Response:
+    """`after_request` for chat routes: names the sampling parameters dropped because the
+    model fixes them, so a developer sees why their value had no effect."""
+    dropped = g.get("dropped_params")
+    if dropped:
+        response.headers[DROPPED_HEADER] = ", ".join(dropped)
+    return response
 
 
 def get_service() -> KimiService:

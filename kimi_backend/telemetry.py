@@ -31,6 +31,7 @@ class Exchange:
         self.status = 0
         self.client = None
         self.model = None
+        self.requested_model = None
         self.tokens_in = None
         self.tokens_out = None
         self.upstream_ms = None
@@ -40,8 +41,10 @@ class Exchange:
         self.reply = None
         self.streaming = False
 
-    def requested(self, model: str, messages: list[dict]) -> None:
-        """Notes the model asked of the upstream (and the messages, with LOG_BODIES)."""
+    def requested(self, requested_model: str, model: str, messages: list[dict]) -> None:
+        """Notes the model the client asked for and the one asked of the upstream (and the
+        messages, with LOG_BODIES)."""
+        self.requested_model = requested_model
         self.model = model
         if self.log_bodies:
             self.messages = messages
@@ -104,7 +107,7 @@ class Exchange:
         fields = {
             "request_id": self.request_id, "method": self.method, "route": self.route, "path": self.path,
             "status": self.status, "duration_ms": round(elapsed * 1000, 1), "client": self.client,
-            "model": self.model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+            "model": self.model, "requested_model": self.requested_model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
             "upstream_ms": self.upstream_ms, "upstream_type": self.upstream_type, "outcome": self.outcome,
         }
         if self.log_bodies:

@@ -24,7 +24,8 @@ for _name in list(os.environ):
     if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY")) \
             or _name in ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "DEFAULT_MODEL", "MAX_BODY_BYTES",
                          "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S", "FORCE_HTTPS",
-                         "LOG_BODIES", "METRICS_TOKEN", "READY_CACHE_S", "READY_TIMEOUT_S", "ADMIN_API_KEY"):
+                         "LOG_BODIES", "METRICS_TOKEN", "READY_CACHE_S", "READY_TIMEOUT_S", "ADMIN_API_KEY",
+                         "MODEL_ALIASES", "DEFAULT_THINKING"):
         del os.environ[_name]
 
 LEAKS: list[str] = []
@@ -83,6 +84,7 @@ def base_config(simulator_server, **overrides) -> dict:
         "KIMI_BASE_URL": simulator_server.base_url,
         "UPSTREAM_RETRY_BACKOFF_S": "0.01",
         "UPSTREAM_READ_TIMEOUT_S": "5",
+        "UPSTREAM_COMPLETION_TIMEOUT_S": "5",
         "RATE_LIMIT_MAX_REQUESTS": "10000",
     }
     config.update(overrides)

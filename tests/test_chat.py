@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from kimi_backend.moonshot.models import CURRENT, DEFAULT_MODEL
+
 
 def sse_events(data: bytes) -> list:
     """Parses an SSE body into its data payloads (JSON objects, or the string "[DONE]")."""
@@ -26,19 +28,21 @@ def test_completion_success_shape(client, simulator):
     assert data["message"] == "[offline simulator] You said: 你好"
     assert set(data["usage"]) >= {"prompt_tokens", "completion_tokens", "total_tokens"}
     assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + data["usage"]["completion_tokens"]
-    assert data["model"] == "moonshot-v1-8k"
+    assert data["model"] == DEFAULT_MODEL
     assert response.headers["X-Request-ID"]
 
 
 def test_completion_passes_options_and_system_prompt(client, simulator):
     response = client.post("/api/chat/completion", json={
-        "message": "hi", "system": "be brief", "model": "moonshot-v1-32k",
+        "message": "hi", "system": "be brief", "model": "kimi-k2.7-code-highspeed",
         "temperature": 0.3, "top_p": 0.9, "max_tokens": 64})
     assert response.status_code == 200
-    assert response.get_json()["data"]["model"] == "moonshot-v1-32k"
+    assert response.get_json()["data"]["model"] == "kimi-k2.7-code-highspeed"
+    assert "X-Kimi-Dropped-Params" not in response.headers  # this model's sampling is free
     sent = simulator.stats()["last_request"]["body"]
     assert sent["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0.3, 0.9, 64)
+    assert (sent["temperature"], sent["top_p"], sent["max_completion_tokens"]) == (0.3, 0.9, 64)
+    assert "max_tokens" not in sent
 
 
 def test_history_success_shape(client, simulator):
@@ -69,9 +73,10 @@ def test_stream_success(client, simulator, messages):
 def test_models_from_upstream(client, simulator):
     body = client.get("/api/chat/models").get_json()
     assert body["success"] is True and body["source"] == "upstream"
-    ids = [model["id"] for model in body["data"]]
-    assert "moonshot-v1-8k" in ids and "moonshot-v1-128k" in ids
+    assert [model["id"] for model in body["data"]] == [facts.id for facts in CURRENT]
     assert all("context_length" in model for model in body["data"])
+    by_id = {model["id"]: model for model in body["data"]}
+    assert by_id["kimi-k2.6"]["thinking"] == "optional" and by_id["kimi-k3"]["thinking"] == "always"
 
 
 def test_models_are_cached(client, simulator):
@@ -85,23 +90,25 @@ def test_models_fall_back_when_upstream_is_down(make_app):
     body = app.test_client().get("/api/chat/models").get_json()
     assert body["source"] == "fallback"
     by_id = {model["id"]: model for model in body["data"]}
-    assert by_id["moonshot-v1-8k"]["context_length"] == 8192
-    assert by_id["moonshot-v1-128k"]["context_length"] == 131072
+    assert list(by_id) == [facts.id for facts in CURRENT]
+    assert by_id["kimi-k3"]["context_length"] == 1_048_576
+    assert by_id["kimi-k2.6"]["context_length"] == 262_144
 
 
 def test_allowed_models_filter_and_refuse(make_app, simulator):
-    client = make_app(ALLOWED_MODELS="moonshot-v1-8k,moonshot-v1-32k").test_client()
+    client = make_app(ALLOWED_MODELS="kimi-k2.6,kimi-k2.7-code").test_client()
     ids = [model["id"] for model in client.get("/api/chat/models").get_json()["data"]]
-    assert sorted(ids) == ["moonshot-v1-32k", "moonshot-v1-8k"]
-    response = client.post("/api/chat/completion", json={"message": "hi", "model": "moonshot-v1-128k"})
+    assert sorted(ids) == ["kimi-k2.6", "kimi-k2.7-code"]
+    response = client.post("/api/chat/completion", json={"message": "hi", "model": "kimi-k3"})
     assert response.status_code == 400
     assert response.get_json()["code"] == "model_not_allowed"
-    assert "moonshot-v1-128k" in response.get_json()["error"]
+    assert "kimi-k3" in response.get_json()["error"]
+    assert simulator.stats()["chat_requests"] == 0
 
 
 def test_default_model_setting(make_app, simulator):
-    client = make_app(DEFAULT_MODEL="moonshot-v1-128k").test_client()
-    assert client.post("/api/chat/completion", json={"message": "hi"}).get_json()["data"]["model"] == "moonshot-v1-128k"
+    client = make_app(DEFAULT_MODEL="kimi-k2.7-code").test_client()
+    assert client.post("/api/chat/completion", json={"message": "hi"}).get_json()["data"]["model"] == "kimi-k2.7-code"
 
 
 def test_health(client):
@@ -118,7 +125,8 @@ def test_info(client, simulator):
     assert data["name"] and data["version"] == "1.0.0"
     paths = {(e["method"], e["path"]) for e in data["endpoints"]}
     assert ("POST", "/api/chat/stream") in paths and ("GET", "/api/chat/models") in paths
-    assert "moonshot-v1-8k" in data["models"]
+    assert data["models"] == [facts.id for facts in CURRENT]
+    assert data["defaultModel"] == DEFAULT_MODEL and data["defaultThinking"] == "model"
     assert data["auth"] == {"required": False, "headers": ["x-api-key", "Authorization: Bearer <key>"]}
     assert data["rateLimit"] == {"windowMs": 900000, "maxRequests": 10000}
     assert data["upstream"] == {"mode": "live"}

@@ -143,7 +143,7 @@ def test_stream_events_arrive_one_by_one_through_nginx(behind_nginx):
     _, nginx = behind_nginx
     arrivals: list[tuple[float, bytes]] = []
     buffer = b""
-    with requests.post(nginx.url + "/api/chat/stream", json={"messages": "hi sim:chunks=5 sim:interval=0.3"},
+    with requests.post(nginx.url + "/api/chat/stream", json={"messages": "hi sim:chunks=5 sim:interval=0.3", "thinking": False},
                        stream=True, timeout=30) as response:
         assert response.status_code == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")

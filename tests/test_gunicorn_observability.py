@@ -14,6 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import UPSTREAM_KEY
+from kimi_backend.moonshot.models import DEFAULT_MODEL
 from servers import RedisServer, Service, wait_until
 
 
@@ -87,7 +88,7 @@ def test_two_workers_report_summed_totals(upstream_env):
         for _ in range(4):
             text = requests.get(service.url + "/metrics", timeout=10).text
             assert sample(text, "kimi_http_requests_total", route="/api/chat/completion", status="200") == len(replies)
-            assert sample(text, "kimi_tokens_total", model="moonshot-v1-8k", direction="out") == tokens_out
+            assert sample(text, "kimi_tokens_total", model=DEFAULT_MODEL, direction="out") == tokens_out
             assert sample(text, "kimi_active_streams") == 0
     finally:
         service.stop()
@@ -100,7 +101,7 @@ def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(upstream_env):
     first_event = threading.Event()
 
     def read_stream():
-        with requests.post(service.url + "/api/chat/stream", json={"messages": "hi sim:chunks=10 sim:interval=0.3"},
+        with requests.post(service.url + "/api/chat/stream", json={"messages": "hi sim:chunks=10 sim:interval=0.3", "thinking": False},
                            stream=True, timeout=30) as response:
             for line in response.iter_lines():
                 if line:

@@ -8,6 +8,7 @@ import logging
 from conftest import UPSTREAM_KEY
 from kimi_backend.auth import key_fingerprint
 from kimi_backend.logs import JsonFormatter
+from kimi_backend.moonshot.models import DEFAULT_MODEL
 
 
 def access_lines(caplog) -> list[dict]:
@@ -28,7 +29,7 @@ def test_completion_line_has_request_identity_model_tokens_and_upstream(client, 
     assert line["request_id"] == "req-abc.123"
     assert (line["method"], line["route"], line["status"], line["outcome"]) == ("POST", "/api/chat/completion", 200, "ok")
     assert line["client"] == "ip:127.0.0.1"
-    assert line["model"] == "moonshot-v1-8k"
+    assert line["model"] == line["requested_model"] == DEFAULT_MODEL
     assert (line["tokens_in"], line["tokens_out"]) == (usage["prompt_tokens"], usage["completion_tokens"])
     assert line["upstream_ms"] > 0 and line["duration_ms"] >= line["upstream_ms"]
     assert "secret words" not in json.dumps(line) and "messages" not in line

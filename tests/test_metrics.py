@@ -15,14 +15,14 @@ def test_requests_latency_and_tokens_are_counted(client):
     before = value("kimi_http_requests_total", method="POST", route="/api/chat/completion", status="200")
     observed = value("kimi_http_request_duration_seconds_count", route="/api/chat/completion")
     upstream = value("kimi_upstream_request_duration_seconds_count", endpoint="chat")
-    tokens_in = value("kimi_tokens_total", model="moonshot-v1-32k", direction="in")
-    tokens_out = value("kimi_tokens_total", model="moonshot-v1-32k", direction="out")
-    usage = client.post("/api/chat/completion", json={"message": "hi", "model": "moonshot-v1-32k"}).get_json()["data"]["usage"]
+    tokens_in = value("kimi_tokens_total", model="kimi-k2.7-code", direction="in")
+    tokens_out = value("kimi_tokens_total", model="kimi-k2.7-code", direction="out")
+    usage = client.post("/api/chat/completion", json={"message": "hi", "model": "kimi-k2.7-code"}).get_json()["data"]["usage"]
     assert value("kimi_http_requests_total", method="POST", route="/api/chat/completion", status="200") == before + 1
     assert value("kimi_http_request_duration_seconds_count", route="/api/chat/completion") == observed + 1
     assert value("kimi_upstream_request_duration_seconds_count", endpoint="chat") == upstream + 1
-    assert value("kimi_tokens_total", model="moonshot-v1-32k", direction="in") == tokens_in + usage["prompt_tokens"]
-    assert value("kimi_tokens_total", model="moonshot-v1-32k", direction="out") == tokens_out + usage["completion_tokens"]
+    assert value("kimi_tokens_total", model="kimi-k2.7-code", direction="in") == tokens_in + usage["prompt_tokens"]
+    assert value("kimi_tokens_total", model="kimi-k2.7-code", direction="out") == tokens_out + usage["completion_tokens"]
 
 
 def test_upstream_errors_are_counted_by_moonshot_type(make_app, simulator):

@@ -7,6 +7,7 @@ import json
 import pytest
 import requests
 
+from kimi_backend.moonshot.models import DEFAULT_MODEL
 from tests.servers import Service
 
 
@@ -21,7 +22,7 @@ def test_health_and_info_report_offline(offline_service):
     assert requests.get(offline_service.url + "/health", timeout=5).json()["upstream"] == "offline"
     info = requests.get(offline_service.url + "/api/info", timeout=5).json()["data"]
     assert info["upstream"] == {"mode": "offline"}
-    assert "moonshot-v1-8k" in info["models"]
+    assert DEFAULT_MODEL in info["models"]
 
 
 def test_offline_chat_history_stream_models(offline_service):
@@ -39,7 +40,7 @@ def test_offline_chat_history_stream_models(offline_service):
     text = "".join(json.loads(line[6:])["content"] for line in lines[:-1])
     assert text == "[offline simulator] You said: 写一个故事"
     models = requests.get(url + "/api/chat/models", timeout=10).json()
-    assert models["source"] == "upstream" and any(m["id"] == "moonshot-v1-128k" for m in models["data"])
+    assert models["source"] == "upstream" and any(m["id"] == "kimi-k3" for m in models["data"])
 
 
 def test_offline_errors_are_json(offline_service):

@@ -99,9 +99,9 @@ def test_streams_stops_and_keeps_context_on_a_phone_in_chinese(browser, keyed_se
     expect(page.locator("#notice")).to_contain_text("此服务器需要 API 密钥")
     page.fill("#api-key", CLIENT_KEY)
     page.press("#api-key", "Tab")
-    expect(page.locator("#model option[value='moonshot-v1-128k']")).to_have_count(1)
+    expect(page.locator("#model option[value='kimi-k3']")).to_have_count(1)
     expect(page.locator("#notice")).to_be_hidden()
-    page.select_option("#model", "moonshot-v1-32k")
+    page.select_option("#model", "kimi-k2.7-code-highspeed")
 
     # Streaming (the default mode): the reply appears piece by piece, then its usage.
     send = page.locator("#send")
@@ -109,7 +109,7 @@ def test_streams_stops_and_keeps_context_on_a_phone_in_chinese(browser, keyed_se
     page.fill("#message", "写一个故事 sim:chunks=30 sim:interval=0.05")
     with page.expect_request("**/api/chat/stream") as stream_request:
         send.click()
-    assert stream_request.value.post_data_json["model"] == "moonshot-v1-32k"
+    assert stream_request.value.post_data_json["model"] == "kimi-k2.7-code-highspeed"
     expect(send).to_have_text("发送中…")
     expect(send).to_be_disabled()
     expect(last_reply(page).locator(".text")).to_have_text(f"{OFFLINE} You said: 写一个故事")

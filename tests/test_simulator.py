@@ -19,11 +19,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from kimi_backend.moonshot.models import BY_ID, CURRENT, DEFAULT_MODEL, model_item
 from kimi_backend.moonshot.simulator import MODELS, OFFLINE_NOTICE, start_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": "Bearer sk-test"}
-MODEL = "moonshot-v1-8k"
+MODEL = DEFAULT_MODEL
+# Replies without reasoning unless a test asks for it, so chunk counts are the content's.
+NO_THINKING = {"thinking": {"type": "disabled"}}
 
 
 # ---------------------------------------------------------------- helpers
@@ -55,13 +58,14 @@ def wait_for(predicate, timeout=5.0, interval=0.02):
 
 def chat(base, content, *, headers=AUTH, timeout=10, **fields):
     """POSTs a one-message chat request."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], **fields}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], **NO_THINKING, **fields}
     return requests.post(f"{base}/chat/completions", json=body, headers=headers, timeout=timeout)
 
 
 def read_stream(base, content, timeout=10, **fields):
     """Streams a chat request; returns (response, raw events as bytes, transport error or None)."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": True, **fields}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": True, **NO_THINKING,
+            **fields}
     response = requests.post(f"{base}/chat/completions", json=body, headers=AUTH, stream=True, timeout=timeout)
     raw, error = b"", None
     try:
@@ -86,7 +90,8 @@ def content_of(chunks, field="content"):
 
 def open_then_hang_up(host, port, content, events_to_read=2):
     """Starts a stream on a raw socket, reads a few events, then closes the socket mid-stream."""
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": True}).encode()
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": True,
+                       **NO_THINKING}).encode()
     with socket.create_connection((host, port), timeout=5) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer sk-test\r\n"
                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -121,11 +126,62 @@ def test_models_list(base):
     assert r.status_code == 200
     data = r.json()
     assert data["object"] == "list" and data["data"] == MODELS
-    by_id = {m["id"]: m for m in data["data"]}
-    assert by_id["moonshot-v1-8k"]["context_length"] == 8192
-    assert by_id["kimi-k2-thinking"]["supports_reasoning"] is True
-    assert set(by_id["kimi-k2.6"]) == {"id", "object", "created", "owned_by", "context_length",
-                                       "supports_image_in", "supports_video_in", "supports_reasoning"}
+    assert data["data"] == [model_item(facts) for facts in CURRENT]
+    assert set(data["data"][0]) == {"id", "object", "created", "owned_by", "context_length",
+                                    "supports_image_in", "supports_video_in", "supports_reasoning"}
+
+
+def test_retired_models_are_not_found(base):
+    for model in ("moonshot-v1-8k", "kimi-k2.5", "kimi-latest", "kimi-thinking-preview"):
+        assert BY_ID[model].retired
+        r = chat(base, "hi", model=model)
+        assert r.status_code == 404
+        assert r.json()["error"] == {"message": f"Not found the model {model} or Permission denied",
+                                     "type": "resource_not_found_error"}
+
+
+def test_fixed_sampling_is_refused_in_moonshots_words(base):
+    r = chat(base, "hi", temperature=0.3, thinking={"type": "enabled"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "invalid temperature: only 1 is allowed for this model"
+    assert chat(base, "hi", temperature=0.6).status_code == 200  # k2.6's own value with thinking off
+    r = chat(base, "hi", model="kimi-k2.7-code-highspeed", temperature=0.3, thinking=None)
+    assert r.status_code == 200  # not on the vendor's fixed-sampling list
+
+
+def test_thinking_on_off_and_always(base):
+    on = chat(base, "hi", thinking=None).json()["choices"][0]["message"]
+    assert on["reasoning_content"].startswith("Thinking step 1")
+    off = chat(base, "hi").json()["choices"][0]["message"]
+    assert "reasoning_content" not in off
+    r = chat(base, "hi", model="kimi-k3")
+    assert r.status_code == 400 and "thinking cannot be disabled" in r.json()["error"]["message"]
+
+
+def test_tool_call_turns_need_their_reasoning_when_thinking(base):
+    messages = [{"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "functions.w:0", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "functions.w:0", "name": "w", "content": "sunny"}]
+    body = {"model": MODEL, "messages": messages}
+    r = requests.post(f"{base}/chat/completions", json=body, headers=AUTH, timeout=5)
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == ("thinking is enabled but reasoning_content is missing in assistant "
+                                            "tool call message at index 1")
+    messages[1]["reasoning_content"] = "I should call w."
+    assert requests.post(f"{base}/chat/completions", json=body, headers=AUTH, timeout=5).status_code == 200
+    r = chat(base, "hi", model="kimi-k2.6", tool_choice="required",
+             tools=[{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}])
+    assert r.status_code == 400 and "tool_choice 'required'" in r.json()["error"]["message"]
+
+
+def test_models_route_can_be_absent(sim, base):
+    sim.simulator.serves_models = False
+    try:
+        assert requests.get(f"{base}/models", headers=AUTH, timeout=5).status_code == 404
+        assert chat(base, "hi").status_code == 200
+    finally:
+        sim.simulator.serves_models = True
 
 
 def test_unknown_model_and_paths(base):
@@ -157,8 +213,8 @@ def test_unknown_model_and_paths(base):
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 6}, "n must be"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}, "max_tokens"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8190},
-     "Your request exceeded model token limit : 8192"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": BY_ID[MODEL].context_length - 2},
+     f"Your request exceeded model token limit : {BY_ID[MODEL].context_length}"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi sim:nonsense=1"}]}, "sim:nonsense"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi sim:delay=-1"}]}, "sim:delay"),
 ])
@@ -179,7 +235,8 @@ def test_assistant_tool_call_may_have_empty_content(base):
                 {"role": "assistant", "content": "", "tool_calls": [
                     {"id": "functions.w:0", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
                 {"role": "tool", "tool_call_id": "functions.w:0", "name": "w", "content": "sunny"}]
-    r = requests.post(f"{base}/chat/completions", json={"model": MODEL, "messages": messages}, headers=AUTH, timeout=5)
+    r = requests.post(f"{base}/chat/completions", json={"model": MODEL, "messages": messages, **NO_THINKING},
+                      headers=AUTH, timeout=5)
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] == f"{OFFLINE_NOTICE} You said: weather?"
 
@@ -188,14 +245,14 @@ def test_assistant_tool_call_may_have_empty_content(base):
 
 def test_non_stream_shape_and_usage(base):
     messages = [{"role": "system", "content": "Be brief, please."}, {"role": "user", "content": "Hello there sim:cached=2"}]
-    r = requests.post(f"{base}/chat/completions", json={"model": "kimi-k2.5", "messages": messages},
+    r = requests.post(f"{base}/chat/completions", json={"model": MODEL, "messages": messages, **NO_THINKING},
                       headers=AUTH, timeout=5)
     assert r.status_code == 200
     assert r.headers["Content-Type"] == "application/json; charset=utf-8"
     assert len(r.headers["Msh-Request-Id"]) == 36
     data = r.json()
     assert data["id"].startswith("chatcmpl-") and len(data["id"]) == len("chatcmpl-") + 24
-    assert data["object"] == "chat.completion" and data["model"] == "kimi-k2.5"
+    assert data["object"] == "chat.completion" and data["model"] == MODEL
     assert isinstance(data["created"], int)
     reply = f"{OFFLINE_NOTICE} You said: Hello there"
     assert data["choices"] == [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]
@@ -442,7 +499,7 @@ def test_start_in_thread_under_gevent_monkey_patching():
         "import requests\n"
         "from kimi_backend.moonshot.simulator import start_in_thread\n"
         "server = start_in_thread()\n"
-        "body = {'model': 'moonshot-v1-8k', 'stream': True, 'messages': [{'role': 'user', 'content': 'hi'}]}\n"
+        f"body = {{'model': {MODEL!r}, 'stream': True, 'messages': [{{'role': 'user', 'content': 'hi'}}]}}\n"
         "r = requests.post(server.base_url + '/chat/completions', json=body,\n"
         "                  headers={'Authorization': 'Bearer sk-x'}, timeout=10)\n"
         "assert r.content.endswith(b'data: [DONE]\\n\\n'), r.content\n"

@@ -50,7 +50,8 @@ def test_unknown_model_is_400_naming_the_model(client, simulator):
 
 
 def test_upstream_timeout_is_504(make_app, simulator):
-    client = make_app(UPSTREAM_READ_TIMEOUT_S="0.3", UPSTREAM_MAX_RETRIES="0").test_client()
+    client = make_app(UPSTREAM_READ_TIMEOUT_S="0.3", UPSTREAM_COMPLETION_TIMEOUT_S="0.3",
+                      UPSTREAM_MAX_RETRIES="0").test_client()
     assert_error(client.post("/api/chat/completion", json={"message": "sim:hang"}), 504, "upstream_timeout")
     assert_error(client.post("/api/chat/stream", json={"messages": "sim:hang"}), 504, "upstream_timeout")
 

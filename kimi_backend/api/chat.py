@@ -6,12 +6,13 @@ from flask import Blueprint, Response, jsonify, request
 from ..auth import require_client_key
 from ..extensions import limiter
 from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, validated
-from ..service import get_service
+from ..service import dropped_params_header, get_service
 from ..streaming import client_gone_probe
 from .openapi import produces
 
 bp = Blueprint("chat", __name__, url_prefix="/api/chat")
 bp.before_request(require_client_key)
+bp.after_request(dropped_params_header)
 limiter.limit_api(bp)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -30,7 +31,7 @@ def completion(body: CompletionRequest):
 @validated(HistoryRequest)
 def history(body: HistoryRequest):
     """A whole conversation in, the next reply out."""
-    messages = [message.model_dump() for message in body.messages]
+    messages = [message.upstream() for message in body.messages]
     return jsonify(success=True, data=get_service().complete(messages, body))
 
 
@@ -42,7 +43,7 @@ def stream(body: StreamRequest):
     if isinstance(body.messages, str):
         messages = [{"role": "user", "content": body.messages}]
     else:
-        messages = [message.model_dump() for message in body.messages]
+        messages = [message.upstream() for message in body.messages]
     events = get_service().stream(messages, body, client_gone=client_gone_probe(request.environ))
     return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
 

@@ -132,10 +132,13 @@ class MoonshotClient:
     """Calls Moonshot's REST API; returns Python values or raises `UpstreamError`."""
 
     def __init__(self, base_url: str, api_key: str, *, connect_timeout_s: float, read_timeout_s: float,
-                 max_retries: int, retry_backoff_s: float, retry_max_wait_s: float, pool_size: int,
-                 proxy: str | None = None):
+                 completion_timeout_s: float, max_retries: int, retry_backoff_s: float, retry_max_wait_s: float,
+                 pool_size: int, proxy: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout_s, read_timeout_s)
+        # A non-streamed completion sends nothing until it is done, which takes minutes on
+        # thinking models: its read timeout is the whole call's.
+        self.completion_timeout = (connect_timeout_s, max(read_timeout_s, completion_timeout_s))
         self.max_retries = max_retries
         self.retry_backoff_s = retry_backoff_s
         self.retry_max_wait_s = retry_max_wait_s
@@ -151,11 +154,19 @@ class MoonshotClient:
 
     def chat(self, payload: dict) -> dict:
         """A non-streaming chat completion, retried on transient failures."""
-        return self._with_retries(lambda: self._request("POST", "/chat/completions", json_body=payload))
+        return self._with_retries(lambda: self._request("POST", "/chat/completions", json_body=payload,
+                                                        timeout=self.completion_timeout))
 
-    def list_models(self) -> list[dict]:
-        """The models the upstream account can use."""
-        body = self._with_retries(lambda: self._request("GET", "/models"))
+    def list_models(self, timeout_s: float) -> list[dict]:
+        """The models the upstream account can use; empty when the upstream has no `/models`
+        route (a 404: many OpenAI-compatible servers serve chat without one). Not retried:
+        the catalog falls back to the model table meanwhile."""
+        try:
+            body = self._request("GET", "/models", timeout=(min(self.timeout[0], timeout_s), timeout_s))
+        except UpstreamError as exc:
+            if exc.upstream_status == 404:
+                return []
+            raise
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise UpstreamError(502, "upstream_error", "The upstream's model list was not in the expected shape.")
@@ -163,8 +174,13 @@ class MoonshotClient:
 
     def probe(self, timeout_s: float) -> None:
         """One quick `GET /models`, never retried, for readiness: returns when the upstream
-        answers and accepts our key, raises `UpstreamError` otherwise."""
-        self._request("GET", "/models", timeout=(min(self.timeout[0], timeout_s), timeout_s))
+        answers and accepts our key, raises `UpstreamError` otherwise. A 404 means the upstream
+        has no model list, not that it cannot serve chat."""
+        try:
+            self._request("GET", "/models", timeout=(min(self.timeout[0], timeout_s), timeout_s))
+        except UpstreamError as exc:
+            if exc.upstream_status != 404:
+                raise
 
     def open_stream(self, payload: dict) -> UpstreamStream:
         """Starts a streaming completion and checks its status before anything is sent to our
@@ -206,7 +222,7 @@ class MoonshotClient:
             if response.status_code != 200:
                 raise _map_error(response)
             try:
-                return response.json()
+                return json.loads(_read_body(response))
             except ValueError:
                 raise UpstreamError(502, "upstream_error", "The upstream answered with a body that is not JSON.") from None
 
@@ -233,6 +249,19 @@ class MoonshotClient:
             raise UpstreamError(502, "upstream_error", "The request to the upstream failed.") from None
 
 
+def _read_body(response: requests.Response) -> bytes:
+    """The whole body of a non-streamed answer. It is read after the headers, so a reset,
+    truncated or stalled body fails here, and is mapped like a failure before the headers."""
+    try:
+        return response.content
+    except requests.exceptions.ConnectionError as exc:
+        if isinstance(exc.args[0] if exc.args else None, urllib3.exceptions.ReadTimeoutError):
+            raise UpstreamError(504, "upstream_timeout", "The upstream stopped sending its reply within the read timeout.") from None
+        raise UpstreamError(502, "upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError):
+        raise UpstreamError(502, "upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
+
+
 def _error_message(body: Any) -> str | None:
     """The upstream's error text, with anything key-shaped removed: it may be passed on to
     our client, and the key must never leave the server."""
@@ -256,12 +285,21 @@ def _retry_after(response: requests.Response, message: str | None) -> float | No
 
 
 def _map_error(response: requests.Response) -> UpstreamError:
+    """Our error for a non-200 upstream answer, carrying the upstream's status."""
+    error = _classify(response)
+    error.upstream_status = response.status_code
+    return error
+
+
+def _classify(response: requests.Response) -> UpstreamError:
     """Maps a non-200 upstream answer to our error, by Moonshot's error `type` first and the
     HTTP status second. The upstream's own message is passed on only where it is about the
     request (400s, model not found); auth failures never echo anything about the key."""
     try:
-        body = response.json()
-    except ValueError:
+        # Error bodies are not always JSON: a gateway in front of Moonshot answers its 504
+        # with an HTML page, which must never reach our client.
+        body = json.loads(_read_body(response))
+    except (ValueError, UpstreamError):
         body = None
     status = response.status_code
     error = body.get("error") if isinstance(body, dict) else None
@@ -290,6 +328,10 @@ def _map_error(response: requests.Response) -> UpstreamError:
         code = "content_filter" if error_type == "content_filter" else "upstream_rejected"
         return UpstreamError(400, code, f"Moonshot rejected the request: {message or 'invalid request'}",
                              upstream_type=error_type)
+    if status == 504:
+        # Moonshot's gateway gave up on a long call (after 900 s): retrying would start over.
+        return UpstreamError(504, "upstream_timeout", "The upstream gave up on the request (HTTP 504 gateway timeout); "
+                             "streaming avoids this for long replies.", upstream_type=error_type)
     if status >= 500:
         return UpstreamError(502, "upstream_error", f"The upstream failed with HTTP {status}.",
                              retry_after=_retry_after(response, message), upstream_type=error_type, retryable=True)

@@ -22,28 +22,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from .models import CURRENT, model_item
+
 OFFLINE_NOTICE = "[offline simulator]"
 
 
-def _model(model_id: str, context_length: int, *, reasoning: bool = False, vision: bool = False) -> dict:
-    """One /v1/models item in the newer shape (with capability fields)."""
-    return {"id": model_id, "object": "model", "created": 1712151494, "owned_by": "moonshot",
-            "context_length": context_length, "supports_image_in": vision, "supports_video_in": vision,
-            "supports_reasoning": reasoning}
-
-
-MODELS = [
-    _model("moonshot-v1-8k", 8192),
-    _model("moonshot-v1-32k", 32768),
-    _model("moonshot-v1-128k", 131072),
-    _model("moonshot-v1-auto", 131072),
-    _model("kimi-latest", 131072, vision=True),
-    _model("kimi-k2-turbo-preview", 262144),
-    _model("kimi-k2-thinking", 262144, reasoning=True),
-    _model("kimi-k2.5", 262144, vision=True),
-    _model("kimi-k2.6", 262144, vision=True),
-]
-_CONTEXT_LENGTH = {m["id"]: m["context_length"] for m in MODELS}
+# What the upstream serves today: the model table's current models, nothing retired.
+MODELS = [model_item(facts) for facts in CURRENT]
+_SERVED = {facts.id: facts for facts in CURRENT}
 _ROLES = {"system", "user", "assistant", "tool"}
 _DEFAULT_MAX_TOKENS = 1024  # what Moonshot assumes when max_tokens is omitted
 _HANG_LIMIT_S = 300.0       # Moonshot's own gateway gives up after about 5 minutes (504)
@@ -101,7 +87,7 @@ DIRECTIVES = {
     "delay": float, "hang": bool,
     "chunks": int, "interval": float, "duration": float, "first_delay": float, "reasoning": int,
     "break_after": int, "malformed_after": int, "misshapen_after": int, "no_done": bool, "top_usage": bool,
-    "reply": str, "repeat": int, "cached": int,
+    "reply": str, "repeat": int, "cached": int, "html": bool,
 }
 
 
@@ -118,7 +104,7 @@ class Behaviour:
     interval: float = 0.0
     duration: float | None = None
     first_delay: float = 0.0
-    reasoning: int = 0
+    reasoning: int | None = None  # steps of reasoning; default: one when the model thinks
     break_after: int | None = None
     malformed_after: int | None = None
     misshapen_after: int | None = None  # valid JSON in the wrong shape
@@ -127,6 +113,7 @@ class Behaviour:
     reply: str | None = None
     repeat: int = 1
     cached: int = 0
+    html: bool = False  # an error answered with an HTML page, as Moonshot's gateway does for its 504
 
 
 def parse_directives(text: str) -> dict:
@@ -220,6 +207,46 @@ class ChatRequest:
     include_usage: bool
     prompt_tokens: int
     last_user_text: str
+    thinking: bool = False
+
+
+def _check_thinking(body: dict, facts) -> bool:
+    """Whether the model thinks for this request; refuses what Moonshot refuses."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return facts.thinking != "none"
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind not in ("enabled", "disabled"):
+        raise _invalid("Invalid request: thinking.type must be 'enabled' or 'disabled'")
+    if kind == "disabled" and facts.thinking == "always":
+        raise _invalid(f"Invalid request: thinking cannot be disabled for model {facts.id}")
+    if kind == "enabled" and facts.thinking == "none":
+        raise _invalid(f"Invalid request: model {facts.id} does not support thinking")
+    return kind == "enabled"
+
+
+def _check_fixed_sampling(body: dict, facts, thinking: bool) -> None:
+    """Fixed-sampling models refuse any value but their own, in Moonshot's words."""
+    fixed = dict(facts.fixed_sampling)
+    if fixed and not thinking:
+        fixed["temperature"] = 0.6  # k2.6 with thinking off
+    for name, value in fixed.items():
+        if name in body and body[name] != value:
+            shown = _seconds(value)
+            raise _invalid(f"invalid {name}: only {shown} is allowed for this model")
+
+
+def _check_tools(body: dict, messages: list, facts, thinking: bool) -> None:
+    """tool_choice "required" only where the model accepts it; with thinking on, replayed
+    tool-call turns must carry their reasoning."""
+    if body.get("tool_choice") == "required" and not facts.tool_choice_required:
+        raise _invalid("Invalid request: tool_choice 'required' is incompatible with thinking enabled")
+    if not thinking:
+        return
+    for index, message in enumerate(messages):
+        if message.get("role") == "assistant" and message.get("tool_calls") and not message.get("reasoning_content"):
+            raise _invalid("thinking is enabled but reasoning_content is missing in assistant tool call message "
+                           f"at index {index}")
 
 
 def validate_chat(body) -> ChatRequest:
@@ -229,7 +256,8 @@ def validate_chat(body) -> ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise _invalid("Invalid request: model is required")
-    if model not in _CONTEXT_LENGTH:
+    facts = _SERVED.get(model)
+    if facts is None:  # unknown or retired
         raise ApiError(404, "resource_not_found_error", f"Not found the model {model} or Permission denied")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -244,20 +272,23 @@ def validate_chat(body) -> ChatRequest:
     n = body.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 5:
         raise _invalid("Invalid request: n must be an integer between 1 and 5")
+    thinking = _check_thinking(body, facts)
+    _check_fixed_sampling(body, facts, thinking)
+    _check_tools(body, messages, facts, thinking)
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if max_tokens is None:
         max_tokens = _DEFAULT_MAX_TOKENS
     elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise _invalid("Invalid request: max_tokens must be a positive integer")
     prompt_tokens = sum(count_tokens(text_of(m.get("content"))) + 3 for m in messages)
-    if prompt_tokens + max_tokens > _CONTEXT_LENGTH[model]:
-        raise _invalid(f"Your request exceeded model token limit : {_CONTEXT_LENGTH[model]}")
+    if prompt_tokens + max_tokens > facts.context_length:
+        raise _invalid(f"Your request exceeded model token limit : {facts.context_length}")
     user_texts = [text_of(m.get("content")) for m in messages if m["role"] == "user"]
     stream_options = body.get("stream_options")
     return ChatRequest(
         model=model, stream=body.get("stream") is True,
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
-        prompt_tokens=prompt_tokens, last_user_text=user_texts[-1] if user_texts else "")
+        prompt_tokens=prompt_tokens, last_user_text=user_texts[-1] if user_texts else "", thinking=thinking)
 
 
 # ---------------------------------------------------------------- replies
@@ -278,7 +309,8 @@ def make_completion(request: ChatRequest, behaviour: Behaviour) -> Completion:
     body = behaviour.reply if behaviour.reply is not None else \
         "You said: " + strip_directives(request.last_user_text)[:200]
     content = f"{OFFLINE_NOTICE} " + " ".join([body] * behaviour.repeat)
-    reasoning = [f"Thinking step {i + 1} (offline). " for i in range(behaviour.reasoning)]
+    steps = behaviour.reasoning if behaviour.reasoning is not None else int(request.thinking)
+    reasoning = [f"Thinking step {i + 1} (offline). " for i in range(steps)]
     completion_tokens = count_tokens(content) + (count_tokens("".join(reasoning)) if reasoning else 0)
     usage = {"prompt_tokens": request.prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": request.prompt_tokens + completion_tokens}
@@ -447,6 +479,14 @@ def _json_response(start_response, status: int, payload: dict, extra_headers: li
     return [data]
 
 
+def _html_response(start_response, status: int) -> list[bytes]:
+    """A gateway's HTML error page (Moonshot's long-request 504 looks like this)."""
+    data = (f"<html><head><title>{_status_line(status)}</title></head><body><center><h1>{_status_line(status)}"
+            "</h1></center><hr><center>nginx</center></body></html>").encode()
+    start_response(_status_line(status), [("Content-Type", "text/html"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
 def _error_response(start_response, error: ApiError, extra_headers: list = ()) -> list[bytes]:
     """An ApiError as Moonshot's error body, with Retry-After when set."""
     headers = list(extra_headers)
@@ -465,6 +505,8 @@ class Simulator:
         self._stats = _zero_stats()
         self._script: deque[Behaviour] = deque()
         self._released = threading.Event()  # set on server stop, so hung requests let go
+        # False: answer /v1/models with a 404, like OpenAI-compatible servers that have no list.
+        self.serves_models = True
         self._routes = {"/v1/chat/completions": ("POST", self._chat), "/v1/models": ("GET", self._models),
                         "/_sim/stats": ("GET", self._control_stats), "/_sim/reset": ("POST", self._control_reset),
                         "/_sim/script": ("POST", self._control_script)}
@@ -477,12 +519,14 @@ class Simulator:
             return dict(self._stats)
 
     def reset(self) -> None:
-        """Zeroes the counters and clears the script queue; open_streams stays, as it is a live gauge."""
+        """Zeroes the counters, clears the script queue and serves /v1/models again; open_streams
+        stays, as it is a live gauge."""
         with self._lock:
             open_streams = self._stats["open_streams"]
             self._stats = _zero_stats()
             self._stats["open_streams"] = open_streams
             self._script.clear()
+        self.serves_models = True
 
     def script(self, responses: list[dict]) -> None:
         """Queues behaviours for the next chat requests, one each, in order.
@@ -538,6 +582,8 @@ class Simulator:
     def _models(self, environ, start_response, _body):
         """GET /v1/models."""
         self._count(models_requests=1)
+        if not self.serves_models:
+            raise ApiError(404, "resource_not_found_error", "Not found the url /v1/models")
         self._authorize(environ)
         return _json_response(start_response, 200, {"object": "list", "data": MODELS})
 
@@ -565,6 +611,8 @@ class Simulator:
                 behaviour.status, "server_error" if behaviour.status >= 500 else "invalid_request_error")
             message = behaviour.message or _ERROR_MESSAGES.get(error_type, "Simulated error").format(
                 model=request.model, retry=_seconds(behaviour.retry_after or 1))
+            if behaviour.html:
+                return _html_response(start_response, behaviour.status)
             raise ApiError(behaviour.status, error_type, message, behaviour.retry_after)
         completion = make_completion(request, behaviour)
         if not request.stream:

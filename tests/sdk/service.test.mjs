@@ -36,13 +36,13 @@ test('health() and info() describe the service', async () => {
 test('getModels() lists the models', async () => {
   const models = await client.getModels();
   assert.equal(models.success, true);
-  assert.deepEqual(models.data.slice(0, 3).map((model) => model.id), ['moonshot-v1-8k', 'moonshot-v1-32k', 'moonshot-v1-128k']);
+  assert.deepEqual(models.data.slice(0, 3).map((model) => model.id), ['kimi-k2.6', 'kimi-k3', 'kimi-k2.7-code']);
 });
 
 test('chat() answers with data.message, usage and the chosen model', async () => {
-  const response = await client.chat('你好', { model: 'moonshot-v1-32k', temperature: 0.3, maxTokens: 100 });
+  const response = await client.chat('你好', { model: 'kimi-k2.7-code-highspeed', temperature: 0.3, maxTokens: 100 });
   assert.equal(response.data.message, `${OFFLINE} You said: 你好`);
-  assert.equal(response.data.model, 'moonshot-v1-32k');
+  assert.equal(response.data.model, 'kimi-k2.7-code-highspeed');
   assert.ok(response.data.usage.total_tokens > 0);
 });
 
@@ -79,7 +79,7 @@ test('chatStream() delivers the reply piece by piece, then usage, then completio
 test('chatStream() accepts a message list and the per-call options', async () => {
   const outcome = await client.chatStream(
     [{ role: 'user', content: 'first' }, { role: 'assistant', content: 'ok' }, { role: 'user', content: 'second' }],
-    { model: 'moonshot-v1-128k', temperature: 0, topP: 1, maxTokens: 50 },
+    { model: 'kimi-k2.7-code-highspeed', temperature: 0, topP: 1, maxTokens: 50 },
   );
   assert.equal(outcome.content, `${OFFLINE} You said: second`);
 });
