@@ -101,6 +101,17 @@ def make_app(simulator_server, simulator):
 
 
 @pytest.fixture
+def token_app(make_app):
+    """Builds an app with browser tokens and the admin key on (`token_app(**overrides)`), its
+    token clock a `Clock` at T0 (tests/token_support.py)."""
+    from tests.token_support import token_config, with_clock
+
+    def build(**overrides):
+        return with_clock(make_app(**token_config(**overrides)))
+    return build
+
+
+@pytest.fixture
 def app(make_app):
     """The default app: live mode against the simulator."""
     return make_app()

@@ -17,65 +17,15 @@ from flask import g
 from kimi_backend.auth import require_client_key
 from kimi_backend.config import ConfigError
 from tests.test_auth import CHAT_CALLS, call
+from tests.token_support import (ADMIN, NEW_SECRET, OTHER_SITE, SECRET, SITE, T0, Clock, assert_error, claims_of, mint,
+                                 using)
 
-SECRET = "token-secret-one-0123456789abcdefghijklmnop"
-NEW_SECRET = "token-secret-two-0123456789abcdefghijklmnop"
-ADMIN = "admin-key-for-tests-0123456789"
-SITE = "https://app.example"
-OTHER_SITE = "https://other.example"
-T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 LONG_WINDOW = "3600000"
-
-
-class Clock:
-    """A clock the test moves by hand; installed as the token service's `clock`."""
-
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def token_app(make_app):
-    """Builds an app with tokens on (`token_app(**overrides)`), its token clock at T0."""
-    def build(**overrides):
-        config = dict(TOKEN_SECRET=SECRET, ADMIN_API_KEY=ADMIN, ALLOWED_ORIGINS=f"{SITE},{OTHER_SITE}")
-        config.update(overrides)
-        app = make_app(**config)
-        if "tokens" in app.extensions:
-            app.extensions["tokens"].clock = Clock()
-        return app
-    return build
 
 
 @pytest.fixture
 def app(token_app):
     return token_app()
-
-
-def mint(client, expect: int = 200, **body):
-    response = client.post("/api/tokens", json=body, headers={"x-admin-key": ADMIN})
-    assert response.status_code == expect, response.get_json()
-    return response.get_json()["data"] if expect == 200 else response.get_json()
-
-
-def using(token: str, origin: str | None = SITE, style: str = "bearer") -> dict:
-    headers = {"Authorization": f"Bearer {token}"} if style == "bearer" else {"x-api-key": token}
-    if origin:
-        headers["Origin"] = origin
-    return headers
-
-
-def claims_of(token: str) -> dict:
-    return jwt.decode(token, options={"verify_signature": False})
-
-
-def assert_error(response, status: int, code: str):
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert body["success"] is False and body["code"] == code and body["request_id"]
 
 
 # --- Minting -----------------------------------------------------------------------------
