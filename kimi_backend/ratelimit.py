@@ -8,6 +8,7 @@ import functools
 import logging
 import math
 import time
+from typing import Callable, TypeVar
 
 import flask
 from flask import Blueprint, Flask, Response, current_app, g
@@ -21,6 +22,7 @@ from .tokens import TokenClaims
 
 log = logging.getLogger("kimi_backend")
 
+T = TypeVar("T")
 API_SCOPE = "api"
 TOKEN_SCOPE = "token"
 # How long the limiter waits on Redis before the request is treated as a storage outage.
@@ -70,23 +72,18 @@ class AppLimiter(Limiter):
         (fail-open) until the storage answers again."""
         if not self.enabled or flask.request.blueprint not in self._api_blueprints:
             return
-        if self._storage_dead:
-            self._check_recovery()
-        try:
-            states = self._count_request()
-        except StorageError:
-            if not self._in_memory_fallback_enabled or self._storage_dead:
-                raise
-            log.warning("rate-limit storage unreachable: falling back to in-memory storage until it answers again")
-            self._storage_dead = True
-            self._recovery_checked_at = time.monotonic()
-            states = self._count_request()
+        states = self._with_fallback(self._count_request)
         # With a browser token there are several counts: the one nearest its limit speaks for
         # the request (its headers, and its Retry-After on a 429).
         state = min(states, key=lambda state: state[1].amount - state[3])
         g.api_rate_limit = state
         if state[3] > state[1].amount:
             raise ApiError(429, "rate_limited", HTTP_MESSAGES[429])
+
+    def read(self, key: str) -> int:
+        """A counter from the storage counting now (e.g. a token revocation), with the same
+        outage handling as the counts."""
+        return self._with_fallback(lambda: self.limiter.storage.get(key))
 
     def check(self, limit: str, identity: str, scope: str, message: str) -> None:
         """Counts the request against a view's own extra limit (e.g. anonymous sessions per
@@ -95,6 +92,21 @@ class AppLimiter(Limiter):
         if state[3] > state[1].amount:
             g.api_rate_limit = state
             raise ApiError(429, "rate_limited", message)
+
+    def _with_fallback(self, operation: Callable[[], T]) -> T:
+        # A storage error is raised (fail-closed, answered 503) or switches the counting to
+        # in-memory storage (fail-open) until the storage answers again.
+        if self._storage_dead:
+            self._check_recovery()
+        try:
+            return operation()
+        except StorageError:
+            if not self._in_memory_fallback_enabled or self._storage_dead:
+                raise
+            log.warning("rate-limit storage unreachable: falling back to in-memory storage until it answers again")
+            self._storage_dead = True
+            self._recovery_checked_at = time.monotonic()
+            return operation()
 
     def _count_request(self) -> list[tuple]:
         service_limit = current_app.config["API_RATE_LIMIT"]

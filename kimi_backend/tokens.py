@@ -93,8 +93,8 @@ class TokenService:
                  clock: Callable[[], float] = time.time):
         self.secrets = signing_secrets
         self.max_ttl_s = max_ttl_s
-        # The flask-limiter `Limiter`: `.storage` is the shared storage, `.limiter.storage`
-        # the one counting right now (the in-memory fallback while the shared one is down).
+        # The app's `AppLimiter`: revocations are written to its shared `.storage` and read
+        # with `.read()`, which follows RATE_LIMIT_FAIL_OPEN while that storage is down.
         self.limiter = limiter
         self.clock = clock
 
@@ -103,7 +103,7 @@ class TokenService:
         """A signed token and its claims; `ttl_s` is capped at TOKEN_MAX_TTL_S."""
         issued_at = int(self.clock())
         # A fresh anonymous subject has never been revoked: no storage read needed.
-        revision = 0 if subject.startswith(ANONYMOUS_PREFIX) else self._revocations(subject, self.limiter.limiter.storage)
+        revision = 0 if subject.startswith(ANONYMOUS_PREFIX) else self._revocations(subject)
         claims = TokenClaims(subject=subject, origins=tuple(origins), issued_at=issued_at,
                              expires_at=issued_at + min(ttl_s, self.max_ttl_s), revision=revision,
                              token_budget=token_budget, rate_limit=rate_limit)
@@ -131,7 +131,7 @@ class TokenService:
 
     def ensure_not_revoked(self, claims: TokenClaims) -> None:
         """401 `token_revoked` when the token's subject was revoked after it was minted."""
-        if claims.revision < self._revocations(claims.subject, self.limiter.limiter.storage):
+        if claims.revision < self._revocations(claims.subject):
             raise ApiError(401, "token_revoked", "The token has been revoked.", {"WWW-Authenticate": BEARER_CHALLENGE})
 
     def revoke(self, subject: str) -> None:
@@ -140,8 +140,8 @@ class TokenService:
         silently holding in one worker."""
         self.limiter.storage.incr(self._revocation_key(subject), REVOCATION_KEEP_S)
 
-    def _revocations(self, subject: str, storage) -> int:
-        return storage.get(self._revocation_key(subject))
+    def _revocations(self, subject: str) -> int:
+        return self.limiter.read(self._revocation_key(subject))
 
     @staticmethod
     def _revocation_key(subject: str) -> str:

@@ -16,6 +16,7 @@ from flask import g
 
 from kimi_backend.auth import require_client_key
 from kimi_backend.config import ConfigError
+from tests.servers import free_port
 from tests.test_auth import CHAT_CALLS, call
 from tests.token_support import (ADMIN, NEW_SECRET, OTHER_SITE, SECRET, SITE, T0, Clock, assert_error, claims_of, mint,
                                  using)
@@ -279,6 +280,24 @@ def test_revoking_a_subject_refuses_its_tokens_minted_before(client):
 
 def test_revoking_a_malformed_subject_is_400(client):
     assert_error(client.delete("/api/tokens/has%20space", headers={"x-admin-key": ADMIN}), 400, "invalid_request")
+
+
+def unreachable_redis() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def test_with_the_storage_down_and_fail_open_tokens_keep_working_but_revoking_fails(token_app):
+    client = token_app(RATE_LIMIT_STORAGE_URI=unreachable_redis()).test_client()
+    token = mint(client, subject="user-1")["token"]
+    assert client.get("/api/chat/models", headers=using(token)).status_code == 200
+    # A revocation that cannot be stored where every worker reads it fails loudly.
+    assert_error(client.delete("/api/tokens/user-1", headers={"x-admin-key": ADMIN}), 503, "rate_limit_unavailable")
+
+
+def test_with_the_storage_down_and_fail_closed_minting_is_refused(token_app):
+    client = token_app(RATE_LIMIT_STORAGE_URI=unreachable_redis(), RATE_LIMIT_FAIL_OPEN="false").test_client()
+    assert_error(client.post("/api/tokens", json={"subject": "user-1"}, headers={"x-admin-key": ADMIN}),
+                 503, "rate_limit_unavailable")
 
 
 # --- Limits ------------------------------------------------------------------------------
