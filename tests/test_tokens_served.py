@@ -1,14 +1,20 @@
-"""Browser tokens as `make run` serves them (gunicorn), with a real redis-server shared by two
-instances of two workers each: a token minted on one instance works on the other, a
-revocation on one holds on every worker of both, and a token's own limit is exact across them."""
+"""Browser tokens as `make run` serves them (gunicorn): the README's site-backend example run
+against it (its JavaScript examples at least parsed by Node), and with a real redis-server shared by two instances of two workers each, a
+revocation on one instance holding on every worker of both and a token's own limit exact
+across them."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import re
+import subprocess
+import sys
 
 import pytest
 import requests
 
-from tests.servers import LONG_WINDOW_MS, RedisServer, fetch_all
+from tests.servers import LONG_WINDOW_MS, ROOT, RedisServer, fetch_all
+from tests.test_sdk import node_binary
 from tests.token_support import ADMIN, SITE, token_config
 
 
@@ -59,3 +65,45 @@ def test_a_tokens_own_limit_is_exact_across_instances(two_instances):
     assert sorted(r.status_code for r in responses) == [200] * 5 + [429] * 7
     assert {r.json()["code"] for r in responses if r.status_code == 429} == {"rate_limited"}
     assert {r.url.split("/api")[0] for r in responses if r.status_code == 200} == {first.url, second.url}
+
+
+def readme_example(heading: str, language: str) -> str:
+    """The first `language` code block after `heading` in the README."""
+    readme = (ROOT / "README.md").read_text()
+    after = readme[readme.index(heading):]
+    return re.search(rf"```{language}\n(.*?)```", after, flags=re.S).group(1)
+
+
+@pytest.mark.parametrize("heading", ["**The same in Node (Express)**", "**The browser side**",
+                                     "### Anonymous sessions"])
+def test_the_readmes_javascript_examples_parse(heading, tmp_path):
+    node = node_binary()
+    example = tmp_path / "example.mjs"
+    example.write_text(readme_example(heading, "js"))
+    result = subprocess.run([node, "--check", str(example)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_readmes_flask_example_hands_a_logged_in_user_a_working_token(served, monkeypatch, tmp_path):
+    service = served(**token_config())
+    monkeypatch.setenv("KIMI_URL", service.url)
+    monkeypatch.setenv("KIMI_ADMIN_KEY", ADMIN)
+    # The example as the site's own module (Flask finds its root path through sys.modules).
+    path = tmp_path / "site_backend.py"
+    path.write_text(readme_example("**The site's backend in Python (Flask)**", "python"))
+    spec = importlib.util.spec_from_file_location("site_backend", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "site_backend", module)
+    spec.loader.exec_module(module)
+    site = module.app
+    site.secret_key = "the site's own session secret"
+    browser = site.test_client()
+    with browser.session_transaction() as session:
+        session["user_id"] = 42
+    response = browser.post("/chat-token")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    data = response.get_json()
+    assert data["subject"] == "user-42" and data["expires_at"].endswith("Z")
+    chat = requests.post(service.url + "/api/chat/completion", json={"message": "hi"}, headers=headers(data["token"]),
+                         timeout=10)
+    assert chat.status_code == 200 and chat.json()["data"]["message"].endswith("You said: hi")
