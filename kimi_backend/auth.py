@@ -63,10 +63,11 @@ def _checked_token() -> TokenClaims | ApiError | None:
 
 def _check_presented_token() -> TokenClaims | ApiError | None:
     tokens = get_tokens()
+    if tokens is None:
+        return None
     credential = presented_key()
     # A JWT is three dot-separated parts; anything else is a static key (or nothing).
-    if tokens is None or not credential or credential.count(".") != 2 \
-            or _is_valid(credential, current_app.config["SETTINGS"].valid_api_keys):
+    if not credential or credential.count(".") != 2 or _is_valid(credential, current_app.config["SETTINGS"].valid_api_keys):
         return None
     try:
         claims = tokens.verify(credential, request_origin())

@@ -42,7 +42,8 @@ class AppLimiter(Limiter):
     - It is reconfigured on every `init_app`: the stock one keeps the first app's fallback
       switch, storage options and storage-outage state, so every app built after it in the
       same process (tests, several configs) would inherit them.
-    - Its per-request check counts our one shared limit directly in flask-limiter's own
+    - Its per-request check counts our one shared limit (and what a browser token adds)
+      directly in flask-limiter's own
       fixed-window strategy's storage (`self.limiter`, which is the in-memory fallback while
       the storage is down). The stock check resolves every route's limits, decorators, exemptions and
       meta-limits on each request: measured at about 0.13 ms of CPU per request, a fifth of
@@ -67,8 +68,8 @@ class AppLimiter(Limiter):
         return blueprint
 
     def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
-        """`before_request`: counts the request against its client's API budget; a 429 once it
-        is spent. A storage error is a 503 (fail-closed) or a switch to in-memory counting
+        """`before_request`: counts the request against its client's API budget (and a browser
+        token's, see `_token_limits`); a 429 once one is spent. A storage error is a 503 (fail-closed) or a switch to in-memory counting
         (fail-open) until the storage answers again."""
         if not self.enabled or flask.request.blueprint not in self._api_blueprints:
             return
@@ -88,7 +89,7 @@ class AppLimiter(Limiter):
     def check(self, limit: str, identity: str, scope: str, message: str) -> None:
         """Counts the request against a view's own extra limit (e.g. anonymous sessions per
         address); a 429 with `message` once it is spent."""
-        state = self._hit(limit, identity, scope)
+        state = self._with_fallback(lambda: self._hit(limit, identity, scope))
         if state[3] > state[1].amount:
             g.api_rate_limit = state
             raise ApiError(429, "rate_limited", message)
