@@ -119,6 +119,7 @@ def test_info(client, simulator):
     paths = {(e["method"], e["path"]) for e in data["endpoints"]}
     assert ("POST", "/api/chat/stream") in paths and ("GET", "/api/chat/models") in paths
     assert "moonshot-v1-8k" in data["models"]
-    assert data["auth"] == {"required": False, "headers": ["x-api-key", "Authorization: Bearer <key>"]}
+    assert data["auth"] == {"required": False, "headers": ["x-api-key", "Authorization: Bearer <key>"],
+                            "tokens": False, "anonymousSessions": False}
     assert data["rateLimit"] == {"windowMs": 900000, "maxRequests": 10000}
     assert data["upstream"] == {"mode": "live"}
