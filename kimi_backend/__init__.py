@@ -19,7 +19,7 @@ from .logs import configure_logging
 from .moonshot.client import MoonshotClient
 from .proxies import trust_proxies
 from .service import KimiService
-from . import telemetry
+from . import telemetry, tokens
 
 __version__ = "1.0.0"
 
@@ -87,21 +87,18 @@ def connect_upstream(app: Flask, settings: Settings) -> None:
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    """Binds the security headers, the limiter and CORS to this app."""
+    """Binds the security headers, the limiter, browser tokens and CORS to this app."""
     # Talisman first: a plain-HTTP request is redirected before it spends any rate-limit budget.
     init_security_headers(app, settings.force_https)
     limiter.init_app(app)
     app.after_request(add_rate_limit_headers)
     app.register_error_handler(StorageError, rate_limit_unavailable)
-    if settings.allowed_origins is not None:
-        origins = list(settings.allowed_origins)
-    elif settings.production:
-        origins = []
+    tokens.init_app(app, limiter)
+    origins = list(settings.cors_origins)
+    if settings.allowed_origins is None and settings.production:
         logging.getLogger("kimi_backend").warning(
             "ALLOWED_ORIGINS is not set: in production no browser origin may call the API "
             "(set ALLOWED_ORIGINS=https://your.site, or * for any origin).")
-    else:
-        origins = ["*"]  # unset while developing: any origin
     # OpenAI's SDKs in a browser send their own headers (X-Stainless-*, OpenAI-Organization, ...);
     # no cookies are involved, so /v1 allows whichever headers a preflight asks for.
     cors.init_app(app, resources={r"/api/*": {"origins": origins}, r"/v1/*": {"origins": origins, "allow_headers": "*"},
@@ -127,6 +124,7 @@ def register_request_hooks(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Mounts the routes and the test page."""
     from .api import chat, health, metrics, openai, openapi, ready
+    from .api import tokens as token_routes
 
     app.register_blueprint(health.bp)
     app.register_blueprint(health.info_bp)
@@ -135,6 +133,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(ready.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(token_routes.admin_bp)
+    app.register_blueprint(token_routes.session_bp)
 
     @app.get("/")
     @openapi.produces("text/html")

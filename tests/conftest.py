@@ -21,7 +21,8 @@ UPSTREAM_KEY = "sk-test-upstream-key-0123456789abcdefghijklmnopqrstuv"
 # Variables a developer's shell or .env could set; tests start from a clean slate.
 os.environ["DOTENV_PATH"] = ""
 for _name in list(os.environ):
-    if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY")) \
+    if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY",
+                         "TOKEN_", "ANON_", "ANONYMOUS_")) \
             or _name in ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "DEFAULT_MODEL", "MAX_BODY_BYTES",
                          "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S", "FORCE_HTTPS",
                          "LOG_BODIES", "METRICS_TOKEN", "READY_CACHE_S", "READY_TIMEOUT_S", "ADMIN_API_KEY",
@@ -98,6 +99,17 @@ def make_app(simulator_server, simulator):
         app = create_app(base_config(simulator_server, **overrides))
         app.test_client_class = LeakCheckingClient
         return app
+    return build
+
+
+@pytest.fixture
+def token_app(make_app):
+    """Builds an app with browser tokens and the admin key on (`token_app(**overrides)`), its
+    token clock a `Clock` at T0 (tests/token_support.py)."""
+    from tests.token_support import token_config, with_clock
+
+    def build(**overrides):
+        return with_clock(make_app(**token_config(**overrides)))
     return build
 
 
