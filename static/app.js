@@ -163,7 +163,7 @@ function show(stored) {
   showTotals();
   showRecent();
   notice.hide();
-  saveSettings();
+  saveSettings({ current: record.id });
 }
 
 /** An id for a new conversation (crypto.randomUUID needs HTTPS, and this page may be served without). */
@@ -171,8 +171,14 @@ function newId() {
   return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
 }
 
-function saveSettings() {
-  store.saveSettings({ model: ui.model.value, mode: selectedMode(), thinking: ui.thinking.checked, current: record.id });
+/** Remembers `changes` to the settings: the mode, the thinking switch, the model (once the
+ * list is in), and which conversation is on screen. */
+function saveSettings(changes) {
+  store.saveSettings({ ...store.loadSettings(), ...changes });
+}
+
+function saveChoices() {
+  saveSettings({ mode: selectedMode(), thinking: ui.thinking.checked, ...(models.length ? { model: ui.model.value } : {}) });
 }
 
 /** The thinking switch, only for a model that lets it be turned off. */
@@ -241,10 +247,7 @@ ui.apiKey.addEventListener('change', () => {
   store.saveKey(ui.apiKey.value.trim());
   loadModels();
 });
-ui.model.addEventListener('change', () => {
-  showThinkingSwitch();
-  saveSettings();
-});
-document.getElementById('settings').addEventListener('change', saveSettings);
+ui.model.addEventListener('change', showThinkingSwitch);
+document.getElementById('settings').addEventListener('change', saveChoices);
 document.getElementById('settings').addEventListener('submit', (event) => event.preventDefault());
 loadInfo().then(loadModels);

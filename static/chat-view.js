@@ -44,7 +44,8 @@ class MessageView {
     const streaming = message.state === 'streaming';
     if (message.reasoning) this.showReasoning(message.reasoning, streaming && !message.content);
     if (!before || message.content !== before.content || !streaming) this.markdown.show(message.content, !streaming);
-    this.item.toggleAttribute('aria-busy', streaming);
+    if (streaming) this.item.setAttribute('aria-busy', 'true');
+    else this.item.removeAttribute('aria-busy');
     this.item.classList.toggle('stopped', message.state === 'stopped');
     this.item.classList.toggle('failed', message.state === 'failed');
     // A reply that failed before its first piece is not shown: the notice says why.
@@ -129,6 +130,6 @@ export class ConversationView {
   /** The text of the last reply, as a screen reader should hear it. */
   lastReplyText() {
     const view = this.views.at(-1);
-    return view && view.message.role === 'assistant' ? view.body.textContent.trim() : '';
+    return view && view.message.role === 'assistant' ? view.body.textContent.replace(/\s+/g, ' ').trim() : '';
   }
 }

@@ -1,12 +1,21 @@
-// Replies as Markdown, safely: parsed by marked, cleaned by DOMPurify (nothing in a reply runs
-// or loads anything), and rendered incrementally while a reply streams in.
+// Replies as Markdown, safely: parsed by marked, its HTML shown as text, the result cleaned by
+// DOMPurify (nothing in a reply runs or loads anything), rendered incrementally while it streams.
 import DOMPurify from './vendor/purify.es.mjs';
 import { Marked } from './vendor/marked.esm.js';
 import { t } from './i18n.js';
 
+// HTML in a reply is shown as text, except a few tags without attributes (<br> in a table, say).
+// It must not even reach a parser: Chromium reports inline handlers (onerror=...) as CSP
+// violations while parsing, before DOMPurify could take them out.
+const PLAIN_TAG = /^<\/?(br|b|i|em|strong|u|s|sub|sup|kbd|mark|small)\s*\/?>$/i;
+
 const markdown = new Marked({
   gfm: true,
   renderer: {
+    html({ text, block }) {
+      if (PLAIN_TAG.test(text.trim())) return text;
+      return block ? `<p>${escapeText(text)}</p>` : escapeText(text);
+    },
     // An image would load from wherever the reply says: show its address as a link instead.
     image({ href, text }) {
       return `<a href="${escapeAttribute(href)}">${escapeText(text || href)}</a>`;

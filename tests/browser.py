@@ -54,11 +54,11 @@ class PageProblems:
     def assert_none(self, *expected_failed_loads: str) -> None:
         """No CSP violation, no exception, and no console error but Chromium's own "Failed to load
         resource" line for each HTTP failure the test provoked on purpose (e.g. "401")."""
-        assert self.page.evaluate("window.__cspViolations") == []
-        assert self.exceptions == []
+        assert self.page.evaluate("window.__cspViolations") == [], self.page.evaluate("window.__cspViolations")
+        assert self.exceptions == [], self.exceptions
         unexpected = [text for text in self.console_errors
                       if not any(text.startswith("Failed to load resource") and code in text for code in expected_failed_loads)]
-        assert unexpected == []
+        assert unexpected == [], unexpected
 
 
 def open_page(browser, url: str, *, before_load=None, **context_options):

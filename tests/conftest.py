@@ -135,3 +135,14 @@ def keyed_service():
                       RATE_LIMIT_MAX_REQUESTS="10000")
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="module")
+def scripted_service(simulator_server):
+    """The service under gunicorn with the session's simulator as its upstream (live mode, no
+    client key), so that a test can script replies no `sim:` directive can spell (Markdown over
+    many lines) with the `simulator` fixture's `script([...])`."""
+    service = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, UPSTREAM_MAX_RETRIES="0",
+                      RATE_LIMIT_MAX_REQUESTS="10000")
+    yield service
+    service.stop()
