@@ -85,16 +85,25 @@ def test_the_app_and_the_sdk_types_check(installed):
     assert run([str(installed / "tsc"), "--noEmit", "--pretty", "false"], 300) == ""
 
 
-def test_the_readme_react_example_is_the_apps_original_component():
-    """The README's component, with only the import path and the service's address adapted,
-    is the one the browser test below runs."""
-    section = (ROOT / "README.md").read_text().split("### In React", 1)[1]
-    readme = re.search(r"```jsx\n(.*?)```", section, re.S).group(1)
-    adapted = readme.replace("import KimiClient from './kimi-sdk.js';\n",
-                             "import KimiClient from '../../../static/kimi-sdk.js';\nimport { KIMI_URL } from './config';\n")
-    adapted = adapted.replace("baseURL: 'http://localhost:3000'", "baseURL: KIMI_URL")
-    assert adapted != readme
-    assert (EXAMPLE / "src" / "ChatComponent.jsx").read_text() == adapted
+def readme_component(marker: str) -> str:
+    """The first JSX block after `marker` in the README, adapted to the example: the SDK's files
+    imported from static/, the service's address from the build."""
+    section = (ROOT / "README.md").read_text().split(marker, 1)[1]
+    code = re.search(r"```jsx\n(.*?)```", section, re.S).group(1)
+    lines = [re.sub(r"from '\./(kimi-sdk|kimi-react)\.js'", r"from '../../../static/\1.js'", line)
+             for line in code.splitlines(keepends=True)]
+    last_import = max(index for index, line in enumerate(lines) if "../../../static/" in line)
+    lines.insert(last_import + 1, "import { KIMI_URL } from './config';\n")
+    adapted = "".join(lines).replace("baseURL: 'http://localhost:3000'", "baseURL: KIMI_URL")
+    assert "baseURL: KIMI_URL" in adapted
+    return adapted
+
+
+def test_the_readme_react_examples_are_the_apps_components():
+    """The README's two React examples, with only the import paths and the service's address
+    adapted, are the components the browser test below runs."""
+    assert (EXAMPLE / "src" / "ChatComponent.jsx").read_text() == readme_component("### In React")
+    assert (EXAMPLE / "src" / "ReadmeChat.jsx").read_text() == readme_component("**The hook.**")
 
 
 def test_the_hook_and_the_original_component_work_from_another_origin(browser, example):
@@ -138,6 +147,15 @@ def test_the_hook_and_the_original_component_work_from_another_origin(browser, e
     expect(hook.get_by_role("alert")).to_contain_text("(upstream_rate_limited, retry in 7 s)")
     expect(hook.locator(".status")).to_have_text("Status: error")
     expect(hook.get_by_role("button", name="Retry")).to_be_visible()
+
+    # The README's hook example.
+    short = page.locator("section", has=page.get_by_role("heading", name="The README's hook example"))
+    short.locator("textarea").fill("short sim:reasoning=1")
+    short.get_by_role("button", name="发送").click()
+    expect(short.locator("details")).to_contain_text("Thinking step 1")
+    expect(short.locator(".assistant p")).to_have_text(f"{OFFLINE} You said: short")
+    expect(short.locator("p").last).to_have_text(re.compile(r"^Tokens: \d+$"))
+    expect(short.locator("textarea")).to_have_value("")
 
     # The original README component, as written, on the same page.
     original = page.locator("section", has=page.get_by_role("heading", name="The original example"))
