@@ -436,7 +436,8 @@ export class Conversation {
    * Options: `via` (`stream`, the default; `history`; or `completion`, which sends the text
    * alone), `model`, `thinking` and the other chat options (defaulting to the conversation's),
    * `signal`, `timeout`, and the chatStream callbacks. Resolves to `{content, reasoning, usage,
-   * finishReason, aborted, error?}`; a failure is in `error` (and `this.error`), not thrown.
+   * finishReason, aborted, error?}`; a failed call is in `error` (and `this.error`), not thrown
+   * (an exception from one of the callbacks is: it stops the reply).
    */
   send(text, options = {}) {
     if (this.#turn) return Promise.reject(new KimiError('A reply is still in progress: wait for it or stop() it.', { code: 'busy' }));
@@ -535,7 +536,15 @@ export class Conversation {
         if (data.usage && onUsage) onUsage(data.usage);
       }
     } catch (error) {
-      if (!(error instanceof KimiError)) throw error;
+      if (!(error instanceof KimiError)) {
+        // One of the caller's callbacks threw: the reply ends as stopped, and the error surfaces as is.
+        controller.abort();
+        if (current()) {
+          this.#turn = null;
+          this.#settle({ aborted: true });
+        }
+        throw error;
+      }
       outcome = { content: '', reasoning: '', usage: null, finishReason: null, aborted: error.code === 'aborted', error: error.code === 'aborted' ? undefined : error };
     } finally {
       if (signal) signal.removeEventListener('abort', stopOnCallerAbort);

@@ -176,3 +176,13 @@ test('clear() during a reply drops it, and the conversation is ready for a new o
   assert.deepEqual(conversation.messages.map((message) => message.content), ['fresh', `${OFFLINE} You said: fresh`],
     'the dropped reply did not come back');
 });
+
+test('a callback that throws ends the reply as stopped and surfaces its own error', async () => {
+  const conversation = client.conversation();
+  const bug = new Error('a bug in onMessage');
+  await assert.rejects(conversation.send('hi sim:chunks=5', { onMessage: () => { throw bug; } }), (error) => error === bug);
+  assert.equal(conversation.messages[1].state, 'stopped');
+  assert.equal(conversation.status, 'ready');
+  await conversation.send('again');
+  assert.equal(conversation.messages[3].content, `${OFFLINE} You said: again`);
+});
