@@ -32,6 +32,7 @@ let unsubscribe = () => {};
 let record = null; // the stored conversation on screen: {id, title, updatedAt}
 let status = 'ready';
 
+/** The client to send with: the key typed in, else session tokens, else none. */
 function client() {
   const key = ui.apiKey.value.trim();
   if (!key) return sessions || open;
@@ -39,6 +40,7 @@ function client() {
   return keyed;
 }
 
+/** `stream`, `history` or `completion`: how the Conversation sends. */
 function selectedMode() {
   return document.querySelector('input[name="mode"]:checked').value;
 }
@@ -60,6 +62,7 @@ function describe(error) {
   return t('failed', { message: error.message, code: error.code });
 }
 
+/** Says what went wrong in the notice, and points at the key field for a 401. */
 function showError(error) {
   if (error.status === 429 && error.retryAfter != null) notice.countdown(Math.ceil(error.retryAfter));
   else notice.show(describe(error));
@@ -74,13 +77,15 @@ function showError(error) {
 /** Sends through the conversation with the page's settings; reports how the reply ended. */
 async function ask(call) {
   notice.hide();
-  conversation.client = client();
+  const asked = conversation;
+  asked.client = client();
   const choice = selectedModel();
   const outcome = await call({
     via: selectedMode(),
     model: ui.model.value || undefined,
     thinking: choice && choice.thinking === 'optional' ? ui.thinking.checked : undefined,
   });
+  if (conversation !== asked) return; // another conversation was opened meanwhile
   if (outcome.error) {
     const reply = conversation.messages.at(-1);
     if (!reply.content && !reply.reasoning) {
@@ -96,6 +101,7 @@ async function ask(call) {
   ui.message.focus();
 }
 
+/** The message box's submit: sends its text as the next turn. */
 function send(event) {
   event.preventDefault();
   const text = ui.message.value.trim();
@@ -114,6 +120,7 @@ function onChange(snapshot) {
   save();
 }
 
+/** Send and Stop, as a reply is or is not on its way. */
 function showStatus() {
   const busy = BUSY.has(status);
   ui.send.disabled = busy;
@@ -121,6 +128,7 @@ function showStatus() {
   ui.stop.disabled = !busy;
 }
 
+/** The tokens of the whole conversation, under the message box. */
 function showTotals() {
   const { usage } = conversation;
   ui.totals.hidden = !usage;
@@ -139,6 +147,7 @@ function save() {
   showRecent();
 }
 
+/** The recent conversations list, the one on screen marked. */
 function showRecent() {
   renderRecent(ui.recentList, ui.recentCount, store.loadConversations(), record.id, {
     onOpen: (chosen) => show(chosen),
@@ -177,6 +186,7 @@ function saveSettings(changes) {
   store.saveSettings({ ...store.loadSettings(), ...changes });
 }
 
+/** Remembers the choices made in the settings form. */
 function saveChoices() {
   saveSettings({ mode: selectedMode(), thinking: ui.thinking.checked, ...(models.length ? { model: ui.model.value } : {}) });
 }
@@ -218,6 +228,7 @@ async function loadInfo() {
   }
 }
 
+/** The settings, the key and the conversation on screen, as they were before the reload. */
 function restore() {
   const settings = store.loadSettings();
   const mode = document.querySelector(`input[name="mode"][value="${settings.mode}"]`);

@@ -3,7 +3,7 @@ import { MarkdownView } from './markdown.js';
 import { t } from './i18n.js';
 
 /** A sentence for a reply's token usage. */
-export function usageText(usage) {
+function usageText(usage) {
   return t('usage', { prompt: usage.prompt_tokens, completion: usage.completion_tokens, total: usage.total_tokens });
 }
 

@@ -39,10 +39,12 @@ const PURIFY = {
   ADD_ATTR: ['target'],
 };
 
+/** Text safe between tags. */
 function escapeText(text) {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 }
 
+/** Text safe in a double-quoted attribute. */
 function escapeAttribute(text) {
   return escapeText(text).replace(/"/g, '&quot;');
 }

@@ -34,12 +34,14 @@ export class Notice {
     tick();
   }
 
+  /** Empties and hides the notice. */
   hide() {
     this.stopCountdown();
     this.element.hidden = true;
     this.element.textContent = '';
   }
 
+  /** Ends a countdown in progress, if any. */
   stopCountdown() {
     clearInterval(this.timer);
     this.timer = null;

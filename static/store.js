@@ -6,6 +6,7 @@ const SETTINGS = 'kimi-test-page.settings';
 const KEY = 'kimi-test-page.api-key';
 const KEEP = 20;
 
+/** The JSON stored under `name`, or `fallback`. */
 function read(storage, name, fallback) {
   try {
     return JSON.parse(storage.getItem(name)) ?? fallback;
@@ -44,6 +45,7 @@ export function loadSettings() {
   return read(localStorage, SETTINGS, {});
 }
 
+/** Stores the settings (all of them: merge before). */
 export function saveSettings(settings) {
   localStorage.setItem(SETTINGS, JSON.stringify(settings));
 }
@@ -53,6 +55,7 @@ export function loadKey() {
   return sessionStorage.getItem(KEY) || '';
 }
 
+/** Keeps `key` for this tab; an empty one is forgotten. */
 export function saveKey(key) {
   if (key) sessionStorage.setItem(KEY, key);
   else sessionStorage.removeItem(KEY);
