@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 
 from kimi_backend import create_app
 from kimi_backend.moonshot.simulator import start_in_thread
+from tests.browser import browser  # noqa: F401  (a fixture: the browser tests' Chromium)
 from tests.servers import Service
 
 # The client key the SDK and test-page tests present to a service that requires one.

@@ -7,7 +7,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.browser import browser, open_page  # noqa: F401  (browser is a fixture)
+from tests.browser import open_page
 from tests.conftest import CLIENT_KEY
 from tests.servers import ROOT
 

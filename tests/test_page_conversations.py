@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from playwright.sync_api import expect
 
-from tests.browser import browser, open_page  # noqa: F401  (browser is a fixture)
+from tests.browser import open_page
 from tests.conftest import CLIENT_KEY
 
 OFFLINE = "[offline simulator]"
@@ -132,21 +132,23 @@ def test_everything_works_from_the_keyboard(browser, scripted_service, simulator
 
 
 def with_thinking_modes(route):
-    """The service's real /api/chat/models, with the thinking field of today's models set on the
-    first two (the simulator on this branch predates it): optional, then always."""
+    """The service's real /api/chat/models; when it does not say yet how each model thinks (the
+    simulator on this branch predates today's models), the first is made optional, the second always."""
     response = route.fetch()
     body = response.json()
-    body["data"][0]["thinking"] = "optional"
-    body["data"][1]["thinking"] = "always"
+    if not any("thinking" in model for model in body["data"]):
+        body["data"][0]["thinking"] = "optional"
+        body["data"][1]["thinking"] = "always"
     route.fulfill(response=response, json=body)
 
 
 def test_the_thinking_switch_shows_for_models_that_let_it_be_turned_off(browser, scripted_service, simulator):
     page, problems = open_page(browser, scripted_service.url, locale="zh-CN",
                                before_load=lambda page: page.route("**/api/chat/models", with_thinking_modes))
-    options = page.locator("#model option")
-    expect(options.nth(2)).to_be_attached()
-    optional, always = options.nth(1).get_attribute("value"), options.nth(2).get_attribute("value")
+    expect(page.locator("#model option").nth(2)).to_be_attached()
+    models = page.evaluate("fetch('/api/chat/models').then((response) => response.json())")["data"]
+    optional = next(model["id"] for model in models if model.get("thinking") == "optional")
+    always = next(model["id"] for model in models if model.get("thinking") == "always")
     switch = page.get_by_role("switch", name="深度思考")
 
     page.select_option("#model", optional)

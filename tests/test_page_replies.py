@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.browser import browser, open_page  # noqa: F401  (browser is a fixture)
+from tests.browser import open_page
 from tests.servers import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts"

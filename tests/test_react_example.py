@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import RECORD_VIOLATIONS, PageProblems, browser, require  # noqa: F401  (browser is a fixture)
+from tests.browser import RECORD_VIOLATIONS, PageProblems, require
 from tests.servers import ROOT, Service, free_port
 
 EXAMPLE = ROOT / "examples" / "react"

@@ -12,6 +12,8 @@ assert.ok(baseURL && apiKey, 'KIMI_URL and KIMI_KEY must be set (tests/test_sdk.
 
 const OFFLINE = '[offline simulator]';
 const client = new KimiClient({ baseURL, apiKey });
+// Thinking can be turned off only on a model whose thinking is optional (when the service says which).
+const optional = (await client.getModels()).data.find((model) => model.thinking === 'optional');
 
 let sent = [];
 const serviceFetch = globalThis.fetch;
@@ -55,7 +57,7 @@ test('a streamed turn keeps the reply, its reasoning and its usage, through subm
 });
 
 test('the next turn sends the earlier reply back with its reasoning, and the usage adds up', async () => {
-  const conversation = client.conversation({ system: '你是一个助手', thinking: false });
+  const conversation = client.conversation({ system: '你是一个助手', thinking: false, model: optional && optional.id });
   await conversation.send('first sim:reasoning=2');
   const first = conversation.messages[1];
   await conversation.send('second');

@@ -102,7 +102,7 @@ test('chatStream() delivers the reply piece by piece, then usage, then completio
 test('chatStream() accepts a message list and the per-call options', async () => {
   const outcome = await client.chatStream(
     [{ role: 'user', content: 'first' }, { role: 'assistant', content: 'ok' }, { role: 'user', content: 'second' }],
-    { model: models.at(-1).id, maxTokens: 50, thinking: false },
+    { model: models.at(-1).id, maxTokens: 50 },
   );
   assert.equal(outcome.content, `${OFFLINE} You said: second`);
 });
