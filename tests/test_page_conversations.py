@@ -99,13 +99,17 @@ def test_a_rate_limit_counts_down_from_retry_after(browser, keyed_service):
 
 def test_everything_works_from_the_keyboard(browser, scripted_service, simulator):
     page, problems = open_page(browser, scripted_service.url, locale="en-US")
-    # Tab goes through the controls in reading order (the radio group is one stop, disabled Stop none).
+    # Tab goes through the controls in reading order (the radio group is one stop, disabled Stop
+    # none, the thinking switch one where the default model's thinking is optional).
+    expect(page.locator("#model option").nth(1)).to_be_attached()
+    expected = ["model", "api-key", *(["thinking"] if page.locator("#thinking").is_visible() else []),
+                "mode:stream", "recent-box", "message", "send", "clear"]
     focus_order = []
     page.locator("body").focus()
-    for _ in range(7):
+    for _ in expected:
         page.keyboard.press("Tab")
         focus_order.append(page.evaluate(FOCUSED))
-    assert focus_order == ["model", "api-key", "mode:stream", "recent-box", "message", "send", "clear"]
+    assert focus_order == expected
 
     # Back to the message box; type and send with Ctrl+Enter; stop a long reply with Escape;
     # Retry is one Shift+Tab back.
