@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 
 from kimi_backend import create_app
 from kimi_backend.moonshot.simulator import start_in_thread
+from tests.browser import browser  # noqa: F401  (a fixture: the browser tests' Chromium)
 from tests.servers import Service
 
 # The client key the SDK and test-page tests present to a service that requires one.
@@ -146,6 +147,17 @@ def keyed_service():
     from tests.servers import Service
 
     service = Service(REQUIRE_API_KEY="true", VALID_API_KEYS=CLIENT_KEY, UPSTREAM_MAX_RETRIES="0",
+                      RATE_LIMIT_MAX_REQUESTS="10000")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def scripted_service(simulator_server):
+    """The service under gunicorn with the session's simulator as its upstream (live mode, no
+    client key), so that a test can script replies no `sim:` directive can spell (Markdown over
+    many lines) with the `simulator` fixture's `script([...])`."""
+    service = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, UPSTREAM_MAX_RETRIES="0",
                       RATE_LIMIT_MAX_REQUESTS="10000")
     yield service
     service.stop()

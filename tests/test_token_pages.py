@@ -11,14 +11,11 @@ import json
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import sync_playwright
 
 from tests.servers import Service, wait_until
-from tests.test_page import CHROMIUM, CHROMIUM_ARGS, require
 from tests.token_support import ADMIN, token_config
 
 PAGE = """<!doctype html>
@@ -84,16 +81,6 @@ class StaticSite:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium (the system's, as tests/test_page.py drives it)."""
-    require(Path(CHROMIUM).exists(), CHROMIUM)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
