@@ -13,6 +13,7 @@ from .moonshot.client import MoonshotClient
 from .schemas import ChatOptions
 from .streaming import relay
 from .telemetry import current_exchange
+from .usage import reserve_tokens
 
 
 class KimiService:
@@ -68,6 +69,7 @@ class KimiService:
             value = getattr(options, name)
             if value is not None:
                 payload[name] = value
+        reserve_tokens(payload)
         return payload
 
 

@@ -73,6 +73,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
     poll_s = min(keepalive_s, CLIENT_POLL_S) if client_gone else keepalive_s
     finish_reason = None
     usage = None
+    relayed_bytes = 0  # prices a stream cut short before its usage arrived
     outcome = "client_closed"
     exchange.stream_started()
     try:
@@ -103,8 +104,10 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                     continue
                 delta = choice.get("delta") or {}
                 if delta.get("reasoning_content"):
+                    relayed_bytes += len(str(delta["reasoning_content"]).encode())
                     yield event({"content": "", "reasoning": delta["reasoning_content"]})
                 if delta.get("content"):
+                    relayed_bytes += len(str(delta["content"]).encode())
                     yield event({"content": delta["content"]})
                 usage = choice.get("usage") or usage
                 finish_reason = choice.get("finish_reason") or finish_reason
@@ -118,4 +121,4 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
             # reader has ended the stream itself it releases it, and the connection may go
             # back to the pool, so it is left alone.)
             stream.abort()
-        exchange.stream_ended(usage, outcome)
+        exchange.stream_ended(usage, outcome, relayed_bytes)

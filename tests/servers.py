@@ -72,7 +72,7 @@ class Process:
 def clean_env(**overrides: str) -> dict[str, str]:
     """The current environment without project variables, plus `overrides`."""
     prefixes = ("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "REQUIRE_API_KEY", "VALID_API_KEYS", "ALLOWED_",
-                "LOG_BODIES", "METRICS_TOKEN", "READY_", "PROMETHEUS_MULTIPROC_DIR")
+                "LOG_BODIES", "METRICS_TOKEN", "READY_", "PROMETHEUS_MULTIPROC_DIR", "USAGE_", "TOKEN_BUDGET")
     unset = ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "FORCE_HTTPS", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in unset}
     env.update(DOTENV_PATH="", HOST="127.0.0.1")
@@ -81,9 +81,11 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 
 class Service(Process):
-    """The service under gunicorn with the project's gunicorn.conf.py."""
+    """The service under gunicorn with the project's gunicorn.conf.py; its usage ledger is a
+    temporary SQLite file unless `USAGE_DATABASE_URL` is given."""
 
     def __init__(self, *, port: int | None = None, extra_args: tuple[str, ...] = (), **env: str):
+        env.setdefault("USAGE_DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='kimi-usage-')}/usage.sqlite3")
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra_args, "wsgi:app"]

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify
 from .. import __version__
 from ..extensions import limiter
 from ..service import get_service
+from ..usage import budgets_info
 
 bp = Blueprint("health", __name__)
 info_bp = Blueprint("info", __name__, url_prefix="/api")
@@ -24,6 +25,7 @@ ENDPOINTS = [
     {"method": "GET", "path": "/metrics", "description": "Prometheus metrics"},
     {"method": "GET", "path": "/api/openapi.json", "description": "OpenAPI 3.1 document of every route"},
     {"method": "GET", "path": "/api/docs", "description": "The OpenAPI document as a page"},
+    {"method": "GET", "path": "/api/usage", "description": "Admin (x-admin-key): requests and tokens by client, model or day"},
 ]
 
 
@@ -55,4 +57,5 @@ def info():
         "auth": {"required": settings.require_api_key, "headers": ["x-api-key", "Authorization: Bearer <key>"]},
         "rateLimit": {"windowMs": settings.rate_limit_window_ms, "maxRequests": settings.rate_limit_max_requests},
         "upstream": {"mode": upstream_mode()},
+        "budgets": budgets_info(),
     })
