@@ -74,3 +74,12 @@ def test_every_endpoint_in_api_info_is_documented(client):
     paths = client.get("/api/openapi.json").get_json()["paths"]
     for endpoint in client.get("/api/info").get_json()["data"]["endpoints"]:
         assert endpoint["method"].lower() in paths[endpoint["path"]], endpoint
+
+
+def test_admin_routes_declare_the_admin_key_and_their_query(client):
+    operation = client.get("/api/openapi.json").get_json()["paths"]["/api/usage"]["get"]
+    assert operation["security"] == [{"AdminKey": []}]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert set(parameters) == {"group_by", "from", "to", "format"}
+    assert parameters["group_by"]["schema"]["enum"] == ["client", "model", "day"]
+    assert all(parameter["in"] == "query" and not parameter["required"] for parameter in parameters.values())

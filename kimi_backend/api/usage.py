@@ -80,3 +80,6 @@ def usage():
     writer.writerows([_cell(row[query.group_by]), *(row[name] for name in COLUMNS)] for row in rows)
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="kimi-usage-by-{query.group_by}.csv"'})
+
+
+usage.query_schema = UsageQuery
