@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from limits.errors import StorageError
 from limits.storage import Storage
@@ -43,8 +43,7 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(NamedTuple):
     """One budget that applies to a request: its scope, its daily limit, its counter."""
 
     scope: str  # "client", "token" or "service"
