@@ -46,7 +46,9 @@ class Exchange:
         self.streaming = False
 
     def requested(self, model: str, messages: list[dict]) -> None:
-        """Notes the model asked of the upstream (and the messages, with LOG_BODIES)."""
+        """Notes the model asked of the upstream (and the messages, with LOG_BODIES). The
+        first is kept as `requested_model` (the ledger's): a retried call with a replacement
+        model notes that one too."""
         self.model = model
         self.requested_model = self.requested_model or model
         if self.log_bodies:
