@@ -150,8 +150,11 @@ def test_the_service_ceiling_refuses_everyone_once_reached(budget_app):
 def test_a_refusal_gives_back_what_other_budgets_had_reserved(budget_app):
     app = budget_app(TOKEN_BUDGET_PER_DAY="1000", TOKEN_BUDGET_TOTAL_PER_DAY="50")
     client = app.test_client()
-    assert ask(client, KEY_A, max_tokens=100).status_code == 429  # the service ceiling refuses
+    refused = ask(client, KEY_A, max_tokens=100)
+    assert refused.status_code == 429  # the service ceiling refuses
+    assert refused.get_json()["error"].startswith("This service's daily token budget is used up")
     # The client budget's reservation was returned: all 1000 are still there.
+    assert refused.headers["X-Budget-Remaining"] == "1000"
     assert ask(client, KEY_A, max_tokens=20).headers["X-Budget-Remaining"] == "988"
 
 

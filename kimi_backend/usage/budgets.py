@@ -75,8 +75,6 @@ class Charge:
         """What is left of the caller's own budgets (its client budget, its token's), or None
         when none applies. Before settling it already excludes this request's reservation."""
         own = [budget.limit - count for budget, count in self.held.items() if budget.scope != "service"]
-        if self.refused is not None and self.refused.scope != "service":
-            own.append(self.refused.limit - self.used_before)
         return max(0, min(own)) if own else None
 
     def settle(self, tokens: int) -> None:
@@ -160,11 +158,11 @@ class Budgets:
 
     @staticmethod
     def _give_back(charge: Charge, amount: int) -> None:
-        # Best effort: when the storage fails here too, the caller sees that error.
+        # Best effort: when the storage fails here too, the caller sees that error. The counts
+        # stay in `held` for `remaining()`; nothing is reserved any more, so nothing is settled.
         for budget in charge.held:
-            charge.storage.incr(budget.key, charge.expiry_s, amount=-amount)
-        charge.held.clear()
-        charge.settled = True  # nothing is held any more, so nothing is left to settle
+            charge.held[budget] = charge.storage.incr(budget.key, charge.expiry_s, amount=-amount)
+        charge.settled = True
 
     def refusal(self, charge: Charge) -> ApiError:
         """The 429 for a refused charge: which budget, what is left, when it resets."""
