@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import logging
 import queue
+import sys
 import threading
 import time
 
@@ -44,6 +45,12 @@ def usage_row(exchange: Exchange, charge: Charge, cost: Cost) -> dict:
     }
 
 
+def _gevent_patched() -> bool:
+    """Whether this process runs under gevent's monkey-patching (gunicorn's gevent worker)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
 class PreparedInsert:
     """The ledger's INSERT compiled once for the database's dialect, with each column's own
     conversion (SQLAlchemy's bind processors). Sending ready driver parameters costs about a
@@ -73,6 +80,7 @@ class Ledger:
     def __init__(self, engine: Engine, *, queue_size: int, flush_interval_s: float):
         self.engine = engine
         self._insert = PreparedInsert(engine)
+        self._gevent_sqlite = engine.dialect.name == "sqlite" and _gevent_patched()
         self.flush_interval_s = flush_interval_s
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._writer: threading.Thread | None = None
@@ -146,10 +154,10 @@ class Ledger:
         return batch, True
 
     def _write(self, batch: list[dict]) -> None:
+        parameters = [self._insert.parameters(row) for row in batch]
         for delay in (*RETRY_DELAYS_S, None):
             try:
-                with self.engine.begin() as conn:
-                    conn.exec_driver_sql(self._insert.sql, [self._insert.parameters(row) for row in batch])
+                self._off_the_event_loop(self._execute, parameters)
                 LEDGER_ROWS.labels("written").inc(len(batch))
                 return
             except SQLAlchemyError as exc:
@@ -161,6 +169,23 @@ class Ledger:
                     return
                 log.warning("usage ledger: writing %d rows failed (%s); retrying in %.1f s", len(batch), reason, delay)
                 time.sleep(delay)
+
+
+    def _execute(self, parameters: list) -> None:
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(self._insert.sql, parameters)
+
+    def _off_the_event_loop(self, function, *args) -> None:
+        """Calls `function`; under gevent with SQLite, in gevent's pool of native threads, so
+        the disk waits of a commit or a WAL checkpoint (tens of ms on a busy disk) hold up only
+        this writer, not every request of the worker (the SQLite driver lets go of the GIL while
+        it waits). PostgreSQL's driver already waits cooperatively under gevent; at exit the
+        event loop is going away, so the last batch is written directly."""
+        if self._gevent_sqlite and not self._closed:
+            import gevent
+            gevent.get_hub().threadpool.apply(function, args)
+        else:
+            function(*args)
 
 
 def open_ledger(engine: Engine, *, queue_size: int, flush_interval_s: float) -> Ledger:
