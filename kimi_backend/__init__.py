@@ -16,7 +16,7 @@ from .errors import register_error_handlers
 from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
 from .logs import configure_logging
-from .moonshot.client import MoonshotClient
+from .moonshot.client import MoonshotClient, ReplyLimits
 from .proxies import trust_proxies
 from .service import KimiService
 from . import telemetry
@@ -82,7 +82,8 @@ def connect_upstream(app: Flask, settings: Settings) -> None:
         connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s,
         completion_timeout_s=settings.completion_timeout_s,
         max_retries=settings.max_retries, retry_backoff_s=settings.retry_backoff_s,
-        retry_max_wait_s=settings.retry_max_wait_s, pool_size=settings.pool_size, proxy=settings.upstream_proxy)
+        retry_max_wait_s=settings.retry_max_wait_s, pool_size=settings.pool_size, proxy=settings.upstream_proxy,
+        limits=ReplyLimits(settings.max_reply_bytes, settings.max_line_bytes))
     app.extensions["kimi_service"] = KimiService(settings, client)
 
 

@@ -8,7 +8,7 @@ from flask import Response, current_app, g
 
 from .catalog import ModelCatalog
 from .config import Settings
-from .errors import UpstreamError
+from .metrics import label_models
 from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient
 from .schemas import ChatOptions
@@ -25,6 +25,7 @@ class KimiService:
         self.catalog = ModelCatalog(client, settings.models_cache_ttl_s, settings.allowed_models)
         self.policy = ModelPolicy(settings.default_model, settings.model_aliases, settings.allowed_models,
                                   settings.default_thinking, self.catalog.served_ids)
+        label_models({self.policy.default_model, *settings.allowed_models, *settings.model_aliases.values()})
 
     def complete(self, messages: list[dict], options: ChatOptions) -> dict:
         """A whole reply: `{"message", "usage", "model", "finish_reason"}`."""
@@ -32,11 +33,8 @@ class KimiService:
         exchange = current_exchange()
         with exchange.upstream("chat"):
             body = self.client.chat(payload)
-        try:
-            choice = body["choices"][0]
-            content = choice["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise UpstreamError(502, "upstream_error", "The upstream's reply was not in the expected shape.") from None
+        choice = body["choices"][0]  # the client checked the shape (moonshot/replies.py)
+        content = choice["message"].get("content") or ""
         reply = {"message": content, "usage": body.get("usage"), "model": body.get("model") or payload["model"],
                  "finish_reason": choice.get("finish_reason")}
         if choice["message"].get("reasoning_content"):
