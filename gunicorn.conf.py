@@ -68,7 +68,8 @@ def on_starting(server):
     """Refuses memory:// limiter storage with several workers, whichever way the worker count
     was given (WEB_CONCURRENCY, -w, GUNICORN_CMD_ARGS): in-memory counters live in one
     process, so N workers would let N x the limit through. Then prepares the metrics directory."""
-    if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
+    # Storage URIs' schemes are case-insensitive for the limits library too: `Memory://` is memory.
+    if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.lower().startswith("memory://"):
         print(f"kimi-backend: configuration error: {server.cfg.workers} workers were asked for but "
               "RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
               "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker (WEB_CONCURRENCY=1).",

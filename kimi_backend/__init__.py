@@ -16,10 +16,11 @@ from .errors import register_error_handlers
 from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
 from .logs import configure_logging
+from .origins import allowed_origins
 from .moonshot.client import MoonshotClient, ReplyLimits
 from .proxies import trust_proxies
 from .service import KimiService
-from . import telemetry
+from . import intake, telemetry
 
 __version__ = "1.0.0"
 
@@ -30,8 +31,8 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Builds the app: settings → logging → upstream → request ids and telemetry → extensions
-    → errors → routes.
+    """Builds the app: settings → logging → upstream → request ids, telemetry and body intake
+    → extensions → errors → routes.
 
     `test_config` overrides environment variables by name (same names, same parsing).
     """
@@ -42,6 +43,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     connect_upstream(app, settings)
     register_request_hooks(app)
     telemetry.init_app(app)
+    intake.init_app(app)
     register_extensions(app, settings)
     register_error_handlers(app)
     register_blueprints(app)
@@ -94,15 +96,12 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     limiter.init_app(app)
     app.after_request(add_rate_limit_headers)
     app.register_error_handler(StorageError, rate_limit_unavailable)
-    if settings.allowed_origins is not None:
-        origins = list(settings.allowed_origins)
-    elif settings.production:
-        origins = []
+    origins = list(allowed_origins(settings))
+    app.config["ALLOWED_ORIGINS"] = origins
+    if settings.allowed_origins is None and settings.production:
         logging.getLogger("kimi_backend").warning(
             "ALLOWED_ORIGINS is not set: in production no browser origin may call the API "
             "(set ALLOWED_ORIGINS=https://your.site, or * for any origin).")
-    else:
-        origins = ["*"]  # unset while developing: any origin
     cors.init_app(app, resources={r"/api/*": {"origins": origins}, r"/health*": {"origins": origins}},
                   allow_headers=ALLOWED_HEADERS, expose_headers=EXPOSED_HEADERS, max_age=600,
                   send_wildcard=True)  # `*` is sent as `*`, not as an echo of the caller's Origin

@@ -62,10 +62,12 @@ class AppLimiter(Limiter):
         return blueprint
 
     def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
-        """`before_request`: counts the request against its client's API budget; a 429 once it
-        is spent. A storage error is a 503 (fail-closed) or a switch to in-memory counting
+        """`before_request`: counts the request against its client's API budget (CORS preflights
+        excepted); a 429 once it is spent. A storage error is a 503 (fail-closed) or a switch to in-memory counting
         (fail-open) until the storage answers again."""
-        if not self.enabled or flask.request.blueprint not in self._api_blueprints:
+        # Preflights carry no key and cost nothing upstream: counted, they would spend a keyed
+        # browser user's IP budget (a NAT's) on every page load.
+        if not self.enabled or flask.request.method == "OPTIONS" or flask.request.blueprint not in self._api_blueprints:
             return
         item = _limit_item(current_app.config["API_RATE_LIMIT"])
         args = (self._key_prefix, client_identity(), API_SCOPE)

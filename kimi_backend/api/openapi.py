@@ -90,7 +90,7 @@ def _operation(app: Flask, rule, method: str, view: Callable) -> dict:
         operation["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": {"$ref": _REF.format(model=schema.__name__)}}}}
     blueprint = rule.endpoint.rpartition(".")[0]
-    if require_client_key in app.before_request_funcs.get(blueprint, ()):
+    if app.config["SETTINGS"].require_api_key and require_client_key in app.before_request_funcs.get(blueprint, ()):
         operation["security"] = [{"ApiKeyHeader": []}, {"BearerKey": []}]
     return operation
 
