@@ -15,6 +15,7 @@ from .config import Settings, load_settings, read_environment
 from .errors import register_error_handlers
 from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
+from .lifecycle import Shutdown
 from .logs import configure_logging
 from .origins import allowed_origins
 from .moonshot.client import MoonshotClient, ReplyLimits
@@ -47,6 +48,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_extensions(app, settings)
     register_error_handlers(app)
     register_blueprints(app)
+    app.extensions["shutdown"] = Shutdown()
     return app
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from flask import Flask, current_app, request
+from gunicorn.http.errors import ParseException
 
 from .errors import ApiError
 
@@ -42,6 +43,8 @@ def read_body() -> None:
                 body += block
                 if len(body) > settings.max_body_bytes:
                     raise _too_large(settings.max_body_bytes)
+    except ParseException:
+        raise ApiError(400, "bad_request", "The request body's chunked framing is malformed.") from None
     except (BodyTimeout, OSError):
         if sock is not None:
             _stop_reading(sock)  # the rest of the body is not wanted: the connection ends after the answer
