@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.litellm_proxy import start_litellm  # noqa: E402
 from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 
@@ -97,6 +98,32 @@ def main(argv=None) -> int:
             added_ratio = (ours["p50"] - direct["p50"]) / max(1e-9, floor["p50"] - direct["p50"])
             print(f"| {label} | **ratio** | | | **{added_ratio:.2f}x** added latency | **{ours['rps'] / floor['rps']:.2f}x** throughput | | "
                   f"{ours['cpu_ms'] / floor['cpu_ms']:.2f}x | |", flush=True)
+            if service_env:
+                continue
+            # The OpenAI-compatible route on the same default setup, and LiteLLM's proxy on its
+            # own /v1/chat/completions route, same upstream, same load.
+            openai_body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE}]}
+            target = start_service(simulator.url)
+            try:
+                rows["kimi-backend /v1"] = measure(target, target.url + "/v1/chat/completions", openai_body, args.seconds)
+            finally:
+                target.stop()
+            litellm = start_litellm(simulator.url, DEFAULT_MODEL)
+            if litellm is not None:
+                try:
+                    rows["litellm /v1"] = measure(litellm, litellm.url + "/v1/chat/completions", openai_body, args.seconds)
+                finally:
+                    litellm.stop()
+            for name in ("kimi-backend /v1", "litellm /v1"):
+                if name in rows:
+                    r = rows[name]
+                    print(f"| {label} | {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | "
+                          f"{r['rps']:.0f} | {r['p99_16']:.2f} | {r['cpu_ms']:.2f} | {r['errors']} |", flush=True)
+            if "litellm /v1" in rows:
+                lite = rows["litellm /v1"]
+                print(f"| {label} | **vs LiteLLM** | | | | **{rows['kimi-backend /v1']['rps'] / lite['rps']:.1f}x** (/v1), "
+                      f"**{ours['rps'] / lite['rps']:.1f}x** (/api) throughput | | "
+                      f"{rows['kimi-backend /v1']['cpu_ms'] / lite['cpu_ms']:.2f}x | |", flush=True)
     finally:
         simulator.stop()
     return 0

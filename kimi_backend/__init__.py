@@ -104,7 +104,10 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         logging.getLogger("kimi_backend").warning(
             "ALLOWED_ORIGINS is not set: in production no browser origin may call the API "
             "(set ALLOWED_ORIGINS=https://your.site, or * for any origin).")
-    cors.init_app(app, resources={r"/api/*": {"origins": origins}, r"/health*": {"origins": origins}},
+    # OpenAI's SDKs in a browser send their own headers (X-Stainless-*, OpenAI-Organization, ...);
+    # no cookies are involved, so /v1 allows whichever headers a preflight asks for.
+    cors.init_app(app, resources={r"/api/*": {"origins": origins}, r"/v1/*": {"origins": origins, "allow_headers": "*"},
+                                  r"/health*": {"origins": origins}},
                   allow_headers=ALLOWED_HEADERS, expose_headers=EXPOSED_HEADERS, max_age=600,
                   send_wildcard=True)  # `*` is sent as `*`, not as an echo of the caller's Origin
 
@@ -125,11 +128,12 @@ def register_request_hooks(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mounts the routes and the test page."""
-    from .api import chat, health, metrics, openapi, ready
+    from .api import chat, health, metrics, openai, openapi, ready
 
     app.register_blueprint(health.bp)
     app.register_blueprint(health.info_bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(openai.bp)
     app.register_blueprint(ready.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
-from flask import Flask, Response, current_app, g, jsonify
+from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("kimi_backend")
@@ -55,10 +55,29 @@ class UpstreamError(ApiError):
         self.upstream_status: int | None = None  # the upstream's HTTP status, when it answered
 
 
-def error_body(code: str, message: str) -> dict:
-    """The JSON body of an error, as every layer (and the stream's in-band error) sends it."""
+# The OpenAI-compatible surface: its errors take OpenAI's shape so the official SDKs raise
+# their own exception classes, which they choose by status.
+OPENAI_PREFIX = "/v1/"
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                415: "invalid_request_error", 429: "rate_limit_error"}
+# Where OpenAI answers with another status than our original contract does.
+OPENAI_STATUS = {"model_not_found": 404}
+
+
+def openai_surface() -> bool:
+    """True while serving a request of the OpenAI-compatible surface."""
+    return has_request_context() and request.path.startswith(OPENAI_PREFIX)
+
+
+def error_body(code: str, message: str, status: int = 400, openai: bool | None = None) -> dict:
+    """The JSON body of an error, as every layer (and the stream's in-band error) sends it:
+    the original contract's shape, or OpenAI's on the `/v1` surface."""
+    request_id = g.get("request_id") if has_request_context() else None
+    if openai if openai is not None else openai_surface():
+        error = {"message": message, "type": OPENAI_TYPES.get(status, "api_error"), "code": code}
+        return {"error": error | {"request_id": request_id} if request_id else error}
     body = {"success": False, "error": message, "code": code}
-    request_id = g.get("request_id") if g else None
     if request_id:
         body["request_id"] = request_id
     return body
@@ -66,7 +85,11 @@ def error_body(code: str, message: str) -> dict:
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """A complete JSON error response."""
-    response = jsonify(error_body(code, message))
+    if has_request_context():
+        g.error_code = code  # the request's outcome, for its log line
+    if openai_surface():
+        status = OPENAI_STATUS.get(code, status)
+    response = jsonify(error_body(code, message, status))
     response.status_code = status
     response.headers.update(headers or {})
     return response

@@ -82,6 +82,44 @@ class StreamRequest(ChatOptions):
             description="A user message as text, or a list of messages.")
 
 
+class Thinking(BaseModel):
+    """Moonshot's own form of the thinking switch (`{"type": "disabled"}`), as OpenAI SDKs send it
+    through `extra_body`; other keys (k2.6's `keep`) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["enabled", "disabled"]
+
+
+class OpenAIMessage(BaseModel):
+    """One message in OpenAI's format; every field passes through (`tool_calls`,
+    `tool_call_id`, `name`, `partial`, `reasoning_content`, content parts)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict] | None = None
+
+
+class OpenAIChatRequest(BaseModel):
+    """`POST /v1/chat/completions`: OpenAI's chat request. Known fields are checked against
+    Moonshot's ranges; everything else passes through to Moonshot unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(default=None, min_length=1, max_length=128,
+                              description="Model id; the server's DEFAULT_MODEL when omitted.")
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=1000)
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0, le=1, description="0 to 1 (Moonshot's range).")
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=5)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
+    thinking: bool | Thinking | None = Field(default=None, description=(
+        "true/false, or Moonshot's {\"type\": \"enabled\"|\"disabled\"}; the server's DEFAULT_THINKING when omitted."))
+
+
 Schema = TypeVar("Schema", bound=BaseModel)
 
 

@@ -28,42 +28,61 @@ class KimiService:
         label_models({self.policy.default_model, *settings.allowed_models, *settings.model_aliases.values()})
 
     def complete(self, messages: list[dict], options: ChatOptions) -> dict:
-        """A whole reply: `{"message", "usage", "model", "finish_reason"}`."""
-        payload = self._payload(messages, options)
-        exchange = current_exchange()
-        with exchange.upstream("chat"):
-            body = self.client.chat(payload)
-        choice = body["choices"][0]  # the client checked the shape (moonshot/replies.py)
-        content = choice["message"].get("content") or ""
-        reply = {"message": content, "usage": body.get("usage"), "model": body.get("model") or payload["model"],
-                 "finish_reason": choice.get("finish_reason")}
+        """A whole reply: `{"message", "usage", "model", "finish_reason"[, "reasoning"]}`."""
+        body = self.chat(self._payload(messages, options))
+        choice = body["choices"][0]
+        reply = {"message": choice["message"].get("content") or "", "usage": body.get("usage"),
+                 "model": body["model"], "finish_reason": choice.get("finish_reason")}
         if choice["message"].get("reasoning_content"):
             reply["reasoning"] = choice["message"]["reasoning_content"]
-        exchange.replied(reply["model"], reply["usage"], content)
         return reply
 
     def stream(self, messages: list[dict], options: ChatOptions,
                client_gone: Callable[[], bool] | None = None) -> Iterator[bytes]:
         """Opens the upstream stream now (so refusals raise before our 200) and returns the
         generator of our SSE events."""
-        payload = self._payload(messages, options)
-        payload["stream_options"] = {"include_usage": True}
+        return self.open_stream(self._payload(messages, options), client_gone)
+
+    # Both surfaces: a payload fitted by `fit`, then one of these.
+
+    def fit(self, payload: dict, thinking: bool | None) -> dict:
+        """The upstream payload for a request: model resolved, what the model fixes dropped
+        (named in the response header), thinking in the model's form."""
+        fitted = self.policy.fit(payload, thinking)
+        g.dropped_params = fitted.dropped
+        current_exchange().requested(fitted.requested, fitted.served, payload["messages"])
+        return fitted.payload
+
+    def chat(self, payload: dict) -> dict:
+        """One non-streamed completion: the upstream's reply, in the shape every caller reads
+        (`choices[0].message` with text content; the client checks it, moonshot/replies.py),
+        with `model` the model that answered."""
+        exchange = current_exchange()
+        with exchange.upstream("chat"):
+            body = self.client.chat(payload)
+        body["model"] = body.get("model") or payload["model"]
+        exchange.replied(body["model"], body.get("usage"), body["choices"][0]["message"].get("content"))
+        return body
+
+    def open_stream(self, payload: dict, client_gone: Callable[[], bool] | None = None, events=None) -> Iterator[bytes]:
+        """Opens a streamed completion now (so refusals raise before our 200) and returns the
+        generator of its SSE events (`events` renders them; the original contract's by default).
+        Usage is always asked for, so every stream can be counted."""
+        payload = dict(payload, stream=True,
+                       stream_options=dict(payload.get("stream_options") or {}, include_usage=True))
         exchange = current_exchange()
         with exchange.upstream("chat_stream"):
             upstream = self.client.open_stream(payload)
         return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
-                     exchange=exchange.stream_handed_over())
+                     exchange=exchange.stream_handed_over(), events=events)
 
     def models(self) -> tuple[list[dict], str]:
         """The model list and its source ("upstream" or "fallback")."""
         return self.catalog.models()
 
     def _payload(self, messages: list[dict], options: ChatOptions) -> dict:
-        fitted = self.policy.fit({"model": options.model, "messages": messages, **options.upstream_options()},
-                                 options.thinking)
-        g.dropped_params = fitted.dropped
-        current_exchange().requested(fitted.requested, fitted.served, messages)
-        return fitted.payload
+        return self.fit({"model": options.model, "messages": messages, **options.upstream_options()},
+                        options.thinking)
 
 
 def dropped_params_header(response: Response) -> Response:

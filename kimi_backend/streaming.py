@@ -12,6 +12,7 @@ import time
 from typing import Callable, Iterator
 
 from .moonshot.client import StreamBroken, UpstreamStream
+from .errors import error_body
 from .moonshot.sse import DONE, KEEPALIVE, event
 from .telemetry import Exchange
 
@@ -62,12 +63,39 @@ def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue, request_id: str) ->
         stream.close()
 
 
+class ContractEvents:
+    """The original contract's events (`/api/chat/stream`): `{"content"}` pieces, reasoning as
+    `{"content": "", "reasoning"}`, one final event with the usage, then `[DONE]`."""
+
+    def chunk(self, chunk: dict) -> Iterator[bytes]:
+        """Our events for one upstream chunk (choice 0 only)."""
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                yield event({"content": "", "reasoning": delta["reasoning_content"]})
+            if delta.get("content"):
+                yield event({"content": delta["content"]})
+
+    def end(self, finish_reason: str | None, usage: dict | None) -> Iterator[bytes]:
+        """The final event and `[DONE]`."""
+        yield event({"content": "", "finish_reason": finish_reason or "stop", "usage": usage})
+        yield DONE
+
+    def error(self, code: str, message: str, request_id: str) -> Iterator[bytes]:
+        """An in-band error, then `[DONE]`."""
+        yield event(error_body(code, message) | {"request_id": request_id})
+        yield DONE
+
+
 def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
-          client_gone: Callable[[], bool] | None = None) -> Iterator[bytes]:
-    """Yields our SSE events for an open upstream stream, then the usage event and `[DONE]`;
-    a failure after the start becomes an in-band error event. Receives plain values only
-    (never `request`) and always releases the upstream, also when the client leaves.
-    Reports how the stream ended to `exchange` (the request's log line and metrics)."""
+          client_gone: Callable[[], bool] | None = None, events=None) -> Iterator[bytes]:
+    """Yields the events (`events`: `ContractEvents` by default) for an open upstream stream,
+    then its end; a failure after the start becomes an in-band error event. Receives plain
+    values only (never `request`) and always releases the upstream, also when the client
+    leaves. Reports how the stream ended to `exchange` (the request's log line and metrics)."""
+    events = events or ContractEvents()
     chunks: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_pump, args=(stream, chunks, exchange.request_id), daemon=True).start()
     poll_s = min(keepalive_s, CLIENT_POLL_S) if client_gone else keepalive_s
@@ -92,26 +120,19 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                 break
             if isinstance(item, StreamBroken):
                 outcome = item.code
-                yield event({"error": item.message, "code": item.code, "request_id": exchange.request_id})
-                yield DONE
+                yield from events.error(item.code, item.message, exchange.request_id)
                 return
             # Moonshot puts usage inside the last choice; OpenAI-style servers send a
             # top-level usage chunk. Read both.
             usage = item.get("usage") or usage
             for choice in item.get("choices") or ():
-                if choice.get("index", 0) != 0:
-                    continue
-                delta = choice.get("delta") or {}
-                if delta.get("reasoning_content"):
-                    yield event({"content": "", "reasoning": delta["reasoning_content"]})
-                if delta.get("content"):
-                    yield event({"content": delta["content"]})
-                usage = choice.get("usage") or usage
-                finish_reason = choice.get("finish_reason") or finish_reason
+                if choice.get("index", 0) == 0:
+                    usage = choice.get("usage") or usage
+                    finish_reason = choice.get("finish_reason") or finish_reason
+            yield from events.chunk(item)
             last_sent = time.monotonic()
         outcome = "ok"
-        yield event({"content": "", "finish_reason": finish_reason or "stop", "usage": usage})
-        yield DONE
+        yield from events.end(finish_reason, usage)
     finally:
         if outcome == "client_closed":
             # We stopped early: wake the reader, which then releases the upstream. (Once the

@@ -141,10 +141,8 @@ def end_exchange(response: Response) -> Response:
     exchange.route = request.url_rule.rule if request.url_rule else "unmatched"
     exchange.client = client_identity()
     if exchange.outcome is None:
-        # Errors raised before any upstream call: the outcome is their code (from the body,
-        # read only for error statuses, so success costs nothing).
-        body = response.get_json(silent=True) if response.status_code >= 400 else None
-        exchange.outcome = body.get("code", "error") if isinstance(body, dict) else ("ok" if response.status_code < 400 else "error")
+        # Errors raised before any upstream call: the outcome is their code.
+        exchange.outcome = g.get("error_code") or ("ok" if response.status_code < 400 else "error")
     if not exchange.streaming:
         exchange.finish()
     return response

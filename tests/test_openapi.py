@@ -86,3 +86,14 @@ def test_every_endpoint_in_api_info_is_documented(client):
     paths = client.get("/api/openapi.json").get_json()["paths"]
     for endpoint in client.get("/api/info").get_json()["data"]["endpoints"]:
         assert endpoint["method"].lower() in paths[endpoint["path"]], endpoint
+
+
+def test_openai_surface_is_documented_with_openais_error_shape(client):
+    document = client.get("/api/openapi.json").get_json()
+    operation = document["paths"]["/v1/chat/completions"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIChatRequest")
+    assert operation["responses"]["default"]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+    assert set(operation["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert "get" in document["paths"]["/v1/models"]
+    info = client.get("/api/info").get_json()["data"]
+    assert {("POST", "/v1/chat/completions"), ("GET", "/v1/models")} <= {(e["method"], e["path"]) for e in info["endpoints"]}

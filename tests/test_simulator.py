@@ -238,7 +238,7 @@ def test_assistant_tool_call_may_have_empty_content(base):
     r = requests.post(f"{base}/chat/completions", json={"model": MODEL, "messages": messages, **NO_THINKING},
                       headers=AUTH, timeout=5)
     assert r.status_code == 200
-    assert r.json()["choices"][0]["message"]["content"] == f"{OFFLINE_NOTICE} You said: weather?"
+    assert r.json()["choices"][0]["message"]["content"] == f"{OFFLINE_NOTICE} The tool said: sunny"
 
 
 # ---------------------------------------------------------------- non-stream

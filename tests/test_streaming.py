@@ -19,7 +19,8 @@ from tests.servers import Service, SimulatorProcess, wait_until
 def service(simulator_server):
     """The service under gunicorn (as `make run` starts it), live against the test simulator."""
     svc = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url,
-                  SSE_KEEPALIVE_S="0.2", UPSTREAM_READ_TIMEOUT_S="3", RATE_LIMIT_MAX_REQUESTS="100000")
+                  SSE_KEEPALIVE_S="0.2", UPSTREAM_READ_TIMEOUT_S="3", RATE_LIMIT_MAX_REQUESTS="100000",
+                  MAX_CONNECTIONS_PER_IP="1000")  # one test process plays hundreds of clients
     yield svc
     assert UPSTREAM_KEY not in svc.log()
     svc.stop()

@@ -20,6 +20,8 @@ ENDPOINTS = [
     {"method": "POST", "path": "/api/chat/history", "description": "Multi-turn chat: {messages: [{role, content}], model?}"},
     {"method": "POST", "path": "/api/chat/stream", "description": "Streamed chat (server-sent events): {messages: text | [...], model?}"},
     {"method": "GET", "path": "/api/chat/models", "description": "Available models"},
+    {"method": "POST", "path": "/v1/chat/completions", "description": "OpenAI-compatible chat completion (streamed or not)"},
+    {"method": "GET", "path": "/v1/models", "description": "OpenAI-compatible model list"},
     {"method": "GET", "path": "/health/ready", "description": "Readiness: the upstream and the rate-limit storage answer"},
     {"method": "GET", "path": "/metrics", "description": "Prometheus metrics"},
     {"method": "GET", "path": "/api/openapi.json", "description": "OpenAPI 3.1 document of every route"},

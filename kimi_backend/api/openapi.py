@@ -28,6 +28,16 @@ ERROR_SCHEMA = {
     },
 }
 SUCCESS_SCHEMA = {"type": "object", "required": ["success"], "properties": {"success": {"const": True}}}
+OPENAI_ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Every error on the OpenAI-compatible surface (/v1), in OpenAI's shape.",
+    "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["message", "type", "code"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": "string"},
+        "request_id": {"type": "string"}}}},
+}
+OPENAI_SUCCESS = {"application/json": {"schema": {"type": "object", "description": "OpenAI's response object."}},
+                  "text/event-stream": {"schema": {"type": "string", "description": "With stream: true."}}}
 
 
 def produces(media_type: str) -> Callable:
@@ -44,7 +54,7 @@ def build_document(app: Flask) -> dict:
     models = sorted({view.request_schema for view in views.values() if hasattr(view, "request_schema")},
                     key=lambda model: model.__name__)
     _, defs = models_json_schema([(model, "validation") for model in models], ref_template=_REF)
-    schemas = dict(defs.get("$defs", {}), Error=ERROR_SCHEMA, Success=SUCCESS_SCHEMA)
+    schemas = dict(defs.get("$defs", {}), Error=ERROR_SCHEMA, Success=SUCCESS_SCHEMA, OpenAIError=OPENAI_ERROR_SCHEMA)
     paths: dict[str, dict] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
         path = _PARAM.sub(r"{\1}", rule.rule)
@@ -68,13 +78,16 @@ def _operation(app: Flask, rule, method: str, view: Callable) -> dict:
     media_type = getattr(view, "response_media_type", None)
     if rule.endpoint == "static":
         media_type = "application/octet-stream"
-    if media_type:
+    openai = rule.rule.startswith("/v1/")
+    if openai:
+        success = {"description": doc.splitlines()[0], "content": OPENAI_SUCCESS}
+    elif media_type:
         success = {"description": doc.splitlines()[0], "content": {media_type: {}}}
     else:
         success = {"description": doc.splitlines()[0],
                    "content": {"application/json": {"schema": {"$ref": _REF.format(model="Success")}}}}
-    error = {"description": "An error (see `code`).",
-             "content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}}
+    error = {"description": "An error (see `code`).", "content": {"application/json": {
+        "schema": {"$ref": _REF.format(model="OpenAIError" if openai else "Error")}}}}
     operation = {
         "operationId": f"{rule.endpoint.replace('.', '_')}_{method.lower()}",
         "summary": doc.splitlines()[0],

@@ -235,6 +235,11 @@ class ChatRequest:
     prompt_tokens: int
     last_user_text: str
     thinking: bool = False
+    tool: str | None = None         # the function to call: tools were offered and the user spoke last
+    tool_calls_so_far: int = 0      # for Kimi's tool-call ids, `functions.<name>:<n>` across the conversation
+    tool_result: str | None = None  # the tool's answer, when a tool message is last
+    json_mode: bool = False
+    partial: bool = False           # the last message is an assistant prefix to continue
 
 
 def _check_thinking(body: dict, facts) -> bool:
@@ -312,10 +317,19 @@ def validate_chat(body) -> ChatRequest:
         raise _invalid(f"Your request exceeded model token limit : {facts.context_length}")
     user_texts = [text_of(m.get("content")) for m in messages if m["role"] == "user"]
     stream_options = body.get("stream_options")
+    tools = [t["function"]["name"] for t in body.get("tools") or ()
+             if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")]
+    last = messages[-1]
+    response_format = body.get("response_format")
     return ChatRequest(
         model=model, stream=body.get("stream") is True,
         include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
-        prompt_tokens=prompt_tokens, last_user_text=user_texts[-1] if user_texts else "", thinking=thinking)
+        prompt_tokens=prompt_tokens, last_user_text=user_texts[-1] if user_texts else "", thinking=thinking,
+        tool=tools[0] if tools and body.get("tool_choice") != "none" and last["role"] == "user" else None,
+        tool_calls_so_far=sum(len(m.get("tool_calls") or ()) for m in messages),
+        tool_result=text_of(last.get("content")) if last["role"] == "tool" else None,
+        json_mode=isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"),
+        partial=last["role"] == "assistant" and last.get("partial") is True)
 
 
 # ---------------------------------------------------------------- replies
@@ -327,23 +341,39 @@ class Completion:
     content: Any  # a string, except in odd replies
     reasoning: list[str]
     usage: dict
+    tool_calls: list = field(default_factory=list)
     id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def finish_reason(self) -> str:
+        """"tool_calls" when the reply calls a tool, else "stop"."""
+        return "tool_calls" if self.tool_calls else "stop"
 
 
 def make_completion(request: ChatRequest, behaviour: Behaviour) -> Completion:
     """Builds the reply text, thinking text and deterministic usage for a request."""
+    said = strip_directives(request.last_user_text)[:200]
     body = behaviour.reply if behaviour.reply is not None else \
-        "You said: " + strip_directives(request.last_user_text)[:200]
+        f"The tool said: {request.tool_result}" if request.tool_result is not None else f"You said: {said}"
     content = f"{OFFLINE_NOTICE} " + " ".join([body] * behaviour.repeat)
+    tool_calls = []
+    if request.tool:  # call the first tool offered, with the user's words as its argument
+        tool_calls = [{"id": f"functions.{request.tool}:{request.tool_calls_so_far}", "type": "function",
+                       "function": {"name": request.tool, "arguments": json.dumps({"query": said}, ensure_ascii=False)}}]
+        content = ""
+    elif request.json_mode:
+        content = json.dumps({"offline": True, "reply": content}, ensure_ascii=False)
+    elif request.partial:  # the reply continues the prefix and does not repeat it
+        content = f" (continued) {content}"
     steps = behaviour.reasoning if behaviour.reasoning is not None else int(request.thinking)
     reasoning = [f"Thinking step {i + 1} (offline). " for i in range(steps)]
-    completion_tokens = count_tokens(content) + (count_tokens("".join(reasoning)) if reasoning else 0)
+    completion_tokens = count_tokens(content + json.dumps(tool_calls)) + (count_tokens("".join(reasoning)) if reasoning else 0)
     usage = {"prompt_tokens": request.prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": request.prompt_tokens + completion_tokens}
     if behaviour.cached:  # Moonshot puts cached_tokens at the top level of usage, and only when > 0
         usage["cached_tokens"] = min(behaviour.cached, request.prompt_tokens)
-    completion = Completion(request.model, content, reasoning, usage)
+    completion = Completion(request.model, content, reasoning, usage, tool_calls)
     return _odd(completion, behaviour.odd) if behaviour.odd else completion
 
 
@@ -375,8 +405,10 @@ def completion_json(c: Completion) -> dict:
     message = {"role": "assistant", "content": c.content}
     if c.reasoning:
         message["reasoning_content"] = "".join(c.reasoning)
+    if c.tool_calls:
+        message["tool_calls"] = c.tool_calls
     return {"id": c.id, "object": "chat.completion", "created": c.created, "model": c.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": c.usage}
+            "choices": [{"index": 0, "message": message, "finish_reason": c.finish_reason}], "usage": c.usage}
 
 
 def split_text(text: str, n: int) -> list[str]:
@@ -426,8 +458,16 @@ def stream_events(c: Completion, b: Behaviour, include_usage: bool,
     if b.endless_line:
         return itertools.chain([(0.0, delta({"role": "assistant", "content": ""})), (0.0, b"data: ")],
                                itertools.repeat((0.0, b"x" * 65536)))
-    content = split_text(c.content, b.chunks) if isinstance(c.content, str) and c.content else [c.content]
+    if isinstance(c.content, str):
+        content = split_text(c.content, b.chunks) if c.content else []
+    else:  # an odd reply's content goes in one piece
+        content = [c.content]
     pieces = [{"reasoning_content": t} for t in c.reasoning] + [{"content": t} for t in content]
+    for call in c.tool_calls:  # the first fragment names the call, the rest carry its arguments
+        pieces.append({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                       "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        pieces += [{"tool_calls": [{"index": 0, "function": {"arguments": part}}]}
+                   for part in split_text(call["function"]["arguments"], 2)]
     gap = b.duration / len(pieces) if b.duration is not None else b.interval
     # A duration is spread over every piece, the first included; an interval only separates them.
     first_pause = b.first_delay + (gap if b.duration is not None else 0.0)
@@ -438,7 +478,7 @@ def stream_events(c: Completion, b: Behaviour, include_usage: bool,
     if b.break_after is not None:
         events[first_content + min(b.break_after, len(content)):] = [(0.0, None)]
     else:
-        final = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        final = {"index": 0, "delta": {}, "finish_reason": c.finish_reason}
         if not b.top_usage:
             final["usage"] = c.usage  # Kimi's own place for stream usage: inside the last choice
         events.append((0.0, chunk([final], **null_usage)))

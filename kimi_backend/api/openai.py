@@ -1,0 +1,81 @@
+"""`/v1/*`: the OpenAI-compatible surface, so the official OpenAI SDKs (and LobeChat, Open WebUI,
+LangChain, ...) work by changing only their base URL. Bodies pass through in the OpenAI/Moonshot
+format; the key, limits, model policy and CORS are the same as on `/api/chat/*`, and errors take
+OpenAI's shape (see `errors.error_body`)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..auth import require_client_key
+from ..errors import error_body
+from ..extensions import limiter
+from ..origins import protect
+from ..moonshot.sse import DONE, event
+from ..schemas import OpenAIChatRequest, validated
+from ..service import dropped_params_header, get_service
+from ..streaming import client_gone_probe
+from .chat import SSE_HEADERS
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+protect(bp)
+bp.before_request(require_client_key)
+bp.after_request(dropped_params_header)
+limiter.limit_api(bp)
+
+
+class OpenAIEvents:
+    """Stream events in OpenAI's format: each upstream chunk relayed as it is, then `[DONE]`.
+    The usage-only chunk (`choices: []`) goes out only to clients that asked for it with
+    `stream_options.include_usage`, as OpenAI does; Moonshot's usage inside the last choice
+    always does."""
+
+    def __init__(self, include_usage: bool):
+        self.include_usage = include_usage
+
+    def chunk(self, chunk: dict) -> Iterator[bytes]:
+        """The chunk itself."""
+        if chunk.get("choices") or self.include_usage:
+            yield event(chunk)
+
+    def end(self, finish_reason: str | None, usage: dict | None) -> Iterator[bytes]:
+        """`[DONE]`."""
+        yield DONE
+
+    def error(self, code: str, message: str, request_id: str) -> Iterator[bytes]:
+        """An in-band error in OpenAI's shape (the SDKs raise it from the stream), then `[DONE]`."""
+        body = error_body(code, message, 502, openai=True)
+        body["error"]["request_id"] = request_id
+        yield event(body)
+        yield DONE
+
+
+@bp.post("/chat/completions")
+@validated(OpenAIChatRequest)
+def chat_completions(body: OpenAIChatRequest):
+    """OpenAI's chat completion, streamed (`stream: true`, server-sent events) or not."""
+    payload = body.model_dump(exclude_unset=True)
+    thinking = payload.pop("thinking", None)
+    for message in payload["messages"]:
+        if message["role"] == "developer":  # OpenAI's newer name for the system role
+            message["role"] = "system"
+    service = get_service()
+    fitted = service.fit(payload, thinking if isinstance(thinking, bool) or thinking is None
+                         else thinking["type"] == "enabled")
+    if isinstance(thinking, dict):
+        # Moonshot's own form was sent: keep its other keys wherever the model takes the switch.
+        fitted["thinking"] = thinking | fitted.get("thinking", {})
+    if not body.stream:
+        return jsonify(service.chat(fitted))
+    options = payload.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    events = service.open_stream(fitted, client_gone_probe(request.environ), OpenAIEvents(include_usage))
+    return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+@bp.get("/models")
+def models():
+    """The models this service can use, as OpenAI's model list."""
+    data, _ = get_service().models()
+    return jsonify(object="list", data=data)

@@ -1,0 +1,46 @@
+"""The official `openai` npm package (tests/openai-npm, installed with `npm ci`) against the
+service's /v1 surface, under Node's built-in test runner."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from kimi_backend.moonshot.models import DEFAULT_MODEL
+from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
+from tests.servers import ROOT, Service
+from tests.test_sdk import node_binary
+
+PACKAGE = ROOT / "tests" / "openai-npm"
+
+
+def installed_package() -> None:
+    """Installs the locked openai package once (`npm ci`); npm is required like node is."""
+    if (PACKAGE / "node_modules" / "openai" / "package.json").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        if os.environ.get("CI"):
+            pytest.fail("npm is required under CI for the openai npm tests")
+        pytest.skip("npm is not installed")
+    result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=PACKAGE, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_official_openai_npm_package(simulator_server, simulator):
+    node = node_binary()
+    installed_package()
+    service = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, REQUIRE_API_KEY="true",
+                      VALID_API_KEYS=CLIENT_KEY, RATE_LIMIT_MAX_REQUESTS="10000", UPSTREAM_MAX_RETRIES="0")
+    try:
+        result = subprocess.run([node, "--test", "openai.test.mjs"], cwd=PACKAGE, capture_output=True, text=True,
+                                timeout=120, env={**os.environ, "KIMI_URL": service.url, "KIMI_KEY": CLIENT_KEY,
+                                                  "KIMI_MODEL": DEFAULT_MODEL})
+    finally:
+        service.stop()
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n--- service log ---\n{service.log()}"
+    assert "# fail 0" in result.stdout and "# pass 7" in result.stdout
+    assert UPSTREAM_KEY not in service.log() + result.stdout
