@@ -72,9 +72,10 @@ class KimiService:
                        stream_options=dict(payload.get("stream_options") or {}, include_usage=True))
         exchange = current_exchange()
         with exchange.upstream("chat_stream"):
-            upstream = self.client.open_stream(payload)
+            upstream = self.client.open_stream(payload, client_gone)
         return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
-                     exchange=exchange.stream_handed_over(), events=events)
+                     exchange=exchange.stream_handed_over(), events=events,
+                     shutting_down=current_app.extensions["shutdown"].streams_must_end)
 
     def models(self) -> tuple[list[dict], str]:
         """The model list and its source ("upstream" or "fallback")."""

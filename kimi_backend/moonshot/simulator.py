@@ -541,7 +541,8 @@ def _cut_connection(environ: dict) -> None:
 def _zero_stats() -> dict:
     """Fresh counters."""
     return {"chat_requests": 0, "stream_requests": 0, "models_requests": 0, "streams_started": 0,
-            "streams_completed": 0, "streams_aborted": 0, "open_streams": 0, "in_flight": 0, "last_request": None}
+            "streams_completed": 0, "streams_aborted": 0, "open_streams": 0, "in_flight": 0,
+            "abandoned_before_headers": 0, "last_request": None}
 
 
 def _request_headers(environ: dict) -> dict:
@@ -756,7 +757,7 @@ class Simulator:
         self._authorize(environ)
         with self._lock:
             behaviour = self._models_script.popleft() if self._models_script else Behaviour()
-        self._wait(behaviour)
+        self._wait(behaviour, environ)
         if behaviour.status is not None:
             raise ApiError(behaviour.status, behaviour.type or _DEFAULT_ERROR_TYPE.get(behaviour.status, "server_error"),
                            behaviour.message or "Simulated error", behaviour.retry_after)
@@ -765,14 +766,16 @@ class Simulator:
             return self._play(_faulty_json_response(start_response, environ, payload, behaviour), environ, stream=False)
         return _json_response(start_response, 200, payload)
 
-    def _wait(self, behaviour: Behaviour) -> None:
-        """sim:hang and sim:delay: silence before the status line."""
+    def _wait(self, behaviour: Behaviour, environ: dict) -> None:
+        """sim:hang and sim:delay: silence before the status line. A delay ends early when the
+        caller hangs up (as Moonshot stops work on a request nobody waits for)."""
         if behaviour.hang:
             # An Event instead of a sleep loop: one wake-up per hung request (cheap under load), and stop() ends it.
             self._released.wait(_HANG_LIMIT_S)
             raise ApiError(504, "server_error", "Gateway timeout (simulated hang)")
-        if behaviour.delay:
-            time.sleep(behaviour.delay)
+        if behaviour.delay and not _pause_unless_client_left(behaviour.delay, environ):
+            self._count(abandoned_before_headers=1)
+            raise ApiError(499, "invalid_request_error", "The caller closed the connection (simulated)")
 
     def _chat(self, environ, start_response, body):
         """POST /v1/chat/completions: validate, apply the behaviour, answer as JSON or SSE."""
@@ -787,7 +790,7 @@ class Simulator:
                 behaviour = make_behaviour(parse_directives(request.last_user_text))
             except ValueError as exc:
                 raise _invalid(f"Invalid request: {exc}") from None
-        self._wait(behaviour)
+        self._wait(behaviour, environ)
         echoed = echoed_key(environ["HTTP_AUTHORIZATION"].partition(" ")[2].strip(), behaviour.echo_key) \
             if behaviour.echo_key else None
         if behaviour.status is not None:
