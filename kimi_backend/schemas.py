@@ -6,9 +6,24 @@ import functools
 from typing import Annotated, Callable, Literal, TypeVar
 
 from flask import request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .errors import ApiError
+
+
+def _whole(value):
+    # JSON has one number type: 1024.0 is the integer 1024 to JSON Schema (and to the API
+    # document), so it is accepted as one; 1.5 and "1024" still are not.
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53 else value
+
+
+def whole(minimum: int, maximum: int):
+    """A whole number in [minimum, maximum], written as JSON may write it (bounds first, so
+    the API document states them)."""
+    return Annotated[int, Field(ge=minimum, le=maximum), BeforeValidator(_whole)]
+
+
+TokenBudget = whole(1, 1_048_576)
 
 
 class ChatOptions(BaseModel):
@@ -20,8 +35,8 @@ class ChatOptions(BaseModel):
                               description="Model id; the server's DEFAULT_MODEL when omitted.")
     temperature: float | None = Field(default=None, ge=0, le=1, description="Sampling temperature, 0 to 1 (Moonshot's range).")
     top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus sampling, 0 to 1.")
-    max_tokens: int | None = Field(default=None, ge=1, le=1_048_576, description="Output token budget.")
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_048_576,
+    max_tokens: TokenBudget | None = Field(default=None, description="Output token budget.")
+    max_completion_tokens: TokenBudget | None = Field(default=None,
                                               description="Output token budget (the newer name; either is accepted).")
     thinking: bool | None = Field(default=None, description=(
         "Whether the model reasons before answering; the server's DEFAULT_THINKING when omitted. "
@@ -86,7 +101,7 @@ class Thinking(BaseModel):
     """Moonshot's own form of the thinking switch (`{"type": "disabled"}`), as OpenAI SDKs send it
     through `extra_body`; other keys (k2.6's `keep`) pass through."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     type: Literal["enabled", "disabled"]
 
@@ -95,7 +110,7 @@ class OpenAIMessage(BaseModel):
     """One message in OpenAI's format; every field passes through (`tool_calls`,
     `tool_call_id`, `name`, `partial`, `reasoning_content`, content parts)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict] | None = None
@@ -105,7 +120,7 @@ class OpenAIChatRequest(BaseModel):
     """`POST /v1/chat/completions`: OpenAI's chat request. Known fields are checked against
     Moonshot's ranges; everything else passes through to Moonshot unchanged."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str | None = Field(default=None, min_length=1, max_length=128,
                               description="Model id; the server's DEFAULT_MODEL when omitted.")
@@ -113,9 +128,9 @@ class OpenAIChatRequest(BaseModel):
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0, le=1, description="0 to 1 (Moonshot's range).")
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=5)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
+    n: whole(1, 5) | None = None
+    max_tokens: TokenBudget | None = None
+    max_completion_tokens: TokenBudget | None = None
     thinking: bool | Thinking | None = Field(default=None, description=(
         "true/false, or Moonshot's {\"type\": \"enabled\"|\"disabled\"}; the server's DEFAULT_THINKING when omitted."))
 

@@ -37,7 +37,9 @@ OPENAI_ERROR_SCHEMA = {
         "request_id": {"type": "string"}}}},
 }
 OPENAI_SUCCESS = {"application/json": {"schema": {"type": "object", "description": "OpenAI's response object."}},
-                  "text/event-stream": {"schema": {"type": "string", "description": "With stream: true."}}}
+                  # With stream: true. No schema: tools that check responses would read each SSE
+                  # event (an object of `data`, `event`, ...) against it.
+                  "text/event-stream": {}}
 
 
 def produces(media_type: str) -> Callable:
@@ -116,6 +118,7 @@ def document() -> dict:
 
 
 @bp.get("/openapi.json")
+@produces("application/json")
 def openapi_json():
     """The OpenAPI 3.1 document of every route."""
     return jsonify(document())
