@@ -67,6 +67,18 @@ class Proc:
                 pass
         return total_kb / 1024
 
+    def rss_mb(self) -> float:
+        """Resident memory now (VmRSS) summed over the process tree, in MiB."""
+        total_kb = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+            except OSError:
+                pass
+        return total_kb / 1024
+
     def cpu_seconds(self) -> float:
         """User+system CPU time used so far by the process tree."""
         ticks = os.sysconf("SC_CLK_TCK")
