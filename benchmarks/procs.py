@@ -39,7 +39,7 @@ class Proc:
         self.url = url
         self.proc = subprocess.Popen(command, cwd=cwd, env=_clean_env(**env),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # LiteLLM's proxy takes tens of seconds to import
         while True:
             try:
                 if requests.get(url + ready_path, timeout=1).status_code < 500:

@@ -17,11 +17,10 @@ from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
 from .lifecycle import Shutdown
 from .logs import configure_logging
-from .origins import allowed_origins
 from .moonshot.client import MoonshotClient, ReplyLimits
 from .proxies import trust_proxies
 from .service import KimiService
-from . import intake, telemetry
+from . import intake, telemetry, tokens
 
 __version__ = "1.0.0"
 
@@ -92,14 +91,14 @@ def connect_upstream(app: Flask, settings: Settings) -> None:
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
-    """Binds the security headers, the limiter and CORS to this app."""
+    """Binds the security headers, the limiter, browser tokens and CORS to this app."""
     # Talisman first: a plain-HTTP request is redirected before it spends any rate-limit budget.
     init_security_headers(app, settings.force_https)
     limiter.init_app(app)
     app.after_request(add_rate_limit_headers)
     app.register_error_handler(StorageError, rate_limit_unavailable)
-    origins = list(allowed_origins(settings))
-    app.config["ALLOWED_ORIGINS"] = origins
+    tokens.init_app(app, limiter)
+    origins = list(settings.cors_origins)
     if settings.allowed_origins is None and settings.production:
         logging.getLogger("kimi_backend").warning(
             "ALLOWED_ORIGINS is not set: in production no browser origin may call the API "
@@ -129,6 +128,7 @@ def register_request_hooks(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Mounts the routes and the test page."""
     from .api import chat, health, metrics, openai, openapi, ready
+    from .api import tokens as token_routes
 
     app.register_blueprint(health.bp)
     app.register_blueprint(health.info_bp)
@@ -137,6 +137,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(ready.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(token_routes.admin_bp)
+    app.register_blueprint(token_routes.session_bp)
 
     @app.get("/")
     @openapi.produces("text/html")

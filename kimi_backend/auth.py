@@ -1,5 +1,5 @@
-"""Client keys (`x-api-key` or `Authorization: Bearer`) and the client identity used for
-rate limits and logs."""
+"""Client credentials (`x-api-key` or `Authorization: Bearer`): static client keys and browser
+tokens (tokens.py), and the client identity used for rate limits, budgets and logs."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +8,7 @@ import hmac
 from flask import current_app, g, request
 
 from .errors import ApiError
+from .tokens import TokenClaims, get_tokens
 
 
 def bearer_token() -> str | None:
@@ -40,10 +41,65 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def request_origin() -> str | None:
+    """The origin of the page that sent the request: its `Origin` header or, for a same-origin
+    GET (which browsers send without one), this service's own origin when `Sec-Fetch-Site`
+    says so. None when neither says (a script, not a browser page)."""
+    origin = request.headers.get("Origin")
+    if origin:
+        return origin
+    if request.headers.get("Sec-Fetch-Site") == "same-origin":
+        return f"{request.scheme}://{request.host}"
+    return None
+
+
+def _checked_token() -> TokenClaims | ApiError | None:
+    # Once per request (the limiter, the key check and the access log all ask): the presented
+    # token's claims, the error it earns, or None when no token is presented.
+    if "token_outcome" not in g:
+        g.token_outcome = _check_presented_token()
+    return g.token_outcome
+
+
+def _check_presented_token() -> TokenClaims | ApiError | None:
+    tokens = get_tokens()
+    if tokens is None:
+        return None
+    credential = presented_key()
+    # A JWT is three dot-separated parts; anything else is a static key (or nothing).
+    if not credential or credential.count(".") != 2 or _is_valid(credential, current_app.config["SETTINGS"].valid_api_keys):
+        return None
+    try:
+        claims = tokens.verify(credential, request_origin())
+    except ApiError as exc:
+        return exc
+    g.token = claims
+    if claims.token_budget is not None:
+        g.token_budget = claims.token_budget
+    return claims
+
+
+def verified_token() -> TokenClaims | None:
+    """The claims of the browser token this request presents, when its signature, expiry and
+    origin check out (revocation is checked by `require_client_key`); otherwise None."""
+    outcome = _checked_token()
+    return outcome if isinstance(outcome, TokenClaims) else None
+
+
 def require_client_key() -> None:
-    """`before_request` for the chat routes: with REQUIRE_API_KEY on, a valid key or 401."""
+    """`before_request` for the chat routes: a presented browser token must be valid (whether
+    or not keys are required: its origins and limits bind its holder); otherwise, with
+    REQUIRE_API_KEY on, a valid client key or 401."""
+    if request.method == "OPTIONS":
+        return
+    token = _checked_token()
+    if isinstance(token, ApiError):
+        raise token
+    if token is not None:
+        get_tokens().ensure_not_revoked(token)
+        return
     settings = current_app.config["SETTINGS"]
-    if not settings.require_api_key or request.method == "OPTIONS":
+    if not settings.require_api_key:
         return
     key = presented_key()
     if key is None:
@@ -54,17 +110,26 @@ def require_client_key() -> None:
                        {"WWW-Authenticate": 'Bearer realm="kimi-backend", error="invalid_token"'})
 
 
+def ip_identity() -> str:
+    """The client address as an identity (after ProxyFix, when TRUSTED_PROXY_COUNT trusts the
+    proxies in front)."""
+    return f"ip:{request.remote_addr or 'unknown'}"
+
+
 def client_identity() -> str:
-    """Who the limiter counts: a presented key when it is valid, otherwise the client IP
-    (after ProxyFix, when TRUSTED_PROXY_COUNT trusts the proxies in front). The limiter runs
-    before `require_client_key`, so the key is checked here too. Worked out once per request
+    """Who the limiter counts: `sub:<subject>` for a valid browser token, `key:<fingerprint>`
+    for a valid client key, otherwise the client IP. The limiter runs before
+    `require_client_key`, so the credential is checked here too. Worked out once per request
     (the limiter and the access log both ask)."""
     identity = g.get("client_identity")
     if identity is None:
-        key = presented_key()
-        if key and _is_valid(key, current_app.config["SETTINGS"].valid_api_keys):
+        token = verified_token()
+        key = presented_key() if token is None else None
+        if token is not None:
+            identity = token.identity
+        elif key and _is_valid(key, current_app.config["SETTINGS"].valid_api_keys):
             identity = f"key:{key_fingerprint(key)}"
         else:
-            identity = f"ip:{request.remote_addr or 'unknown'}"
+            identity = ip_identity()
         g.client_identity = identity
     return identity

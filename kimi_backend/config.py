@@ -87,7 +87,7 @@ def _url(name: str, raw: Any) -> str:
     return value
 
 
-_ORIGIN = re.compile(r"^https?://[^/\s*]+$")
+ORIGIN_PATTERN = re.compile(r"^https?://[^/\s*]+$")
 
 
 def _origins(name: str, raw: Any) -> tuple[str, ...]:
@@ -95,7 +95,7 @@ def _origins(name: str, raw: Any) -> tuple[str, ...]:
     never has a path, so a trailing slash would silently match nothing)."""
     origins = _list(name, raw)
     for origin in origins:
-        if origin != "*" and not _ORIGIN.match(origin):
+        if origin != "*" and not ORIGIN_PATTERN.match(origin):
             raise ConfigError(f"{name} entries must be * or scheme://host[:port] with no path, got {origin!r}.")
     return origins
 
@@ -109,6 +109,19 @@ def _aliases(name: str, raw: Any) -> dict[str, str]:
             raise ConfigError(f"{name} entries must look like old-model=new-model, got {item!r}.")
         aliases[old] = new
     return aliases
+
+
+# HS256 keys shorter than the hash (256 bits) are weak (RFC 7518 §3.2).
+MIN_TOKEN_SECRET_CHARS = 32
+
+
+def _token_secrets(name: str, raw: Any) -> tuple[str, ...]:
+    """Browser-token signing secrets: the first signs, all verify (rotation)."""
+    values = _list(name, raw)
+    if any(len(value) < MIN_TOKEN_SECRET_CHARS for value in values):
+        raise ConfigError(f"{name} entries must be at least {MIN_TOKEN_SECRET_CHARS} characters each; generate one with "
+                          "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+    return values
 
 
 def _secret_file(name: str, raw: Any) -> str:
@@ -178,6 +191,12 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "READY_CACHE_S": ("5", _seconds),
     "READY_TIMEOUT_S": ("2", _seconds),
     "ADMIN_API_KEY": (None, _text),
+    "TOKEN_SECRET": ("", _token_secrets),
+    "TOKEN_MAX_TTL_S": ("3600", _int(1, 604800)),
+    "ANONYMOUS_TOKENS": ("false", _bool),
+    "ANON_TOKEN_TTL_S": ("600", _int(1, 604800)),
+    "ANON_TOKEN_BUDGET": ("20000", _int(1)),
+    "ANON_SESSIONS_PER_HOUR": ("10", _int(1)),
 }
 
 
@@ -224,11 +243,25 @@ class Settings:
     ready_cache_s: float
     ready_timeout_s: float
     admin_api_key: str | None = field(repr=False)
+    token_secrets: tuple[str, ...] = field(repr=False)
+    token_max_ttl_s: int
+    anonymous_tokens: bool
+    anon_token_ttl_s: int
+    anon_token_budget: int
+    anon_sessions_per_hour: int
 
     @property
     def production(self) -> bool:
         """True when running with production defaults and checks."""
         return self.env == "production"
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """The origins browsers may call from: ALLOWED_ORIGINS, or when it is unset any origin
+        (`*`) while developing and none in production."""
+        if self.allowed_origins is not None:
+            return self.allowed_origins
+        return () if self.production else ("*",)
 
     @property
     def rate_limit(self) -> str:
@@ -273,6 +306,11 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
     client_keys = values["VALID_API_KEYS"] + _list("VALID_API_KEYS_FILE", values["VALID_API_KEYS_FILE"] or "")
     if values["REQUIRE_API_KEY"] and not client_keys:
         raise ConfigError("REQUIRE_API_KEY is true but VALID_API_KEYS (or VALID_API_KEYS_FILE) lists no keys.")
+    if values["ANONYMOUS_TOKENS"] and not values["TOKEN_SECRET"]:
+        raise ConfigError("ANONYMOUS_TOKENS is true but TOKEN_SECRET is not set: anonymous sessions are signed browser tokens.")
+    if values["ANON_TOKEN_TTL_S"] > values["TOKEN_MAX_TTL_S"]:
+        raise ConfigError(f"ANON_TOKEN_TTL_S ({values['ANON_TOKEN_TTL_S']}) must not exceed "
+                          f"TOKEN_MAX_TTL_S ({values['TOKEN_MAX_TTL_S']}).")
 
     return Settings(
         env=env,
@@ -314,4 +352,10 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         ready_cache_s=values["READY_CACHE_S"],
         ready_timeout_s=values["READY_TIMEOUT_S"],
         admin_api_key=values["ADMIN_API_KEY"] or None,
+        token_secrets=values["TOKEN_SECRET"],
+        token_max_ttl_s=values["TOKEN_MAX_TTL_S"],
+        anonymous_tokens=values["ANONYMOUS_TOKENS"],
+        anon_token_ttl_s=values["ANON_TOKEN_TTL_S"],
+        anon_token_budget=values["ANON_TOKEN_BUDGET"],
+        anon_sessions_per_hour=values["ANON_SESSIONS_PER_HOUR"],
     )

@@ -1,12 +1,14 @@
-"""The API rate limit: one fixed-window budget per client (its valid key, else its IP),
-shared by every API route, counted by flask-limiter in its configured storage (`memory://`
-or Redis), with `RATE_LIMIT_FAIL_OPEN` deciding what happens while that storage is down."""
+"""The API rate limit: one fixed-window budget per client (its browser token's subject, its
+valid key, else its IP), shared by every API route, plus the limits a browser token adds;
+counted by flask-limiter in its configured storage (`memory://` or Redis), with
+`RATE_LIMIT_FAIL_OPEN` deciding what happens while that storage is down."""
 from __future__ import annotations
 
 import functools
 import logging
 import math
 import time
+from typing import Callable, TypeVar
 
 import flask
 from flask import Blueprint, Flask, Response, current_app, g
@@ -14,12 +16,15 @@ from flask_limiter import Limiter
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
 
-from .auth import client_identity
+from .auth import client_identity, ip_identity, verified_token
 from .errors import HTTP_MESSAGES, ApiError, error_response
+from .tokens import TokenClaims
 
 log = logging.getLogger("kimi_backend")
 
+T = TypeVar("T")
 API_SCOPE = "api"
+TOKEN_SCOPE = "token"
 # How long the limiter waits on Redis before the request is treated as a storage outage.
 REDIS_TIMEOUT_S = 1.0
 # While the storage is down (fail-open), how often to see whether it is back.
@@ -37,7 +42,8 @@ class AppLimiter(Limiter):
     - It is reconfigured on every `init_app`: the stock one keeps the first app's fallback
       switch, storage options and storage-outage state, so every app built after it in the
       same process (tests, several configs) would inherit them.
-    - Its per-request check counts our one shared limit directly in flask-limiter's own
+    - Its per-request check counts our one shared limit (and what a browser token adds)
+      directly in flask-limiter's own
       fixed-window strategy's storage (`self.limiter`, which is the in-memory fallback while
       the storage is down). The stock check resolves every route's limits, decorators, exemptions and
       meta-limits on each request: measured at about 0.13 ms of CPU per request, a fifth of
@@ -62,30 +68,63 @@ class AppLimiter(Limiter):
         return blueprint
 
     def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
-        """`before_request`: counts the request against its client's API budget (CORS preflights
-        excepted); a 429 once it is spent. A storage error is a 503 (fail-closed) or a switch to in-memory counting
+        """`before_request`: counts the request against its client's API budget (and a browser
+        token's, see `_token_limits`; CORS preflights excepted); a 429 once one is spent. A storage
+        error is a 503 (fail-closed) or a switch to in-memory counting
         (fail-open) until the storage answers again."""
         # Preflights carry no key and cost nothing upstream: counted, they would spend a keyed
         # browser user's IP budget (a NAT's) on every page load.
         if not self.enabled or flask.request.method == "OPTIONS" or flask.request.blueprint not in self._api_blueprints:
             return
-        item = _limit_item(current_app.config["API_RATE_LIMIT"])
-        args = (self._key_prefix, client_identity(), API_SCOPE)
-        key = item.key_for(*args)
+        states = self._with_fallback(self._count_request)
+        # With a browser token there are several counts: the one nearest its limit speaks for
+        # the request (its headers, and its Retry-After on a 429).
+        state = min(states, key=lambda state: state[1].amount - state[3])
+        g.api_rate_limit = state
+        if state[3] > state[1].amount:
+            raise ApiError(429, "rate_limited", HTTP_MESSAGES[429])
+
+    def read(self, key: str) -> int:
+        """A counter from the storage counting now (e.g. a token revocation), with the same
+        outage handling as the counts."""
+        return self._with_fallback(lambda: self.limiter.storage.get(key))
+
+    def check(self, limit: str, identity: str, scope: str, message: str) -> None:
+        """Counts the request against a view's own extra limit (e.g. anonymous sessions per
+        address); a 429 with `message` once it is spent."""
+        state = self._with_fallback(lambda: self._hit(limit, identity, scope))
+        if state[3] > state[1].amount:
+            g.api_rate_limit = state
+            raise ApiError(429, "rate_limited", message)
+
+    def _with_fallback(self, operation: Callable[[], T]) -> T:
+        # A storage error is raised (fail-closed, answered 503) or switches the counting to
+        # in-memory storage (fail-open) until the storage answers again.
         if self._storage_dead:
             self._check_recovery()
         try:
-            count = self._count(item, key)
+            return operation()
         except StorageError:
             if not self._in_memory_fallback_enabled or self._storage_dead:
                 raise
             log.warning("rate-limit storage unreachable: falling back to in-memory storage until it answers again")
             self._storage_dead = True
             self._recovery_checked_at = time.monotonic()
-            count = self._count(item, key)
-        g.api_rate_limit = (self.limiter.storage, item, key, count)
-        if count > item.amount:
-            raise ApiError(429, "rate_limited", HTTP_MESSAGES[429])
+            return operation()
+
+    def _count_request(self) -> list[tuple]:
+        service_limit = current_app.config["API_RATE_LIMIT"]
+        limits = [(service_limit, client_identity(), API_SCOPE)]
+        token = verified_token()
+        if token is not None:
+            limits += _token_limits(token, service_limit)
+        return [self._hit(*limit) for limit in limits]
+
+    def _hit(self, limit: str, identity: str, scope: str) -> tuple:
+        item = _limit_item(limit)
+        key = item.key_for(self._key_prefix, identity, scope)
+        count = self._count(item, key)
+        return (self.limiter.storage, item, key, count)
 
     def _count(self, item: RateLimitItem, key: str) -> int:
         # The fixed-window strategy's `hit` is this same increment compared with the limit;
@@ -100,6 +139,19 @@ class AppLimiter(Limiter):
         if self.storage.check():
             log.info("rate-limit storage is back: counting there again")
             self._storage_dead = False
+
+
+def _token_limits(token: TokenClaims, service_limit: str) -> list[tuple[str, str, str]]:
+    """What a browser token adds to the service's limit on its subject: its own `rate_limit`,
+    for the subject as a whole (however many machines share the token); and for an anonymous
+    session, the caller's address under the service's limit, as without a token, since anyone
+    can start a fresh session but not from a fresh address."""
+    limits = []
+    if token.rate_limit is not None:
+        limits.append((token.rate_limit.limit, token.identity, TOKEN_SCOPE))
+    if token.anonymous:
+        limits.append((service_limit, ip_identity(), API_SCOPE))
+    return limits
 
 
 def add_rate_limit_headers(response: Response) -> Response:

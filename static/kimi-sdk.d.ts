@@ -1,10 +1,20 @@
 // Types for kimi-sdk.js, the Kimi Backend JavaScript SDK.
 
+/** What a getToken function returns: the token alone, or with its expiry (as `POST /api/tokens` answers). */
+export type TokenGrant = string | { token: string; expires_at?: string };
+
 export interface ClientOptions {
   /** The service's origin, e.g. 'http://localhost:3000'; '' (the default) is the page's own origin. */
   baseURL?: string;
   /** A client key, sent as `x-api-key`, for a service run with REQUIRE_API_KEY=true. */
   apiKey?: string;
+  /** A browser token (from `POST /api/tokens` or `/api/session`), sent as `Authorization: Bearer`. */
+  token?: string;
+  /**
+   * Fetches a browser token: called before the first call, again shortly before `expires_at`,
+   * and once more when the service answers 401 `token_expired` (the call is then retried once).
+   */
+  getToken?: () => TokenGrant | Promise<TokenGrant>;
   /** Milliseconds per call (0 = none); for streams, the longest silence allowed. Default 120000. */
   timeout?: number;
 }
@@ -25,6 +35,10 @@ export interface ChatOptions extends CallOptions {
   topP?: number;
   /** Output token budget. */
   maxTokens?: number;
+  /** Output token budget under its newer name (reasoning included). */
+  maxCompletionTokens?: number;
+  /** Thinking on or off, for models that allow both; omitted, the server's default. */
+  thinking?: boolean;
 }
 
 export interface CompletionOptions extends ChatOptions {
@@ -35,6 +49,8 @@ export interface CompletionOptions extends ChatOptions {
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant';
   content: string;
+  /** An assistant message's reasoning, sent back as thinking models require. */
+  reasoning?: string;
 }
 
 export interface Usage {
@@ -58,6 +74,9 @@ export interface ChatResponse {
 export interface Model {
   id: string;
   context_length?: number;
+  supports_reasoning?: boolean;
+  /** `always` thinks, `optional` thinks by default and can be turned off, `none` never thinks. */
+  thinking?: 'always' | 'optional' | 'none';
   [field: string]: unknown;
 }
 
@@ -84,14 +103,21 @@ export interface InfoResponse {
     endpoints: { method: string; path: string; description: string }[];
     models: string[];
     defaultModel: string;
-    auth: { required: boolean; headers: string[] };
+    auth: { required: boolean; headers: string[]; tokens?: boolean; anonymousSessions?: boolean };
     rateLimit: { windowMs: number; maxRequests: number };
     upstream: { mode: 'live' | 'offline' };
   };
 }
 
+export interface SessionResponse {
+  success: true;
+  data: { token: string; expires_at: string; subject: string };
+}
+
 export interface StreamOutcome {
   content: string;
+  /** The reasoning of a thinking model ('' when there was none). */
+  reasoning: string;
   usage: Usage | null;
   finishReason: string | null;
   aborted: boolean;
@@ -121,8 +147,9 @@ export class KimiError extends Error {
   name: 'KimiError';
   /** The HTTP status, or 0 when there was none (network, timeout, abort, an error inside a started stream). */
   status: number;
-  /** The service's machine code (`missing_api_key`, `upstream_rate_limited`, ...) or the SDK's own:
-   *  `network_error`, `timeout`, `aborted`, `stream_truncated`, `bad_event`, `bad_response`, `http_error`. */
+  /** The service's machine code (`missing_api_key`, `token_expired`, `upstream_rate_limited`, ...) or the SDK's own:
+   *  `network_error`, `timeout`, `aborted`, `stream_truncated`, `bad_event`, `bad_response`, `http_error`,
+   *  `token_error` (getToken failed), `busy` and `nothing_to_retry` (Conversation). */
   code: string;
   /** Seconds to wait before retrying, from Retry-After, or null. */
   retryAfter: number | null;
@@ -133,10 +160,82 @@ export class KimiError extends Error {
 /** Parses server-sent events from decoded text given in any pieces; calls onData with each event's data. */
 export function createSSEParser(onData: (data: string) => void): (text: string) => void;
 
+/** A message of a Conversation. `state` marks a reply that is not complete; only complete turns are sent as context. */
+export interface ConversationMessage extends ChatMessage {
+  /** The reply's token usage, once complete. */
+  usage?: Usage;
+  /** The model that answered (non-streamed replies). */
+  model?: string;
+  state?: 'streaming' | 'stopped' | 'failed';
+  /** Why a `failed` reply failed. */
+  error?: { message: string; code: string; status: number };
+}
+
+export type ConversationStatus = 'ready' | 'submitted' | 'streaming' | 'error';
+
+export interface ConversationSnapshot {
+  messages: readonly ConversationMessage[];
+  status: ConversationStatus;
+  error: KimiError | null;
+  usage: Usage | null;
+}
+
+export interface ConversationOptions {
+  model?: string;
+  /** A system prompt, sent first with every request. */
+  system?: string;
+  thinking?: boolean;
+  /** Messages to start from (a saved conversation's `messages`). */
+  messages?: ConversationMessage[];
+  /** The saved conversation's usage so far. */
+  usage?: Usage | null;
+}
+
+/** What `toJSON()` returns and `client.conversation()` restores. */
+export interface SavedConversation extends ConversationOptions {
+  messages: ConversationMessage[];
+}
+
+export interface SendOptions extends Omit<StreamOptions, 'onComplete'> {
+  /** `stream` (the default), `history`, or `completion` (the text alone, without the conversation). */
+  via?: 'stream' | 'history' | 'completion';
+  onComplete?: (outcome: StreamOutcome) => void;
+}
+
+export class Conversation {
+  constructor(client: KimiClient, options?: ConversationOptions);
+  /** The client it sends with; may be replaced (a new key, say). */
+  client: KimiClient;
+  model?: string;
+  system?: string;
+  thinking?: boolean;
+  readonly messages: readonly ConversationMessage[];
+  readonly status: ConversationStatus;
+  readonly error: KimiError | null;
+  readonly usage: Usage | null;
+  /** Calls `listener` after every change; returns the function that unsubscribes it. */
+  subscribe(listener: (snapshot: ConversationSnapshot) => void): () => void;
+  /** A new object after every change, the same one until then (for useSyncExternalStore). */
+  getSnapshot(): ConversationSnapshot;
+  /** Sends the next user message; a failure is in the outcome's `error`, not thrown. Rejects with `busy` while a reply is in progress. */
+  send(text: string, options?: SendOptions): Promise<StreamOutcome>;
+  /** Sends the last user message again, in place of its reply. */
+  retry(options?: SendOptions): Promise<StreamOutcome>;
+  /** Removes the last user message and what followed; returns its text, or null. */
+  undo(): string | null;
+  /** Stops the reply in progress; its text so far stays, marked `stopped`. */
+  stop(): void;
+  /** Empties the conversation. */
+  clear(): void;
+  toJSON(): SavedConversation;
+}
+
 export default class KimiClient {
   constructor(options?: ClientOptions);
   baseURL: string;
   apiKey?: string;
+  token?: string;
+  getToken?: () => TokenGrant | Promise<TokenGrant>;
   timeout: number;
   chat(message: string, options?: CompletionOptions): Promise<ChatResponse>;
   chatWithHistory(messages: ChatMessage[], options?: ChatOptions): Promise<ChatResponse>;
@@ -144,4 +243,8 @@ export default class KimiClient {
   getModels(options?: CallOptions): Promise<ModelsResponse>;
   health(options?: CallOptions): Promise<HealthResponse>;
   info(options?: CallOptions): Promise<InfoResponse>;
+  /** A short-lived anonymous token, where the service offers them (`info()`: `auth.anonymousSessions`). */
+  createSession(options?: CallOptions): Promise<SessionResponse>;
+  /** A conversation that keeps its messages (reasoning included): new, or restored from `toJSON()`. */
+  conversation(options?: ConversationOptions): Conversation;
 }

@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 
 from kimi_backend import create_app
 from kimi_backend.moonshot.simulator import start_in_thread
+from tests.browser import browser  # noqa: F401  (a fixture: the browser tests' Chromium)
 from tests.servers import Service
 
 # The client key the SDK and test-page tests present to a service that requires one.
@@ -21,7 +22,8 @@ UPSTREAM_KEY = "sk-test-upstream-key-0123456789abcdefghijklmnopqrstuv"
 # Variables a developer's shell or .env could set; tests start from a clean slate.
 os.environ["DOTENV_PATH"] = ""
 for _name in list(os.environ):
-    if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY")) \
+    if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY",
+                         "TOKEN_", "ANON_", "ANONYMOUS_")) \
             or _name in ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "DEFAULT_MODEL", "MAX_BODY_BYTES",
                          "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S", "FORCE_HTTPS",
                          "LOG_BODIES", "METRICS_TOKEN", "READY_CACHE_S", "READY_TIMEOUT_S", "ADMIN_API_KEY",
@@ -102,6 +104,17 @@ def make_app(simulator_server, simulator):
 
 
 @pytest.fixture
+def token_app(make_app):
+    """Builds an app with browser tokens and the admin key on (`token_app(**overrides)`), its
+    token clock a `Clock` at T0 (tests/token_support.py)."""
+    from tests.token_support import token_config, with_clock
+
+    def build(**overrides):
+        return with_clock(make_app(**token_config(**overrides)))
+    return build
+
+
+@pytest.fixture
 def app(make_app):
     """The default app: live mode against the simulator."""
     return make_app()
@@ -134,6 +147,17 @@ def keyed_service():
     from tests.servers import Service
 
     service = Service(REQUIRE_API_KEY="true", VALID_API_KEYS=CLIENT_KEY, UPSTREAM_MAX_RETRIES="0",
+                      RATE_LIMIT_MAX_REQUESTS="10000")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def scripted_service(simulator_server):
+    """The service under gunicorn with the session's simulator as its upstream (live mode, no
+    client key), so that a test can script replies no `sim:` directive can spell (Markdown over
+    many lines) with the `simulator` fixture's `script([...])`."""
+    service = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, UPSTREAM_MAX_RETRIES="0",
                       RATE_LIMIT_MAX_REQUESTS="10000")
     yield service
     service.stop()

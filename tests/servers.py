@@ -72,7 +72,8 @@ class Process:
 def clean_env(**overrides: str) -> dict[str, str]:
     """The current environment without project variables, plus `overrides`."""
     prefixes = ("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "REQUIRE_API_KEY", "VALID_API_KEYS", "ALLOWED_",
-                "LOG_BODIES", "METRICS_TOKEN", "READY_", "PROMETHEUS_MULTIPROC_DIR")
+                "LOG_BODIES", "METRICS_TOKEN", "READY_", "PROMETHEUS_MULTIPROC_DIR", "TOKEN_", "ANON_", "ANONYMOUS_",
+                "ADMIN_API_KEY")
     unset = ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "FORCE_HTTPS", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in unset}
     env.update(DOTENV_PATH="", HOST="127.0.0.1")

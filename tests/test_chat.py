@@ -127,6 +127,7 @@ def test_info(client, simulator):
     assert ("POST", "/api/chat/stream") in paths and ("GET", "/api/chat/models") in paths
     assert data["models"] == [facts.id for facts in CURRENT]
     assert data["defaultModel"] == DEFAULT_MODEL and data["defaultThinking"] == "model"
-    assert data["auth"] == {"required": False, "headers": ["x-api-key", "Authorization: Bearer <key>"]}
+    assert data["auth"] == {"required": False, "headers": ["x-api-key", "Authorization: Bearer <key>"],
+                            "tokens": False, "anonymousSessions": False}
     assert data["rateLimit"] == {"windowMs": 900000, "maxRequests": 10000}
     assert data["upstream"] == {"mode": "live"}

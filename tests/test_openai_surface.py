@@ -237,3 +237,23 @@ def test_a_browser_preflight_for_the_openai_sdk_is_allowed(service):
     assert response.status_code == 200
     allowed = response.headers["Access-Control-Allow-Headers"].lower()
     assert "x-stainless-os" in allowed and "authorization" in allowed
+
+
+def test_a_browser_token_is_an_api_key_for_the_sdk(simulator_server, simulator):
+    from tests.token_support import ADMIN, SECRET
+
+    service = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, REQUIRE_API_KEY="true",
+                      VALID_API_KEYS=CLIENT_KEY, TOKEN_SECRET=SECRET, ADMIN_API_KEY=ADMIN)
+    try:
+        minted = requests.post(service.url + "/api/tokens", json={"subject": "sdk-user", "origins": ["*"]},
+                               headers={"x-admin-key": ADMIN}, timeout=10).json()["data"]
+        sdk = openai.OpenAI(base_url=service.url + "/v1", api_key=minted["token"], max_retries=0)
+        completion = sdk.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert completion.choices[0].message.content == "[offline simulator] You said: hi"
+        requests.delete(service.url + "/api/tokens/sdk-user", headers={"x-admin-key": ADMIN}, timeout=10)
+        with pytest.raises(openai.AuthenticationError) as raised:
+            sdk.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert raised.value.code == "token_revoked"
+        assert minted["token"] not in service.log()
+    finally:
+        service.stop()

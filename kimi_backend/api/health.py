@@ -26,6 +26,9 @@ ENDPOINTS = [
     {"method": "GET", "path": "/metrics", "description": "Prometheus metrics"},
     {"method": "GET", "path": "/api/openapi.json", "description": "OpenAPI 3.1 document of every route"},
     {"method": "GET", "path": "/api/docs", "description": "The OpenAPI document as a page"},
+    {"method": "POST", "path": "/api/tokens", "description": "Mint a browser token (admin key): {subject?, origins?, ttl_s?, token_budget?, rate_limit?}"},
+    {"method": "DELETE", "path": "/api/tokens/{subject}", "description": "Revoke every token of a subject (admin key)"},
+    {"method": "POST", "path": "/api/session", "description": "An anonymous browser token for a page on an allowed origin (ANONYMOUS_TOKENS)"},
 ]
 
 
@@ -55,7 +58,8 @@ def info():
         "models": [model["id"] for model in models],
         "defaultModel": get_service().policy.default_model,
         "defaultThinking": settings.default_thinking,
-        "auth": {"required": settings.require_api_key, "headers": ["x-api-key", "Authorization: Bearer <key>"]},
+        "auth": {"required": settings.require_api_key, "headers": ["x-api-key", "Authorization: Bearer <key>"],
+                 "tokens": bool(settings.token_secrets), "anonymousSessions": settings.anonymous_tokens},
         "rateLimit": {"windowMs": settings.rate_limit_window_ms, "maxRequests": settings.rate_limit_max_requests},
         "upstream": {"mode": upstream_mode()},
     })

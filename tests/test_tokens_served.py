@@ -1,0 +1,109 @@
+"""Browser tokens as `make run` serves them (gunicorn): the README's site-backend example run
+against it (its JavaScript examples at least parsed by Node), and with a real redis-server shared by two instances of two workers each, a
+revocation on one instance holding on every worker of both and a token's own limit exact
+across them."""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import re
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.servers import LONG_WINDOW_MS, ROOT, RedisServer, fetch_all
+from tests.test_sdk import node_binary
+from tests.token_support import ADMIN, SITE, token_config
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh redis-server for this test (skipped without one, except under CI)."""
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def two_instances(redis_server, served):
+    env = token_config(RATE_LIMIT_STORAGE_URI=redis_server.url, RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS,
+                       RATE_LIMIT_MAX_REQUESTS="1000", WEB_CONCURRENCY="2")
+    return served(**env), served(**env)
+
+
+def mint(service, **body) -> str:
+    response = requests.post(service.url + "/api/tokens", json=body, headers={"x-admin-key": ADMIN}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["token"]
+
+
+def headers(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}", "Origin": SITE}
+
+
+def test_a_revocation_on_one_instance_holds_on_every_worker_of_both(two_instances):
+    first, second = two_instances
+    token = mint(first, subject="user-1")
+    urls = [service.url + "/api/chat/models" for service in (first, second) * 4]
+    assert [r.status_code for r in fetch_all(urls, headers(token))] == [200] * 8
+    response = requests.delete(second.url + "/api/tokens/user-1", headers={"x-admin-key": ADMIN}, timeout=10)
+    assert response.status_code == 200
+    refused = fetch_all(urls, headers(token))
+    assert [(r.status_code, r.json()["code"]) for r in refused] == [(401, "token_revoked")] * 8
+    # A token minted afterwards, on either instance, is good everywhere.
+    fresh = mint(first, subject="user-1")
+    assert [r.status_code for r in fetch_all(urls, headers(fresh))] == [200] * 8
+
+
+def test_a_tokens_own_limit_is_exact_across_instances(two_instances):
+    first, second = two_instances
+    token = mint(first, subject="user-2", rate_limit={"max_requests": 5, "window_ms": 3600000})
+    urls = [service.url + "/api/chat/models" for service in itertools.islice(itertools.cycle(two_instances), 12)]
+    responses = fetch_all(urls, headers(token))
+    assert sorted(r.status_code for r in responses) == [200] * 5 + [429] * 7
+    assert {r.json()["code"] for r in responses if r.status_code == 429} == {"rate_limited"}
+    assert {r.url.split("/api")[0] for r in responses if r.status_code == 200} == {first.url, second.url}
+
+
+def readme_example(heading: str, language: str) -> str:
+    """The first `language` code block after `heading` in the README."""
+    readme = (ROOT / "README.md").read_text()
+    after = readme[readme.index(heading):]
+    return re.search(rf"```{language}\n(.*?)```", after, flags=re.S).group(1)
+
+
+@pytest.mark.parametrize("heading", ["**The same in Node (Express)**", "**The browser side**",
+                                     "### Anonymous sessions"])
+def test_the_readmes_javascript_examples_parse(heading, tmp_path):
+    node = node_binary()
+    example = tmp_path / "example.mjs"
+    example.write_text(readme_example(heading, "js"))
+    result = subprocess.run([node, "--check", str(example)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_readmes_flask_example_hands_a_logged_in_user_a_working_token(served, monkeypatch, tmp_path):
+    service = served(**token_config())
+    monkeypatch.setenv("KIMI_URL", service.url)
+    monkeypatch.setenv("KIMI_ADMIN_KEY", ADMIN)
+    # The example as the site's own module (Flask finds its root path through sys.modules).
+    path = tmp_path / "site_backend.py"
+    path.write_text(readme_example("**The site's backend in Python (Flask)**", "python"))
+    spec = importlib.util.spec_from_file_location("site_backend", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "site_backend", module)
+    spec.loader.exec_module(module)
+    site = module.app
+    site.secret_key = "the site's own session secret"
+    browser = site.test_client()
+    with browser.session_transaction() as session:
+        session["user_id"] = 42
+    response = browser.post("/chat-token")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    data = response.get_json()
+    assert data["subject"] == "user-42" and data["expires_at"].endswith("Z")
+    chat = requests.post(service.url + "/api/chat/completion", json={"message": "hi"}, headers=headers(data["token"]),
+                         timeout=10)
+    assert chat.status_code == 200 and chat.json()["data"]["message"].endswith("You said: hi")
