@@ -179,3 +179,20 @@ def test_no_cap_behind_a_trusted_proxy():
         for sock in held:
             sock.close()
         svc.stop()
+
+
+def test_a_body_that_never_arrives_is_408_under_the_gthread_worker_too():
+    """gthread has no gevent.Timeout: a timer thread ends the read instead."""
+    svc = Service(KIMI_OFFLINE="1", REQUEST_BODY_TIMEOUT_S="1", WORKER_CLASS="gthread", GUNICORN_THREADS="4")
+    try:
+        raw = (b"POST /api/chat/completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 100\r\n\r\n{\"mess")
+        received, took = exchange(svc.port, raw)
+        status, _, body = parse_response(received)
+        assert (status, body["code"]) == (408, "request_timeout")
+        assert took < 3
+        received, _ = exchange(svc.port, b"get /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert parse_response(received)[2]["code"] == "bad_request", "JSON for malformed HTTP under gthread too"
+        assert requests.get(svc.url + "/health", timeout=5).status_code == 200
+    finally:
+        svc.stop()
