@@ -45,7 +45,15 @@ if _soft != resource.RLIM_INFINITY and _soft < _wanted:
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_settings.port}"
 # Not `sync`: it kills any response that outlives `timeout`, and so every long stream.
+# gevent and gthread are gunicorn's workers with the service's additions (kimi_backend/workers.py):
+# JSON for the errors gunicorn answers itself, a per-address connection cap (off behind a
+# trusted proxy, whose address every connection has), and in-band stream endings on SIGTERM.
+_workers = _load_module_alone("workers")
 worker_class = os.environ.get("WORKER_CLASS", "gevent")
+if worker_class == "gevent":
+    worker_class = _workers.gevent_worker(0 if _settings.trusted_proxy_count else _settings.max_connections_per_ip)
+elif worker_class == "gthread":
+    worker_class = _workers.thread_worker()
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
@@ -68,7 +76,8 @@ def on_starting(server):
     """Refuses memory:// limiter storage with several workers, whichever way the worker count
     was given (WEB_CONCURRENCY, -w, GUNICORN_CMD_ARGS): in-memory counters live in one
     process, so N workers would let N x the limit through. Then prepares the metrics directory."""
-    if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.startswith("memory://"):
+    # Storage URIs' schemes are case-insensitive for the limits library too: `Memory://` is memory.
+    if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.lower().startswith("memory://"):
         print(f"kimi-backend: configuration error: {server.cfg.workers} workers were asked for but "
               "RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
               "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker (WEB_CONCURRENCY=1).",

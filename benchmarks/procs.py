@@ -69,6 +69,18 @@ class Proc:
                 pass
         return total_kb / 1024
 
+    def rss_mb(self) -> float:
+        """Resident memory now (VmRSS) summed over the process tree, in MiB."""
+        total_kb = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+            except OSError:
+                pass
+        return total_kb / 1024
+
     def cpu_seconds(self) -> float:
         """User+system CPU time used so far by the process tree."""
         ticks = os.sysconf("SC_CLK_TCK")
@@ -99,11 +111,14 @@ def start_simulator() -> Proc:
 
 def start_service(upstream: str, **env: str) -> Proc:
     """Our service, as `make run` starts it (gunicorn with gunicorn.conf.py), live against `upstream`.
-    The rate limit is raised out of the way but stays active, so its cost is measured."""
+    The rate limit is raised out of the way but stays active, so its cost is measured; the
+    per-address connection cap is off, since one load generator plays every client."""
     port = free_port()
     settings = dict(KIMI_API_KEY=BENCH_KEY, KIMI_BASE_URL=upstream, PORT=str(port), HOST="127.0.0.1",
                     RATE_LIMIT_MAX_REQUESTS="100000000", LOG_LEVEL="warning",
-                    USAGE_DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='kimi-bench-usage-')}/usage.sqlite3")
+                    USAGE_DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='kimi-bench-usage-')}/usage.sqlite3",
+                    # One load generator plays every client from one address.
+                    MAX_CONNECTIONS_PER_IP="0")
     settings.update(env)
     return Proc("service", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
                 f"http://127.0.0.1:{port}", "/health", **settings)

@@ -15,11 +15,12 @@ from .config import Settings, load_settings, read_environment
 from .errors import register_error_handlers
 from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
+from .lifecycle import Shutdown
 from .logs import configure_logging
-from .moonshot.client import MoonshotClient
+from .moonshot.client import MoonshotClient, ReplyLimits
 from .proxies import trust_proxies
 from .service import KimiService
-from . import telemetry, tokens, usage
+from . import intake, telemetry, tokens, usage
 
 __version__ = "1.0.0"
 
@@ -31,8 +32,8 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Builds the app: settings → logging → upstream → usage (budgets, ledger) → request ids
-    and telemetry → extensions → errors → routes.
+    """Builds the app: settings → logging → upstream → usage (budgets, ledger) → request ids,
+    telemetry and body intake → extensions → errors → routes.
 
     `test_config` overrides environment variables by name (same names, same parsing).
     """
@@ -44,9 +45,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     usage.init_app(app, settings)
     register_request_hooks(app)
     telemetry.init_app(app)
+    intake.init_app(app)
     register_extensions(app, settings)
     register_error_handlers(app)
     register_blueprints(app)
+    app.extensions["shutdown"] = Shutdown()
     return app
 
 
@@ -84,7 +87,8 @@ def connect_upstream(app: Flask, settings: Settings) -> None:
         connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s,
         completion_timeout_s=settings.completion_timeout_s,
         max_retries=settings.max_retries, retry_backoff_s=settings.retry_backoff_s,
-        retry_max_wait_s=settings.retry_max_wait_s, pool_size=settings.pool_size, proxy=settings.upstream_proxy)
+        retry_max_wait_s=settings.retry_max_wait_s, pool_size=settings.pool_size, proxy=settings.upstream_proxy,
+        limits=ReplyLimits(settings.max_reply_bytes, settings.max_line_bytes))
     app.extensions["kimi_service"] = KimiService(settings, client)
 
 

@@ -239,6 +239,10 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "MODELS_CACHE_TTL_S": ("300", _seconds),
     "SSE_KEEPALIVE_S": ("15", _seconds),
     "MAX_BODY_BYTES": ("1048576", _int(1024)),
+    "REQUEST_BODY_TIMEOUT_S": ("30", _seconds),
+    "MAX_CONNECTIONS_PER_IP": ("100", _int(0)),
+    "UPSTREAM_MAX_REPLY_BYTES": ("33554432", _int(1024)),
+    "UPSTREAM_MAX_LINE_BYTES": ("1048576", _int(1024)),
     "LOG_LEVEL": ("info", _choice(LOG_LEVELS)),
     "RATE_LIMIT_FAIL_OPEN": ("true", _bool),
     "FORCE_HTTPS": ("false", _bool),
@@ -295,6 +299,10 @@ class Settings:
     models_cache_ttl_s: float
     sse_keepalive_s: float
     max_body_bytes: int
+    request_body_timeout_s: float
+    max_connections_per_ip: int
+    max_reply_bytes: int
+    max_line_bytes: int
     log_level: str
     rate_limit_fail_open: bool
     force_https: bool
@@ -409,6 +417,10 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         models_cache_ttl_s=values["MODELS_CACHE_TTL_S"],
         sse_keepalive_s=values["SSE_KEEPALIVE_S"],
         max_body_bytes=values["MAX_BODY_BYTES"],
+        request_body_timeout_s=values["REQUEST_BODY_TIMEOUT_S"],
+        max_connections_per_ip=values["MAX_CONNECTIONS_PER_IP"],
+        max_reply_bytes=values["UPSTREAM_MAX_REPLY_BYTES"],
+        max_line_bytes=values["UPSTREAM_MAX_LINE_BYTES"],
         log_level=values["LOG_LEVEL"],
         rate_limit_fail_open=values["RATE_LIMIT_FAIL_OPEN"],
         force_https=values["FORCE_HTTPS"],

@@ -3,6 +3,7 @@ for every error from every layer, registered on the app."""
 from __future__ import annotations
 
 import logging
+import math
 
 from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -19,6 +20,8 @@ HTTP_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
 }
+# The longest Retry-After we pass on: an upstream asking for longer (or for `inf`) is clamped.
+RETRY_AFTER_MAX_S = 3600.0
 HTTP_MESSAGES = {
     404: "No such endpoint. GET /api/info lists the endpoints this service offers.",
     405: "This endpoint does not accept that HTTP method.",
@@ -42,6 +45,8 @@ class UpstreamError(ApiError):
 
     def __init__(self, status: int, code: str, message: str, retry_after: float | None = None,
                  upstream_type: str | None = None, retryable: bool = False):
+        if retry_after is not None:
+            retry_after = min(max(0.0, retry_after), RETRY_AFTER_MAX_S) if math.isfinite(retry_after) else RETRY_AFTER_MAX_S
         headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else {}
         super().__init__(status, code, message, headers)
         self.retry_after = retry_after

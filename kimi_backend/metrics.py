@@ -8,6 +8,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 
+from .moonshot.models import MODELS
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Streams last minutes, so the buckets reach well past the usual web-request range.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -35,6 +37,30 @@ LEDGER_ROWS = Counter("kimi_usage_ledger_rows_total",
                       "Usage ledger rows by fate: written, or lost because the queue was full or the database failed.",
                       ["result"])
 LEDGER_WRITE_ERRORS = Counter("kimi_usage_ledger_write_errors_total", "Failed attempts to write a batch to the usage database.")
+
+
+# Every label takes values from a bounded set, so no caller or upstream can grow /metrics
+# without bound (a random HTTP method per request once made thousands of series).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+_model_labels: set[str] = {facts.id for facts in MODELS}
+
+
+def label_method(method: str) -> str:
+    """The method, or "other" for anything but the standard ones."""
+    return method if method in HTTP_METHODS else OTHER
+
+
+def label_models(model_ids) -> None:
+    """Adds configured model ids (DEFAULT_MODEL, ALLOWED_MODELS, alias targets) to those that
+    get their own `model` label; the model table's ids always do."""
+    _model_labels.update(model_ids)
+
+
+def label_model(model: str | None) -> str:
+    """The model, when the table or the configuration names it; otherwise "other" (an
+    upstream can answer with any id it likes)."""
+    return model if model in _model_labels else OTHER
 
 
 def exposition() -> bytes:

@@ -69,9 +69,12 @@ class AppLimiter(Limiter):
 
     def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
         """`before_request`: counts the request against its client's API budget (and a browser
-        token's, see `_token_limits`); a 429 once one is spent. A storage error is a 503 (fail-closed) or a switch to in-memory counting
+        token's, see `_token_limits`; CORS preflights excepted); a 429 once one is spent. A storage
+        error is a 503 (fail-closed) or a switch to in-memory counting
         (fail-open) until the storage answers again."""
-        if not self.enabled or flask.request.blueprint not in self._api_blueprints:
+        # Preflights carry no key and cost nothing upstream: counted, they would spend a keyed
+        # browser user's IP budget (a NAT's) on every page load.
+        if not self.enabled or flask.request.method == "OPTIONS" or flask.request.blueprint not in self._api_blueprints:
             return
         states = self._with_fallback(self._count_request)
         # With a browser token there are several counts: the one nearest its limit speaks for

@@ -8,7 +8,7 @@ from flask import Response, current_app, g
 
 from .catalog import ModelCatalog
 from .config import Settings
-from .errors import UpstreamError
+from .metrics import label_models
 from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient
 from .schemas import ChatOptions
@@ -26,6 +26,7 @@ class KimiService:
         self.catalog = ModelCatalog(client, settings.models_cache_ttl_s, settings.allowed_models)
         self.policy = ModelPolicy(settings.default_model, settings.model_aliases, settings.allowed_models,
                                   settings.default_thinking, self.catalog.served_ids)
+        label_models({self.policy.default_model, *settings.allowed_models, *settings.model_aliases.values()})
 
     def complete(self, messages: list[dict], options: ChatOptions) -> dict:
         """A whole reply: `{"message", "usage", "model", "finish_reason"[, "reasoning"]}`."""
@@ -55,20 +56,14 @@ class KimiService:
         return fitted.payload
 
     def chat(self, payload: dict) -> dict:
-        """One non-streamed completion: the upstream's reply, checked for the shape every
-        caller reads (`choices[0].message`), with `model` the model that answered."""
+        """One non-streamed completion: the upstream's reply, in the shape every caller reads
+        (`choices[0].message` with text content; the client checks it, moonshot/replies.py),
+        with `model` the model that answered."""
         exchange = current_exchange()
         with exchange.upstream("chat"):
             body = self.client.chat(payload)
-        try:
-            message = body["choices"][0]["message"]
-            content = message.get("content")
-            if content is not None and not isinstance(content, str):
-                raise TypeError
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise UpstreamError(502, "upstream_error", "The upstream's reply was not in the expected shape.") from None
         body["model"] = body.get("model") or payload["model"]
-        exchange.replied(body["model"], body.get("usage"), content)
+        exchange.replied(body["model"], body.get("usage"), body["choices"][0]["message"].get("content"))
         return body
 
     def open_stream(self, payload: dict, client_gone: Callable[[], bool] | None = None, events=None) -> Iterator[bytes]:
@@ -79,9 +74,10 @@ class KimiService:
                        stream_options=dict(payload.get("stream_options") or {}, include_usage=True))
         exchange = current_exchange()
         with exchange.upstream("chat_stream"):
-            upstream = self.client.open_stream(payload)
+            upstream = self.client.open_stream(payload, client_gone)
         return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
-                     exchange=exchange.stream_handed_over(), events=events)
+                     exchange=exchange.stream_handed_over(), events=events,
+                     shutting_down=current_app.extensions["shutdown"].streams_must_end)
 
     def models(self) -> tuple[list[dict], str]:
         """The model list and its source ("upstream" or "fallback")."""

@@ -1,6 +1,8 @@
 """Relaying an upstream stream to our client as the contract's SSE events: chunks flushed
-as they arrive, keep-alive comments while the upstream is silent, usage at the end, in-band
-errors after the start, and the upstream closed as soon as the client goes away."""
+as they arrive, keep-alive comments while nothing is sent, usage at the end, in-band errors
+after the start, the upstream closed as soon as the client goes away, and an in-band
+`shutting_down` ending when the server stops. The relay's duties (keep-alives, the client
+check, the stop check) run on their own clock, whatever the upstream sends or does not."""
 from __future__ import annotations
 
 import logging
@@ -21,8 +23,10 @@ log = logging.getLogger("kimi_backend")
 # Sent first, so the status and headers reach the client (and any proxy) at once, even when
 # the upstream takes a long time to its first token.
 OPENED = b": stream open\n\n"
-# How often a silent stream checks whether its client is still there.
-CLIENT_POLL_S = 0.5
+# How often a stream checks whether its client is still there (and whether the server is
+# stopping): a departed client's upstream is closed within this, plus the close itself.
+CLIENT_POLL_S = 0.2
+SHUTTING_DOWN = "The server is restarting, so this stream was ended early; send the request again."
 _END = object()
 
 
@@ -103,55 +107,75 @@ class ContractEvents:
 
 
 def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
-          client_gone: Callable[[], bool] | None = None, events=None) -> Iterator[bytes]:
+          client_gone: Callable[[], bool] | None = None, events=None,
+          shutting_down: Callable[[], bool] | None = None) -> Iterator[bytes]:
     """Yields the events (`events`: `ContractEvents` by default) for an open upstream stream,
-    then its end; a failure after the start becomes an in-band error event. Receives plain
-    values only (never `request`) and always releases the upstream, also when the client
-    leaves. Reports how the stream ended to `exchange` (the request's log line and metrics)."""
+    then its end; a failure after the start becomes an in-band error event, and so does the
+    server's stop (`shutting_down()` true). Receives plain values only (never `request`) and
+    always releases the upstream, also when the client leaves. Reports how the stream ended to
+    `exchange` (the request's log line and metrics)."""
     events = events or ContractEvents()
     chunks: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_pump, args=(stream, chunks, exchange.request_id), daemon=True).start()
-    poll_s = min(keepalive_s, CLIENT_POLL_S) if client_gone else keepalive_s
+    watch_s = CLIENT_POLL_S if client_gone or shutting_down else keepalive_s
     finish_reason = None
     usage = None
     relayed_bytes = 0  # prices a stream cut short before its usage arrived
     outcome = "client_closed"
+    reader_done = False
     exchange.stream_started()
     try:
         yield OPENED
-        last_sent = time.monotonic()
+        last_sent = last_watch = time.monotonic()
         while True:
+            # Wait for the next chunk, but no longer than the next duty is due: content-less
+            # chunks and silence alike must not put off keep-alives or the client check.
+            due = min(last_sent + keepalive_s, last_watch + watch_s)
             try:
-                item = chunks.get(timeout=poll_s)
+                item = chunks.get(timeout=max(0.0, due - time.monotonic()))
             except queue.Empty:
+                item = None
+            now = time.monotonic()
+            if now - last_watch >= watch_s:
+                last_watch = now
                 if client_gone is not None and client_gone():
                     return
-                if time.monotonic() - last_sent >= keepalive_s:
-                    yield KEEPALIVE
-                    last_sent = time.monotonic()
-                continue
+                if shutting_down is not None and shutting_down():
+                    outcome = "shutting_down"
+                    yield from events.error(outcome, SHUTTING_DOWN, exchange.request_id)
+                    return
+            reader_done = item is _END or isinstance(item, StreamBroken)
             if item is _END:
                 break
             if isinstance(item, StreamBroken):
                 outcome = item.code
                 yield from events.error(item.code, item.message, exchange.request_id)
                 return
-            # Moonshot puts usage inside the last choice; OpenAI-style servers send a
-            # top-level usage chunk. Read both.
-            usage = item.get("usage") or usage
-            for choice in item.get("choices") or ():
-                if choice.get("index", 0) == 0:
-                    usage = choice.get("usage") or usage
-                    finish_reason = choice.get("finish_reason") or finish_reason
-                    relayed_bytes += _text_bytes(choice.get("delta"))
-            yield from events.chunk(item)
-            last_sent = time.monotonic()
+            if item is not None:
+                # Moonshot puts usage inside the last choice; OpenAI-style servers send a
+                # top-level usage chunk. Read both.
+                usage = item.get("usage") or usage
+                for choice in item.get("choices") or ():
+                    if choice.get("index", 0) == 0:
+                        usage = choice.get("usage") or usage
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                        relayed_bytes += _text_bytes(choice.get("delta"))
+                for piece in events.chunk(item):
+                    yield piece
+                    last_sent = time.monotonic()
+            if time.monotonic() - last_sent >= keepalive_s:
+                yield KEEPALIVE
+                last_sent = time.monotonic()
         outcome = "ok"
         yield from events.end(finish_reason, usage)
+    except Exception:  # a bug while relaying must still end the stream in-band, and be logged
+        log.exception("stream relay failed (request_id=%s)", exchange.request_id)
+        outcome = "internal_error"
+        yield from events.error(outcome, "The stream failed inside the server.", exchange.request_id)
     finally:
-        if outcome == "client_closed":
-            # We stopped early: wake the reader, which then releases the upstream. (Once the
-            # reader has ended the stream itself it releases it, and the connection may go
-            # back to the pool, so it is left alone.)
+        if not reader_done:
+            # We stopped early (the client left, the server is stopping, a bug): wake the
+            # reader, which then releases the upstream. (Once the reader has ended the stream
+            # itself it releases it, and the connection may go back to the pool, so it is left alone.)
             stream.abort()
         exchange.stream_ended(usage, outcome, relayed_bytes)

@@ -13,7 +13,8 @@ from flask import Flask, Response, current_app, g, has_app_context, request
 
 from .auth import client_identity
 from .errors import UpstreamError
-from .metrics import ACTIVE_STREAMS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS, TOKENS, UPSTREAM_ERRORS, UPSTREAM_SECONDS
+from .metrics import (ACTIVE_STREAMS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS, TOKENS, UPSTREAM_ERRORS,
+                      UPSTREAM_SECONDS, label_method, label_model)
 
 access_log = logging.getLogger("kimi_backend.access")
 log = logging.getLogger("kimi_backend")
@@ -77,9 +78,9 @@ class Exchange:
             self.usage = usage
             self.tokens_in, self.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
             if isinstance(self.tokens_in, int):
-                TOKENS.labels(self.model, "in").inc(self.tokens_in)
+                TOKENS.labels(label_model(self.model), "in").inc(self.tokens_in)
             if isinstance(self.tokens_out, int):
-                TOKENS.labels(self.model, "out").inc(self.tokens_out)
+                TOKENS.labels(label_model(self.model), "out").inc(self.tokens_out)
         if self.log_bodies and content is not None:
             self.reply = content
 
@@ -113,7 +114,7 @@ class Exchange:
     def finish(self) -> None:
         """Writes the request's log line and its metrics, then runs the finish callbacks."""
         elapsed = time.perf_counter() - self.started
-        REQUESTS.labels(self.method, self.route, str(self.status)).inc()
+        REQUESTS.labels(label_method(self.method), self.route, str(self.status)).inc()
         REQUEST_SECONDS.labels(self.route).observe(elapsed)
         if self.outcome == "rate_limited":
             RATE_LIMITED.labels(self.route).inc()

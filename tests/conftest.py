@@ -28,7 +28,7 @@ for _name in list(os.environ):
             or _name in ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "DEFAULT_MODEL", "MAX_BODY_BYTES",
                          "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S", "FORCE_HTTPS",
                          "LOG_BODIES", "METRICS_TOKEN", "READY_CACHE_S", "READY_TIMEOUT_S", "ADMIN_API_KEY",
-                         "MODEL_ALIASES", "DEFAULT_THINKING"):
+                         "MODEL_ALIASES", "DEFAULT_THINKING", "REQUEST_BODY_TIMEOUT_S", "MAX_CONNECTIONS_PER_IP"):
         del os.environ[_name]
 
 # The usage ledger of every test app that does not name its own: a temporary file, never one

@@ -53,6 +53,8 @@ def test_app_env_wins_over_node_env():
     ("REQUIRE_API_KEY", "maybe"), ("KIMI_BASE_URL", "api.moonshot.cn"), ("UPSTREAM_READ_TIMEOUT_S", "0"),
     ("UPSTREAM_CONNECT_TIMEOUT_S", "nan"), ("UPSTREAM_MAX_RETRIES", "50"), ("LOG_LEVEL", "loud"),
     ("TRUSTED_PROXY_COUNT", "-1"), ("MAX_BODY_BYTES", "10"), ("KIMI_OFFLINE", "perhaps"),
+    ("REQUEST_BODY_TIMEOUT_S", "0"), ("REQUEST_BODY_TIMEOUT_S", "inf"), ("MAX_CONNECTIONS_PER_IP", "-1"),
+    ("MAX_CONNECTIONS_PER_IP", "many"), ("UPSTREAM_MAX_REPLY_BYTES", "100"), ("UPSTREAM_MAX_LINE_BYTES", "1e6"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as caught:
@@ -110,6 +112,9 @@ def _start(extra_env: dict, *command: str) -> subprocess.CompletedProcess:
     ({"NODE_ENV": "prod"}, "NODE_ENV"),
     ({"REQUIRE_API_KEY": "true"}, "REQUIRE_API_KEY"),
     ({"WEB_CONCURRENCY": "2"}, "RATE_LIMIT_STORAGE_URI"),
+    ({"WEB_CONCURRENCY": "2", "RATE_LIMIT_STORAGE_URI": "Memory://"}, "RATE_LIMIT_STORAGE_URI"),
+    ({"WEB_CONCURRENCY": "2", "RATE_LIMIT_STORAGE_URI": "MEMORY://"}, "RATE_LIMIT_STORAGE_URI"),
+    ({"MAX_CONNECTIONS_PER_IP": "lots"}, "MAX_CONNECTIONS_PER_IP"),
 ])
 def test_gunicorn_refuses_to_start_with_one_sentence(extra_env, variable):
     result = _start(extra_env, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")

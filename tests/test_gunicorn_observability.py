@@ -130,3 +130,41 @@ def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(upstream_env):
     finally:
         service.stop()
         reader.join(5)
+
+
+def test_sigterm_ends_a_long_stream_in_band_inside_the_graceful_timeout(upstream_env, simulator):
+    """A stream that would outlast GRACEFUL_TIMEOUT_S ends with an in-band `shutting_down`
+    event and [DONE] before gunicorn would cut it, its upstream is closed, and its access
+    line is written."""
+    service = Service(GRACEFUL_TIMEOUT_S="3", **upstream_env)
+    payloads: list = []
+    started = threading.Event()
+
+    def read_stream():
+        with requests.post(service.url + "/api/chat/stream", json={"messages": "sim:chunks=200 sim:interval=0.1"},
+                           stream=True, timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith(b"data: "):
+                    payloads.append(line[6:])
+                    started.set()
+
+    reader = threading.Thread(target=read_stream)
+    reader.start()
+    try:
+        assert started.wait(10), "the stream should start"
+        signalled_at = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        reader.join(10)
+        ended_after = time.monotonic() - signalled_at
+        assert payloads[-1] == b"[DONE]"
+        last = json.loads(payloads[-2])
+        assert last["code"] == "shutting_down" and last["error"] and last["request_id"]
+        assert 1.0 < ended_after < 3.0, ended_after
+        assert service.proc.wait(10) == 0
+        wait_until(lambda: simulator.stats()["streams_aborted"] == 1, timeout=5, message="the upstream to be closed")
+    finally:
+        service.stop()
+        reader.join(5)
+    access = [line for line in log_lines(service) if line.get("logger") == "kimi_backend.access"
+              and line.get("route") == "/api/chat/stream"]
+    assert [(line["status"], line["outcome"]) for line in access] == [(200, "shutting_down")]

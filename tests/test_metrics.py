@@ -80,3 +80,23 @@ def test_metrics_token_is_required_when_set(make_app):
         assert response.get_json()["code"] == "invalid_metrics_token"
         assert "metrics-secret" not in response.get_data(as_text=True)
     assert client.get("/metrics", headers={"Authorization": "Bearer metrics-secret"}).status_code == 200
+
+
+def test_every_label_is_bounded(client):
+    """Random methods and paths (and, in test_fault_matrix, model ids) must not create series:
+    /metrics holds the same series however many of them arrive."""
+    def series() -> set:
+        text = client.get("/metrics").get_data(as_text=True)
+        return {(s.name, tuple(sorted(s.labels.items()))) for f in text_string_to_metric_families(text) for s in f.samples}
+
+    for i in range(50):
+        client.open("/health", method=f"X{i}QZ")
+        client.get(f"/no-such-page-{i}")
+    before = series()
+    for i in range(50, 300):
+        assert client.open("/health", method=f"X{i}QZ").status_code == 405
+        client.get(f"/no-such-page-{i}")
+    after = series()
+    assert after == before
+    assert not [labels for _, labels in after if ("method", "X51QZ") in labels]
+    assert [labels for _, labels in after if ("method", "other") in labels]

@@ -40,10 +40,22 @@ def test_request_bodies_are_the_validating_schemas(client):
     assert "text/event-stream" in document["paths"]["/api/chat/stream"]["post"]["responses"]["200"]["content"]
 
 
-def test_client_key_routes_declare_security(client):
-    paths = client.get("/api/openapi.json").get_json()["paths"]
+def test_client_key_routes_declare_security_only_when_keys_are_required(make_app):
+    keyed = make_app(REQUIRE_API_KEY="true", VALID_API_KEYS="k").test_client()
+    paths = keyed.get("/api/openapi.json").get_json()["paths"]
     assert paths["/api/chat/completion"]["post"]["security"]
     assert "security" not in paths["/health"]["get"]
+    open_paths = make_app().test_client().get("/api/openapi.json").get_json()["paths"]
+    assert "security" not in open_paths["/api/chat/completion"]["post"]
+
+
+def test_metrics_are_documented_as_text_and_blank_messages_as_refused(client):
+    document = client.get("/api/openapi.json").get_json()
+    assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    text_form = document["components"]["schemas"]["StreamRequest"]["properties"]["messages"]["anyOf"][0]
+    assert text_form["minLength"] == 1 and text_form["pattern"] == r"\S"
+    list_form = document["components"]["schemas"]["StreamRequest"]["properties"]["messages"]["anyOf"][1]
+    assert list_form["maxItems"] == 1000
 
 
 def test_a_route_added_later_appears_with_its_schema(app):

@@ -78,7 +78,7 @@ def test_the_upstream_key_never_leaves_the_server(served):
             (rejected, "get", "/no-such-page", None, {}, 404),
             (unreachable, "post", "/api/chat/completion", {"message": "hi"}, {}, 503),
             (unreachable, "post", "/api/chat/stream", {"messages": "hi"}, {}, 503),
-            (unreachable, "post", "/api/chat/completion", b"{not json", {}, 400),
+            (unreachable, "post", "/api/chat/completion", b"{not json", {"Content-Type": "application/json"}, 400),
         ]
         for service, method, path, body, headers, expected in calls:
             kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}

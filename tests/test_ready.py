@@ -41,11 +41,21 @@ def test_rejected_upstream_key_is_not_ready(make_app):
     assert "sk-not-the-simulators-key" not in response.get_data(as_text=True)
 
 
-def test_unreachable_rate_limit_storage_is_503_naming_it(make_app):
-    client = make_app(RATE_LIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0").test_client()
+def test_unreachable_rate_limit_storage_is_503_naming_it_when_failing_closed(make_app):
+    client = make_app(RATE_LIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0", RATE_LIMIT_FAIL_OPEN="false").test_client()
     response = client.get("/health/ready")
     body = response.get_json()
     assert response.status_code == 503
     assert body["failed"] == ["rate_limit_storage"]
     assert body["checks"] == {"upstream": "ok", "rate_limit_storage": "unreachable"}
 
+
+
+def test_unreachable_rate_limit_storage_is_still_ready_when_failing_open(make_app):
+    """Fail-open promises to serve on with in-memory limits, so readiness must not pull the
+    instance out of the load balancer for it."""
+    client = make_app(RATE_LIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0").test_client()
+    response = client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.get_json()["checks"] == {"upstream": "ok", "rate_limit_storage": "in_memory_fallback"}
+    assert client.post("/api/chat/completion", json={"message": "hi"}).status_code == 200

@@ -11,7 +11,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 @pytest.mark.parametrize("method,path,status", [
     ("get", "/health", 200), ("get", "/api/info", 200), ("get", "/no-such-page", 404),
-    ("post", "/api/chat/completion", 400), ("get", "/static/no-such-file.js", 404)])
+    ("post", "/api/chat/completion", 415), ("get", "/static/no-such-file.js", 404)])
 def test_every_response_carries_the_security_headers(client, method, path, status):
     response = getattr(client, method)(path)
     assert response.status_code == status

@@ -19,7 +19,8 @@ from tests.servers import Service, SimulatorProcess, wait_until
 def service(simulator_server):
     """The service under gunicorn (as `make run` starts it), live against the test simulator."""
     svc = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url,
-                  SSE_KEEPALIVE_S="0.2", UPSTREAM_READ_TIMEOUT_S="3", RATE_LIMIT_MAX_REQUESTS="100000")
+                  SSE_KEEPALIVE_S="0.2", UPSTREAM_READ_TIMEOUT_S="3", RATE_LIMIT_MAX_REQUESTS="100000",
+                  MAX_CONNECTIONS_PER_IP="1000")  # one test process plays hundreds of clients
     yield svc
     assert UPSTREAM_KEY not in svc.log()
     svc.stop()
@@ -138,13 +139,43 @@ def _open_and_abandon(url: str, message: str, read_until: bytes) -> float:
 
 @pytest.mark.parametrize("message,read_until", [
     ("sim:chunks=100 sim:interval=0.1", b'"content"'),   # upstream busy sending
+    ("sim:chunks=40 sim:interval=0.5", b'"content"'),    # a chunk every half second
     ("sim:first_delay=30", b": stream open"),           # upstream silent (thinking)
+    ("sim:drip=0.1", b": stream open"),                 # upstream sending only content-less chunks
 ])
-def test_client_disconnect_closes_the_upstream_within_a_second(service, simulator, message, read_until):
+def test_client_disconnect_closes_the_upstream_within_half_a_second(service, simulator, message, read_until):
     closed_at = _open_and_abandon(service.url, message, read_until)
     wait_until(lambda: simulator.stats()["streams_aborted"] == 1, timeout=5, message="the upstream stream to be aborted")
-    assert time.monotonic() - closed_at < 1.0
+    assert time.monotonic() - closed_at < 0.5
     assert simulator.stats()["streams_completed"] == 0
+
+
+def test_client_disconnect_before_the_upstream_answers_ends_the_upstream_request(service, simulator):
+    """The upstream takes 30 s to its headers; the client leaves after 0.3 s; the upstream
+    request must end then, not at the read timeout."""
+    host, port = service.url.removeprefix("http://").split(":")
+    body = json.dumps({"messages": "sim:delay=30"}).encode()
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    wait_until(lambda: simulator.stats()["in_flight"] == 1, timeout=5, message="the upstream request to start")
+    sock.close()
+    closed_at = time.monotonic()
+    wait_until(lambda: simulator.stats()["abandoned_before_headers"] == 1, timeout=5,
+               message="the upstream request to be closed")
+    assert time.monotonic() - closed_at < 0.5
+    wait_until(lambda: simulator.stats()["in_flight"] == 0, timeout=5, message="the upstream request to end")
+
+
+def test_keepalives_keep_coming_while_the_upstream_sends_only_empty_chunks(service, simulator):
+    """Content-less chunks every 0.1 s are not content: the client still gets a keep-alive
+    every SSE_KEEPALIVE_S (0.2 s), until the read timeout (3 s) ends the stream in-band."""
+    _, events = read_stream(service.url, "sim:drip=0.1")
+    keepalives = [t for t, kind, p in events if kind == "comment" and "keep-alive" in p]
+    assert len(keepalives) >= 10, events[:5]
+    assert max(b - a for a, b in zip(keepalives, keepalives[1:])) < 0.6
+    payloads = data_events(events)
+    assert payloads[-2]["code"] == "upstream_timeout" and payloads[-1] == "[DONE]"
 
 
 def test_a_few_hundred_concurrent_streams(service, simulator):

@@ -5,12 +5,14 @@ from flask import Blueprint, Response, jsonify, request
 
 from ..auth import require_client_key
 from ..extensions import limiter
+from ..origins import protect
 from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, validated
 from ..service import dropped_params_header, get_service
 from ..streaming import client_gone_probe
 from .openapi import produces
 
 bp = Blueprint("chat", __name__, url_prefix="/api/chat")
+protect(bp)
 bp.before_request(require_client_key)
 bp.after_request(dropped_params_header)
 limiter.limit_api(bp)

@@ -8,11 +8,13 @@ from flask import Blueprint, Response, current_app
 from ..auth import bearer_token
 from ..errors import ApiError
 from ..metrics import CONTENT_TYPE, exposition
+from .openapi import produces
 
 bp = Blueprint("metrics", __name__)
 
 
 @bp.get("/metrics")
+@produces("text/plain")
 def metrics():
     """The service's metrics, summed over every gunicorn worker."""
     token = current_app.config["SETTINGS"].metrics_token

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from ..auth import require_client_key
 from ..errors import error_body
 from ..extensions import limiter
+from ..origins import protect
 from ..moonshot.sse import DONE, event
 from ..schemas import OpenAIChatRequest, validated
 from ..service import dropped_params_header, get_service
@@ -18,6 +19,7 @@ from ..streaming import client_gone_probe
 from .chat import SSE_HEADERS
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
+protect(bp)
 bp.before_request(require_client_key)
 bp.after_request(dropped_params_header)
 limiter.limit_api(bp)

@@ -38,7 +38,9 @@ OPENAI_ERROR_SCHEMA = {
         "request_id": {"type": "string"}}}},
 }
 OPENAI_SUCCESS = {"application/json": {"schema": {"type": "object", "description": "OpenAI's response object."}},
-                  "text/event-stream": {"schema": {"type": "string", "description": "With stream: true."}}}
+                  # With stream: true. No schema: tools that check responses would read each SSE
+                  # event (an object of `data`, `event`, ...) against it.
+                  "text/event-stream": {}}
 
 
 def produces(media_type: str) -> Callable:
@@ -112,7 +114,7 @@ def _operation(app: Flask, rule, method: str, view: Callable) -> dict:
         operation["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": {"$ref": _REF.format(model=schema.__name__)}}}}
     blueprint = rule.endpoint.rpartition(".")[0]
-    if require_client_key in app.before_request_funcs.get(blueprint, ()):
+    if app.config["SETTINGS"].require_api_key and require_client_key in app.before_request_funcs.get(blueprint, ()):
         operation["security"] = [{"ApiKeyHeader": []}, {"BearerKey": []}]
     if require_admin_key in app.before_request_funcs.get(blueprint, ()):
         operation["security"] = [{"AdminKey": []}]
@@ -127,6 +129,7 @@ def document() -> dict:
 
 
 @bp.get("/openapi.json")
+@produces("application/json")
 def openapi_json():
     """The OpenAPI 3.1 document of every route."""
     return jsonify(document())

@@ -15,6 +15,9 @@ bp = Blueprint("ready", __name__)
 
 # Upstream answers that still mean "reachable, with our key accepted": it is only busy.
 _BUSY_CODES = {"upstream_rate_limited", "upstream_overloaded"}
+# Check results that still mean "ready": the limiter storage is down but RATE_LIMIT_FAIL_OPEN
+# serves on with in-memory limits, which is what fail-open promises.
+FALLBACK = "in_memory_fallback"
 
 
 class UpstreamProbe:
@@ -51,14 +54,21 @@ def _create_probe(state) -> None:
     state.app.extensions["upstream_probe"] = UpstreamProbe(client, settings.ready_cache_s, settings.ready_timeout_s)
 
 
+def _storage_status() -> str:
+    if limiter.storage.check():
+        return "ok"
+    return FALLBACK if current_app.config["SETTINGS"].rate_limit_fail_open else "unreachable"
+
+
 @bp.get("/health/ready")
 def ready():
-    """200 when the upstream and the rate-limit storage answer; 503 naming what failed."""
+    """200 when the upstream and the rate-limit storage answer (or the storage is down and
+    RATE_LIMIT_FAIL_OPEN serves on without it); 503 naming what failed."""
     checks = {
         "upstream": current_app.extensions["upstream_probe"].status(),
-        "rate_limit_storage": "ok" if limiter.storage.check() else "unreachable",
+        "rate_limit_storage": _storage_status(),
     }
-    failed = [name for name, result in checks.items() if result != "ok"]
+    failed = [name for name, result in checks.items() if result not in ("ok", FALLBACK)]
     if not failed:
         return jsonify(success=True, status="ready", checks=checks)
     details = ", ".join(f"{name} ({checks[name]})" for name in failed)

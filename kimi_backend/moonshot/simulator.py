@@ -11,7 +11,9 @@ Behaviour is steered per request by `sim:key=value` tokens in the last user mess
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
+import itertools
 import json
 import select
 import socket
@@ -21,6 +23,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any, Iterable
 
 from .models import CURRENT, model_item
 
@@ -34,6 +37,9 @@ _ROLES = {"system", "user", "assistant", "tool"}
 _DEFAULT_MAX_TOKENS = 1024  # what Moonshot assumes when max_tokens is omitted
 _HANG_LIMIT_S = 300.0       # Moonshot's own gateway gives up after about 5 minutes (504)
 _MALFORMED_EVENT = b"data: {not json\n\n"
+# Not SSE at all: a line of another field, a line of invalid UTF-8, a bare CR and a comment,
+# all of which an SSE reader must skip without ending the stream.
+_GARBAGE_EVENTS = b"event: ping\n\xff\xfe\xfd not utf-8\n\r: comment\r\n\n"
 _MISSHAPEN_EVENT = b'data: {"object": "chat.completion.chunk", "choices": "not a list"}\n\n'
 _DONE_EVENT = b"data: [DONE]\n\n"
 
@@ -88,7 +94,14 @@ DIRECTIVES = {
     "chunks": int, "interval": float, "duration": float, "first_delay": float, "reasoning": int,
     "break_after": int, "malformed_after": int, "misshapen_after": int, "no_done": bool, "top_usage": bool,
     "reply": str, "repeat": int, "cached": int, "html": bool,
+    # Faults (see Behaviour): broken bodies, odd-but-valid JSON, echoed keys, endless replies.
+    "body": str, "odd": str, "echo_key": str, "error_after": int, "drip": float, "endless_line": bool,
+    "garbage_after": int, "retry_after_header": str, "done_then_silence": bool,
 }
+BODY_FAULTS = ("cut", "stall", "drip", "malformed")
+ODD_REPLIES = ("negative_usage", "huge_usage", "float_usage", "surrogate", "list_content", "number_content",
+               "null_content", "odd_model")
+KEY_ECHOES = ("plain", "glued", "bare", "tail")
 
 
 @dataclass
@@ -114,6 +127,15 @@ class Behaviour:
     repeat: int = 1
     cached: int = 0
     html: bool = False  # an error answered with an HTML page, as Moonshot's gateway does for its 504
+    body: str | None = None  # a non-streamed body that is cut, stalls, drips forever or is not JSON
+    odd: str | None = None  # valid JSON that is odd (ODD_REPLIES), in the reply or the stream's deltas
+    echo_key: str | None = None  # the error message quotes the caller's key (KEY_ECHOES)
+    error_after: int | None = None  # a stream sends an error event after this many content chunks
+    drip: float | None = None  # a stream sends content-less chunks this often, forever
+    endless_line: bool = False  # a stream sends one line that never ends
+    garbage_after: int | None = None  # a stream sends non-SSE lines after this many content chunks
+    retry_after_header: str | None = None  # the Retry-After header exactly as given ("inf", "1e400")
+    done_then_silence: bool = False  # a stream sends [DONE] and then neither ends nor sends anything
 
 
 def parse_directives(text: str) -> dict:
@@ -158,6 +180,11 @@ def make_behaviour(settings: dict) -> Behaviour:
         raise ValueError("sim:status must be an HTTP error code (400-599)")
     if behaviour.chunks < 1 or behaviour.repeat < 1:
         raise ValueError("sim:chunks and sim:repeat must be at least 1")
+    for name, allowed in (("body", BODY_FAULTS), ("odd", ODD_REPLIES), ("echo_key", KEY_ECHOES)):
+        if getattr(behaviour, name) not in (None, *allowed):
+            raise ValueError(f"sim:{name} must be one of {', '.join(allowed)}")
+    if behaviour.drip == 0:
+        raise ValueError("sim:drip must be a positive number of seconds")
     return behaviour
 
 
@@ -311,7 +338,7 @@ def validate_chat(body) -> ChatRequest:
 class Completion:
     """One generated reply, shared by the JSON and the SSE renderings."""
     model: str
-    content: str
+    content: Any  # a string, except in odd replies
     reasoning: list[str]
     usage: dict
     tool_calls: list = field(default_factory=list)
@@ -346,7 +373,31 @@ def make_completion(request: ChatRequest, behaviour: Behaviour) -> Completion:
              "total_tokens": request.prompt_tokens + completion_tokens}
     if behaviour.cached:  # Moonshot puts cached_tokens at the top level of usage, and only when > 0
         usage["cached_tokens"] = min(behaviour.cached, request.prompt_tokens)
-    return Completion(request.model, content, reasoning, usage, tool_calls)
+    completion = Completion(request.model, content, reasoning, usage, tool_calls)
+    return _odd(completion, behaviour.odd) if behaviour.odd else completion
+
+
+def _odd(c: Completion, odd: str) -> Completion:
+    """The reply made odd but still valid JSON, as a careless or hostile upstream might send it."""
+    changes = {
+        "negative_usage": {"usage": {"prompt_tokens": -5, "completion_tokens": -7, "total_tokens": -12}},
+        "huge_usage": {"usage": {"prompt_tokens": 10 ** 400, "completion_tokens": 10 ** 20, "total_tokens": 10 ** 400}},
+        "float_usage": {"usage": {"prompt_tokens": 3.5, "completion_tokens": "12", "total_tokens": None}},
+        "surrogate": {"content": c.content + " \ud800"},  # sent as a lone "\ud800" escape
+        "list_content": {"content": [{"type": "text", "text": c.content}]},
+        "number_content": {"content": 42},
+        "null_content": {"content": None},
+        "odd_model": {"model": "odd-" + uuid.uuid4().hex},
+    }[odd]
+    return dataclasses.replace(c, **changes)
+
+
+def echoed_key(key: str, echo: str) -> str:
+    """An error message quoting the caller's key the way some upstreams do (KEY_ECHOES)."""
+    return {"plain": f"Incorrect API key provided: {key}",
+            "glued": f"invalid_key_{key} rejected",
+            "bare": f"key {key.removeprefix('sk-')} is not valid",
+            "tail": f"the key ending in ...{key[-10:]} is not valid"}[echo]
 
 
 def completion_json(c: Completion) -> dict:
@@ -373,13 +424,24 @@ def split_text(text: str, n: int) -> list[str]:
     return pieces
 
 
+def _encode_json(obj) -> bytes:
+    """JSON as UTF-8; text that UTF-8 cannot carry (a lone surrogate in an odd reply) is sent
+    as \\u escapes, which is still valid JSON."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def _sse(obj: dict) -> bytes:
     """One `data: <json>` event."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _encode_json(obj) + b"\n\n"
 
 
-def stream_events(c: Completion, b: Behaviour, include_usage: bool) -> list[tuple[float, bytes | None]]:
-    """Lays out one stream as (pause before it, event bytes) pairs; None marks the connection cut."""
+def stream_events(c: Completion, b: Behaviour, include_usage: bool,
+                  error_message: str | None = None) -> Iterable[tuple[float, bytes | None]]:
+    """Lays out one stream as (pause before it, event bytes) pairs; None marks the connection cut.
+    A list, except for the endless faults (sim:drip, sim:endless_line), which never end."""
     # With include_usage Moonshot follows OpenAI: "usage": null on every chunk but the extra one.
     null_usage = {"usage": None} if include_usage else {}
 
@@ -390,7 +452,16 @@ def stream_events(c: Completion, b: Behaviour, include_usage: bool) -> list[tupl
     def delta(d: dict) -> bytes:
         return chunk([{"index": 0, "delta": d, "finish_reason": None}], **null_usage)
 
-    content = split_text(c.content, b.chunks) if c.content else []
+    if b.drip is not None:
+        return itertools.chain([(0.0, delta({"role": "assistant", "content": ""}))],
+                               itertools.repeat((b.drip, delta({}))))
+    if b.endless_line:
+        return itertools.chain([(0.0, delta({"role": "assistant", "content": ""})), (0.0, b"data: ")],
+                               itertools.repeat((0.0, b"x" * 65536)))
+    if isinstance(c.content, str):
+        content = split_text(c.content, b.chunks) if c.content else []
+    else:  # an odd reply's content goes in one piece
+        content = [c.content]
     pieces = [{"reasoning_content": t} for t in c.reasoning] + [{"content": t} for t in content]
     for call in c.tool_calls:  # the first fragment names the call, the rest carry its arguments
         pieces.append({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
@@ -415,7 +486,15 @@ def stream_events(c: Completion, b: Behaviour, include_usage: bool) -> list[tupl
             events.append((0.0, chunk([], usage=c.usage)))
         if not b.no_done:
             events.append((0.0, _DONE_EVENT))
-    for after, bad_event in ((b.malformed_after, _MALFORMED_EVENT), (b.misshapen_after, _MISSHAPEN_EVENT)):
+        if b.done_then_silence:
+            events.append((_HANG_LIMIT_S, b""))
+    if b.error_after is not None:
+        at = first_content + min(b.error_after, len(content))
+        error = {"error": {"message": error_message or _ERROR_MESSAGES["engine_overloaded_error"],
+                           "type": b.type or "engine_overloaded_error"}}
+        events[at:] = [(0.0, _sse(error))]
+    for after, bad_event in ((b.malformed_after, _MALFORMED_EVENT), (b.misshapen_after, _MISSHAPEN_EVENT),
+                             (b.garbage_after, _GARBAGE_EVENTS)):
         if after is not None:
             at = first_content + min(after, len(content))
             if at < len(events):  # not past a cut
@@ -462,7 +541,8 @@ def _cut_connection(environ: dict) -> None:
 def _zero_stats() -> dict:
     """Fresh counters."""
     return {"chat_requests": 0, "stream_requests": 0, "models_requests": 0, "streams_started": 0,
-            "streams_completed": 0, "streams_aborted": 0, "open_streams": 0, "last_request": None}
+            "streams_completed": 0, "streams_aborted": 0, "open_streams": 0, "in_flight": 0,
+            "abandoned_before_headers": 0, "last_request": None}
 
 
 def _request_headers(environ: dict) -> dict:
@@ -509,11 +589,30 @@ def _status_line(code: int) -> str:
 
 def _json_response(start_response, status: int, payload: dict, extra_headers: list = ()) -> list[bytes]:
     """A JSON reply with Moonshot's headers."""
-    data = json.dumps(payload, ensure_ascii=False).encode()
+    data = _encode_json(payload)
     start_response(_status_line(status), [
         ("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(data))),
         ("Msh-Request-Id", str(uuid.uuid4())), *extra_headers])
     return [data]
+
+
+def _faulty_json_response(start_response, environ: dict, payload: dict, behaviour: Behaviour):
+    """A 200 JSON reply whose body goes wrong after the headers (sim:body): `cut` (the
+    connection closes halfway through the promised length), `stall` (half, then silence until
+    the client leaves), `drip` (a byte every sim:interval seconds, forever) or `malformed`
+    (a complete body that is not JSON)."""
+    data = _encode_json(payload)
+    if behaviour.body == "malformed":
+        data = data[: len(data) // 2]
+    length = 10 ** 9 if behaviour.body == "drip" else len(data)
+    start_response("200 OK", [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(length))])
+    if behaviour.body == "drip":
+        gap = behaviour.interval or 0.2
+        return ((gap, bytes([byte])) for byte in itertools.cycle(data))
+    if behaviour.body == "malformed":
+        return [(0.0, data)]
+    half = [(0.0, data[: len(data) // 2])]
+    return half + ([(0.0, None)] if behaviour.body == "cut" else [(_HANG_LIMIT_S, b"")])
 
 
 def _html_response(start_response, status: int) -> list[bytes]:
@@ -541,6 +640,7 @@ class Simulator:
         self._lock = threading.Lock()
         self._stats = _zero_stats()
         self._script: deque[Behaviour] = deque()
+        self._models_script: deque[Behaviour] = deque()
         self._released = threading.Event()  # set on server stop, so hung requests let go
         # False: answer /v1/models with a 404, like OpenAI-compatible servers that have no list.
         self.serves_models = True
@@ -559,10 +659,12 @@ class Simulator:
         """Zeroes the counters, clears the script queue and serves /v1/models again; open_streams
         stays, as it is a live gauge."""
         with self._lock:
-            open_streams = self._stats["open_streams"]
+            open_streams, in_flight = self._stats["open_streams"], self._stats["in_flight"]
             self._stats = _zero_stats()
             self._stats["open_streams"] = open_streams
+            self._stats["in_flight"] = in_flight
             self._script.clear()
+            self._models_script.clear()
         self.serves_models = True
 
     def script(self, responses: list[dict]) -> None:
@@ -576,6 +678,14 @@ class Simulator:
         behaviours = [make_behaviour(r) for r in responses]
         with self._lock:
             self._script.extend(behaviours)
+
+    def script_models(self, responses: list[dict]) -> None:
+        """Queues behaviours for the next `/v1/models` requests (status, delay, hang, body)."""
+        if not isinstance(responses, list) or not all(isinstance(r, dict) for r in responses):
+            raise ValueError("responses must be a list of objects")
+        behaviours = [make_behaviour(r) for r in responses]
+        with self._lock:
+            self._models_script.extend(behaviours)
 
     def _count(self, **deltas: int) -> None:
         """Adds to counters under the lock."""
@@ -600,13 +710,36 @@ class Simulator:
                 return _error_response(start_response, ApiError(
                     405, "invalid_request_error", f"Method {method} is not allowed for {path}"), [("Allow", allowed)])
             body = _read_json(environ) if method == "POST" else None
-            if not path.startswith("/_sim/"):  # polling the control endpoints must not hide the real request
-                record = {"path": path, "body": body, "headers": _request_headers(environ)}
-                with self._lock:
-                    self._stats["last_request"] = record
-            return handler(environ, start_response, body)
+            if path.startswith("/_sim/"):  # polling the control endpoints must not hide the real request
+                return handler(environ, start_response, body)
+            record = {"path": path, "body": body, "headers": _request_headers(environ)}
+            with self._lock:
+                self._stats["last_request"] = record
         except ApiError as error:
             return _error_response(start_response, error)
+        return self._in_flight(handler, environ, start_response, body)
+
+    def _in_flight(self, handler, environ, start_response, body):
+        """Serves an API request, counted in `in_flight` until its reply is over (sent, cut,
+        or abandoned by the client), so tests can see that a caller let go of the connection."""
+        self._count(in_flight=1)
+        try:
+            reply = handler(environ, start_response, body)
+        except ApiError as error:
+            reply = _error_response(start_response, error)
+        except BaseException:
+            self._count(in_flight=-1)
+            raise
+        return self._until_done(reply)
+
+    def _until_done(self, reply):
+        try:
+            yield from reply
+        finally:
+            close = getattr(reply, "close", None)
+            if close is not None:
+                close()
+            self._count(in_flight=-1)
 
     def _authorize(self, environ) -> None:
         """Bearer key check: exact match when configured, else any `sk-` key."""
@@ -617,12 +750,32 @@ class Simulator:
             raise ApiError(401, "invalid_authentication_error", "Invalid Authentication")
 
     def _models(self, environ, start_response, _body):
-        """GET /v1/models."""
+        """GET /v1/models, shaped by the next `script_models` item when there is one."""
         self._count(models_requests=1)
         if not self.serves_models:
             raise ApiError(404, "resource_not_found_error", "Not found the url /v1/models")
         self._authorize(environ)
-        return _json_response(start_response, 200, {"object": "list", "data": MODELS})
+        with self._lock:
+            behaviour = self._models_script.popleft() if self._models_script else Behaviour()
+        self._wait(behaviour, environ)
+        if behaviour.status is not None:
+            raise ApiError(behaviour.status, behaviour.type or _DEFAULT_ERROR_TYPE.get(behaviour.status, "server_error"),
+                           behaviour.message or "Simulated error", behaviour.retry_after)
+        payload = {"object": "list", "data": MODELS}
+        if behaviour.body:
+            return self._play(_faulty_json_response(start_response, environ, payload, behaviour), environ, stream=False)
+        return _json_response(start_response, 200, payload)
+
+    def _wait(self, behaviour: Behaviour, environ: dict) -> None:
+        """sim:hang and sim:delay: silence before the status line. A delay ends early when the
+        caller hangs up (as Moonshot stops work on a request nobody waits for)."""
+        if behaviour.hang:
+            # An Event instead of a sleep loop: one wake-up per hung request (cheap under load), and stop() ends it.
+            self._released.wait(_HANG_LIMIT_S)
+            raise ApiError(504, "server_error", "Gateway timeout (simulated hang)")
+        if behaviour.delay and not _pause_unless_client_left(behaviour.delay, environ):
+            self._count(abandoned_before_headers=1)
+            raise ApiError(499, "invalid_request_error", "The caller closed the connection (simulated)")
 
     def _chat(self, environ, start_response, body):
         """POST /v1/chat/completions: validate, apply the behaviour, answer as JSON or SSE."""
@@ -637,45 +790,53 @@ class Simulator:
                 behaviour = make_behaviour(parse_directives(request.last_user_text))
             except ValueError as exc:
                 raise _invalid(f"Invalid request: {exc}") from None
-        if behaviour.hang:
-            # An Event instead of a sleep loop: one wake-up per hung request (cheap under load), and stop() ends it.
-            self._released.wait(_HANG_LIMIT_S)
-            raise ApiError(504, "server_error", "Gateway timeout (simulated hang)")
-        if behaviour.delay:
-            time.sleep(behaviour.delay)
+        self._wait(behaviour, environ)
+        echoed = echoed_key(environ["HTTP_AUTHORIZATION"].partition(" ")[2].strip(), behaviour.echo_key) \
+            if behaviour.echo_key else None
         if behaviour.status is not None:
             error_type = behaviour.type or _DEFAULT_ERROR_TYPE.get(
                 behaviour.status, "server_error" if behaviour.status >= 500 else "invalid_request_error")
-            message = behaviour.message or _ERROR_MESSAGES.get(error_type, "Simulated error").format(
+            message = echoed or behaviour.message or _ERROR_MESSAGES.get(error_type, "Simulated error").format(
                 model=request.model, retry=_seconds(behaviour.retry_after or 1))
             if behaviour.html:
                 return _html_response(start_response, behaviour.status)
-            raise ApiError(behaviour.status, error_type, message, behaviour.retry_after)
+            headers = [("Retry-After", behaviour.retry_after_header)] if behaviour.retry_after_header else []
+            return _error_response(start_response, ApiError(behaviour.status, error_type, message, behaviour.retry_after),
+                                   headers)
         completion = make_completion(request, behaviour)
         if not request.stream:
+            if behaviour.body:
+                return self._play(_faulty_json_response(start_response, environ, completion_json(completion), behaviour),
+                                  environ, stream=False)
             return _json_response(start_response, 200, completion_json(completion))
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
                                   ("Msh-Request-Id", str(uuid.uuid4()))])
-        return self._play(stream_events(completion, behaviour, request.include_usage), environ)
+        events = stream_events(completion, behaviour, request.include_usage, echoed or behaviour.message)
+        return self._play(events, environ)
 
-    def _play(self, events: list, environ: dict):
-        """Yields a stream's events one per iteration, counting how it ended.
+    def _play(self, events: Iterable[tuple[float, bytes | None]], environ: dict, stream: bool = True):
+        """Yields a reply's pieces one per iteration, pausing before each as planned, and counts
+        how a stream ended. `events` is a list, or an endless iterator (never complete).
 
         A plain generator outside any reference cycle, so its `finally` runs on close() (the server
         noticed the client left) and, should a server skip close(), as soon as the server drops it.
         """
-        self._count(streams_started=1, open_streams=1)
+        if stream:
+            self._count(streams_started=1, open_streams=1)
+        last = len(events) - 1 if isinstance(events, list) else -1
         finished = False
         try:
             for i, (pause, data) in enumerate(events):
                 if pause and not _pause_unless_client_left(pause, environ):
                     return
-                finished = i == len(events) - 1  # the planned end counts as complete even if cut
+                finished = i == last  # the planned end counts as complete even if cut
                 if data is None:
                     _cut_connection(environ)
-                yield data
+                if data:  # b"" only marks a pause: written, it would end a chunked body
+                    yield data
         finally:
-            self._count(open_streams=-1, **{"streams_completed" if finished else "streams_aborted": 1})
+            if stream:
+                self._count(open_streams=-1, **{"streams_completed" if finished else "streams_aborted": 1})
 
     # -- control endpoints (no auth: tests only)
 

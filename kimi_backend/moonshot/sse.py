@@ -8,26 +8,41 @@ DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 
 
-def iter_data_lines(read: Callable[[], bytes]) -> Iterator[bytes]:
+class LineTooLong(ValueError):
+    """A line grew past the reader's limit without ending."""
+
+
+def iter_data_lines(read: Callable[[], bytes], max_line_bytes: int = 1 << 20) -> Iterator[bytes]:
     """Yields the payload of every `data:` line, as soon as its line is complete.
 
     `read` returns whatever bytes have arrived (at least one) or b"" at the end. Lines may
     end in LF or CRLF and may be split across reads anywhere, even inside a multi-byte
     character, since lines are split as bytes before any decoding. Comments and other
-    fields (`event:`, `id:`) are skipped.
+    fields (`event:`, `id:`) are skipped. A line longer than `max_line_bytes` raises
+    `LineTooLong`; the partial line is kept in one growing buffer, so a long line costs
+    linear time, not quadratic.
     """
-    buffer = b""
+    partial = bytearray()
     while True:
         block = read()
         if not block:
             return
-        buffer += block
         if b"\n" not in block:
+            partial += block
+            if len(partial) > max_line_bytes:
+                raise LineTooLong(f"an SSE line passed {max_line_bytes} bytes")
             continue
-        *lines, buffer = buffer.split(b"\n")
+        first, *lines, rest = block.split(b"\n")
+        partial += first
+        lines.insert(0, bytes(partial))
+        partial = bytearray(rest)
         for line in lines:
+            if len(line) > max_line_bytes:
+                raise LineTooLong(f"an SSE line passed {max_line_bytes} bytes")
             if line.startswith(b"data:"):
                 yield line[5:].strip()
+        if len(partial) > max_line_bytes:
+            raise LineTooLong(f"an SSE line passed {max_line_bytes} bytes")
 
 
 def event(payload: dict) -> bytes:

@@ -1,0 +1,120 @@
+"""Reading request bodies within bounds: at most MAX_BODY_BYTES (a chunked body, whose size is
+not announced, is counted as it arrives) and within REQUEST_BODY_TIMEOUT_S, so a client that
+sends its body slowly, or never, cannot hold a connection and its worker slot for long.
+
+Without nginx in front nothing else bounds this: gunicorn's async workers time out a request's
+headers (its `keepalive` setting) but not its body.
+"""
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from flask import Flask, current_app, request
+from gunicorn.http.errors import ParseException
+from werkzeug.wsgi import get_input_stream
+
+from .errors import ApiError
+
+_READ_BLOCK = 65536
+
+
+class BodyTimeout(Exception):
+    """The body did not arrive within REQUEST_BODY_TIMEOUT_S."""
+
+
+def read_body() -> None:
+    """`before_request`: reads the whole body now, within the size and time limits, and hands
+    it on in memory (so the views' own reading is instant). 413 or 408 otherwise."""
+    environ = request.environ
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if not chunked and not request.content_length:
+        return
+    settings = current_app.config["SETTINGS"]
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise _too_large(settings.max_body_bytes)
+    sock = environ.get("gunicorn.socket")
+    # Bounded by Content-Length (or the server's own end of a chunked body): a server whose raw
+    # input runs on into the next request (Flask's development server) would otherwise block.
+    stream = get_input_stream(environ)
+    body = bytearray()
+    try:
+        with _deadline(settings.request_body_timeout_s, sock):
+            while block := stream.read(_READ_BLOCK):
+                body += block
+                if len(body) > settings.max_body_bytes:
+                    raise _too_large(settings.max_body_bytes)
+    except ParseException:
+        raise ApiError(400, "bad_request", "The request body's chunked framing is malformed.") from None
+    except (BodyTimeout, OSError):
+        if sock is not None:
+            _stop_reading(sock)  # the rest of the body is not wanted: the connection ends after the answer
+        raise ApiError(408, "request_timeout", f"The request body did not arrive within {settings.request_body_timeout_s:g} "
+                       "seconds (REQUEST_BODY_TIMEOUT_S).") from None
+    environ["wsgi.input"] = io.BytesIO(bytes(body))
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"Request body too large: the limit is {limit} bytes.")
+
+
+@contextmanager
+def _deadline(seconds: float, sock) -> Iterator[None]:
+    """Raises BodyTimeout in the reading code once `seconds` have passed. Under gevent a
+    gevent.Timeout interrupts the read (cheap: a timer on the hub, no greenlet); elsewhere a
+    timer thread shuts the socket's read side, which ends a blocked read."""
+    gevent_timeout = _gevent_timeout()
+    if gevent_timeout is not None:
+        timer = gevent_timeout.start_new(seconds, BodyTimeout)
+        try:
+            yield
+        finally:
+            timer.close()
+        return
+    if sock is None:  # not served from a socket (the test client): nothing can be slow
+        yield
+        return
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _stop_reading(sock)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise BodyTimeout()
+
+
+def _gevent_timeout():
+    """gevent's Timeout class when this process runs under gevent (its sockets patched)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return None
+    if not monkey.is_module_patched("socket"):
+        return None
+    import gevent
+    return gevent.Timeout
+
+
+def _stop_reading(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # already closed
+
+
+def init_app(app: Flask) -> None:
+    """Installs the body reader; register after the request record opens, so refusals are logged."""
+    app.before_request(read_body)

@@ -1,0 +1,114 @@
+"""What we accept from the upstream's replies. Valid JSON can still be unusable: text that
+UTF-8 cannot carry (a lone surrogate escape), content that is not text, token counts that
+are negative, fractional or astronomically large, a model id that is not an id. Each reply
+and stream chunk is checked and made safe here, once, so nothing after the client meets it."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# More tokens than any model's window many times over: a count past this is not a count.
+MAX_TOKEN_COUNT = 10 ** 12
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9._:/\-]{1,128}$")
+
+
+class UnusableReply(ValueError):
+    """The reply is JSON, but not a chat completion (or chunk) we can read."""
+
+
+def may_hold_surrogates(raw: bytes) -> bool:
+    """Whether JSON text could decode to a lone surrogate (only a `\\uD800`–`\\uDFFF` escape can)."""
+    return b"\\ud" in raw or b"\\uD" in raw
+
+
+def encodable(value: Any) -> Any:
+    """`value` with every string made encodable as UTF-8: surrogate pairs joined, lone
+    surrogates replaced by U+FFFD."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {encodable(key): encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [encodable(item) for item in value]
+    return value
+
+
+def text(value: Any) -> str | None:
+    """Message content as text: a string, None, or a list of text parts (joined); anything
+    else is not content."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(part, dict) for part in value):
+        return "".join(part["text"] for part in value if part.get("type") == "text" and isinstance(part.get("text"), str))
+    raise UnusableReply("content is neither text nor a list of text parts")
+
+
+def usage(value: Any) -> dict | None:
+    """The usage object when every count in it is a whole number in range; otherwise None
+    (unknown), never a count that would corrupt totals or crash a counter."""
+    if not isinstance(value, dict):
+        return None
+    for name in USAGE_COUNTS:
+        count = value.get(name)
+        if name in value and not (type(count) is int and 0 <= count <= MAX_TOKEN_COUNT):
+            return None
+    return value
+
+
+def model(value: Any) -> str | None:
+    """The reply's model id when it looks like one, else None (the model we asked for stands)."""
+    return value if isinstance(value, str) and _MODEL_ID.match(value) else None
+
+
+def completion(body: Any) -> dict:
+    """A non-streamed reply with its first choice's message content as text, its usage
+    checked and its model id sane; raises UnusableReply when it has no readable choice."""
+    if not isinstance(body, dict):
+        raise UnusableReply("the reply is not a JSON object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not all(isinstance(choice, dict) for choice in choices):
+        raise UnusableReply("the reply has no choices")
+    for choice in choices:
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise UnusableReply("a choice has no message")
+        _clean_turn(message, choice)
+    body["usage"] = usage(body.get("usage"))
+    body["model"] = model(body.get("model"))
+    return body
+
+
+def chunk(body: Any) -> dict:
+    """A stream chunk with its deltas' text checked, its usage (top level or in a choice)
+    checked and its model id sane; raises UnusableReply for another shape."""
+    if not isinstance(body, dict):
+        raise UnusableReply("the chunk is not a JSON object")
+    choices = body.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        raise UnusableReply("the chunk's choices are not a list of objects")
+    for choice in choices:
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise UnusableReply("a choice's delta is not an object")
+        _clean_turn(delta, choice)
+        choice["delta"] = delta
+        if "usage" in choice:
+            choice["usage"] = usage(choice["usage"])
+    if "usage" in body:
+        body["usage"] = usage(body["usage"])
+    if "model" in body:
+        body["model"] = model(body["model"])
+    return body
+
+
+def _clean_turn(message: dict, choice: dict) -> None:
+    for name in ("content", "reasoning_content"):
+        if name in message:
+            message[name] = text(message[name])
+    if not isinstance(choice.get("finish_reason"), (str, type(None))):
+        choice["finish_reason"] = None

@@ -1,0 +1,133 @@
+"""The gunicorn workers `make run` uses: gunicorn's own gevent and gthread workers with three
+additions the WSGI app cannot make itself.
+
+- HTTP that gunicorn refuses before the app sees it (a malformed request line or header, a
+  bad or duplicate Content-Length, Content-Length with Transfer-Encoding, bare CR/LF/NUL in a
+  header, an oversized URI or header block, a lowercase method, an unknown `Expect`) is
+  answered with the service's JSON error shape, a request id and the security headers, not
+  gunicorn's HTML page; each such answer writes an access line.
+- Connections per client address are capped (gevent worker): beyond MAX_CONNECTIONS_PER_IP a
+  new connection gets a JSON 429 and is closed, so a few addresses holding slow connections
+  cannot take every slot. Behind a trusted proxy every connection comes from the proxy, so the
+  cap is off there (the proxy limits per client: see deploy/nginx.conf).
+- SIGTERM tells the app (`app.extensions["shutdown"]`), so open streams end in-band with a
+  `shutting_down` event inside the graceful timeout instead of being cut.
+
+gunicorn.conf.py loads this file on its own in the master, so it imports nothing of the
+package and only gunicorn's own worker modules.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import uuid
+from collections import Counter
+
+from gunicorn import util
+
+access_log = logging.getLogger("kimi_backend.access")
+
+# What each status gunicorn answers by itself means to a client, in the service's words.
+_ERRORS = {
+    400: ("bad_request", "The request is not valid HTTP/1.1 (its request line, a header or its body framing is malformed)."),
+    403: ("forbidden", "The request was refused."),
+    414: ("uri_too_long", "The request line is too long."),
+    417: ("expectation_failed", "The Expect header names an expectation this server does not support."),
+    429: ("too_many_connections", "Too many open connections from this address; close some and retry."),
+    431: ("headers_too_large", "The request's headers are too large."),
+    501: ("not_implemented", "The request uses a Transfer-Encoding this server does not support."),
+}
+_INTERNAL = ("internal_error", "Internal server error. Quote the request_id when reporting it.")
+# The headers every response of the app carries (flask-talisman's), minus those about pages.
+_SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                     ("Referrer-Policy", "no-referrer"),
+                     ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"))
+
+
+def json_error(status: int, reason: str, extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A complete `Connection: close` HTTP response carrying the JSON error for `status`;
+    logs the access line the app would have written."""
+    code, message = _ERRORS.get(status, _INTERNAL)
+    request_id = uuid.uuid4().hex
+    body = json.dumps({"success": False, "error": message, "code": code, "request_id": request_id}).encode()
+    headers = [("Connection", "close"), ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+               ("X-Request-ID", request_id), *_SECURITY_HEADERS, *extra_headers]
+    head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n"
+    access_log.info("request", extra={"fields": {"request_id": request_id, "route": "unparsed", "status": status,
+                                                 "outcome": code}})
+    return head.encode("latin-1") + body
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """Stands in for gunicorn's `util.write_error`, which writes an HTML page. gunicorn's text
+    (`mesg`) quotes the offending input, so it is not echoed."""
+    util.write_nonblock(sock, json_error(status_int, reason))
+
+
+class _ServiceWorkerMixin:
+    """JSON for gunicorn's own error answers, and SIGTERM passed on to the app."""
+
+    def init_process(self):
+        """gunicorn writes every error answer through `util.write_error`; this worker's
+        process uses the JSON one instead."""
+        util.write_error = write_json_error
+        super().init_process()
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM: gunicorn's graceful stop, and the app's streams told how long they have."""
+        super().handle_exit(sig, frame)
+        shutdown = getattr(self.wsgi, "extensions", {}).get("shutdown")
+        if shutdown is not None:
+            shutdown.begin(self.cfg.graceful_timeout)
+
+
+def gevent_worker(max_connections_per_ip: int):
+    """gunicorn's gevent worker with the service's additions and this per-address cap (0: none)."""
+    from gunicorn.workers.ggevent import GeventWorker
+
+    class ServiceGeventWorker(_ServiceWorkerMixin, GeventWorker):
+        """gunicorn's gevent worker, with JSON errors, a per-address connection cap and
+        in-band stream endings on SIGTERM."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.open_per_ip: Counter[str] = Counter()
+
+        def handle(self, listener, client, addr):
+            """Serves one connection unless its address already holds the most allowed.
+            (One greenlet at a time runs here, so the counter needs no lock.)"""
+            ip = addr[0] if isinstance(addr, tuple) else ""
+            if max_connections_per_ip and self.open_per_ip[ip] >= max_connections_per_ip:
+                self._refuse(client)
+                return
+            self.open_per_ip[ip] += 1
+            try:
+                super().handle(listener, client, addr)
+            finally:
+                self.open_per_ip[ip] -= 1
+                if not self.open_per_ip[ip]:
+                    del self.open_per_ip[ip]
+
+        @staticmethod
+        def _refuse(client) -> None:
+            try:
+                client.sendall(json_error(429, "Too Many Requests", (("Retry-After", "1"),)))
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                util.close(client)
+
+    return ServiceGeventWorker
+
+
+def thread_worker():
+    """gunicorn's gthread worker with JSON errors and in-band stream endings on SIGTERM (no
+    per-address cap: its threads bound it; put nginx in front)."""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    class ServiceThreadWorker(_ServiceWorkerMixin, ThreadWorker):
+        """gunicorn's gthread worker with JSON errors and in-band stream endings on SIGTERM."""
+
+    return ServiceThreadWorker

@@ -1,0 +1,132 @@
+"""Property tests (hypothesis): the SSE reader and writer for any text, split at any byte, with
+long lines; upstream text made encodable; the key redacted in any surrounding; request
+validation that answers every body with a model or a 400 naming a real field."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kimi_backend.errors import ApiError
+from kimi_backend.moonshot import replies
+from kimi_backend.moonshot.redaction import FRAGMENT_CHARS, KeyRedactor
+from kimi_backend.moonshot.sse import LineTooLong, event, iter_data_lines
+from kimi_backend.schemas import CompletionRequest, HistoryRequest, OpenAIChatRequest, StreamRequest, parse
+
+# Any JSON value, with any Unicode text (lone surrogates excluded: JSON text on the wire is
+# UTF-8, which cannot carry them; replies.encodable handles those, tested below).
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)))
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | TEXT,
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=12)
+# What else may sit between events in a valid SSE stream, which the reader must skip.
+NOISE = st.sampled_from([b": keep-alive\n\n", b"event: ping\n", b"id: 7\r\n", b"retry: 100\n", b"\n", b"\r\n",
+                         b": \xff\xfe not utf-8\n"])
+
+
+def feed(data: bytes, cuts: list[int]):
+    """A `read` callable handing out `data` in pieces cut at the given offsets, then b""."""
+    bounds = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
+    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    pieces.reverse()
+    return lambda: pieces.pop() if pieces else b""
+
+
+@given(payloads=st.lists(st.dictionaries(TEXT, JSON, max_size=5), max_size=8),
+       noise=st.lists(NOISE, max_size=8), crlf=st.booleans(), cuts=st.lists(st.integers(0, 10 ** 6), max_size=40))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_the_reader_yields_every_event_the_writer_wrote_however_the_bytes_are_split(payloads, noise, crlf, cuts):
+    stream = b""
+    for i, payload in enumerate(payloads):
+        written = event(payload)
+        assert written.startswith(b"data: ") and written.endswith(b"\n\n") and written.count(b"\n") == 2
+        stream += (written.replace(b"\n\n", b"\r\n\r\n") if crlf else written) + (noise[i] if i < len(noise) else b"")
+    read = list(iter_data_lines(feed(stream, cuts)))
+    assert [json.loads(data) for data in read] == payloads
+
+
+@given(line=st.binary(min_size=1, max_size=5000).filter(lambda b: b"\n" not in b), limit=st.integers(1, 4000),
+       cuts=st.lists(st.integers(0, 10 ** 6), max_size=20), terminated=st.booleans())
+def test_a_line_longer_than_the_limit_is_refused_and_others_pass(line, limit, cuts, terminated):
+    data = b"data: " + line + (b"\n" if terminated else b"")
+    read = feed(data, cuts)
+    if len(data.rstrip(b"\n")) > limit:
+        with pytest.raises(LineTooLong):
+            list(iter_data_lines(read, limit))
+    else:
+        assert list(iter_data_lines(read, limit)) == ([line.strip()] if terminated else [])
+
+
+def test_a_long_line_costs_linear_time():
+    """40 MB without a newline, a byte block at a time, used to take seconds (quadratic
+    concatenation); capped, it stops at the cap, and uncapped it is still quick."""
+    blocks = [b"x" * 4096] * 10_000
+    reader = iter(blocks)
+    with pytest.raises(LineTooLong):
+        list(iter_data_lines(lambda: next(reader, b""), max_line_bytes=1 << 20))
+    reader = iter(blocks + [b"\n"])
+    assert list(iter_data_lines(lambda: next(reader, b""), max_line_bytes=1 << 30)) == []
+
+
+@given(st.text())
+def test_any_upstream_text_becomes_encodable_and_keeps_what_was_valid(text):
+    cleaned = replies.encodable(text)
+    cleaned.encode("utf-8")
+    assert replies.encodable(cleaned) == cleaned
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        assert cleaned == text
+    event({"content": cleaned})
+
+
+@given(before=TEXT, after=TEXT, secret=st.text(st.characters(min_codepoint=48, max_codepoint=122).filter(str.isalnum),
+                                               min_size=20, max_size=60),
+       form=st.sampled_from(["whole", "bare", "tail", "glued", "head"]))
+def test_no_part_of_the_key_that_could_identify_it_survives_redaction(before, after, secret, form):
+    key = "sk-" + secret
+    shown = {"whole": key, "bare": secret, "tail": secret[-FRAGMENT_CHARS:], "glued": f"invalid_key_{key}",
+             "head": secret[:FRAGMENT_CHARS + 2]}[form]
+    redacted = KeyRedactor(key)(before + shown + after)
+    for i in range(len(secret) - FRAGMENT_CHARS + 1):
+        assert secret[i:i + FRAGMENT_CHARS] not in redacted
+
+
+@given(text=TEXT)
+def test_redaction_leaves_text_without_the_key_alone(text):
+    key = "sk-QmZ7xV9pL2wR8tY4nB6cD1fG3hJ5kS0a"
+    if not any(key[3:][i:i + FRAGMENT_CHARS] in text for i in range(len(key) - 3 - FRAGMENT_CHARS + 1)) \
+            and "sk-" not in text.lower() and "bearer" not in text.lower():
+        assert KeyRedactor(key)(text) == text
+
+
+SCHEMAS = [CompletionRequest, HistoryRequest, StreamRequest, OpenAIChatRequest]
+
+
+def _fields(schema) -> set[str]:
+    names = set(schema.model_fields)
+    return names | {"messages", "role", "content"}
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[schema.__name__ for schema in SCHEMAS])
+@given(body=st.one_of(JSON, st.fixed_dictionaries({}, optional={
+    "message": JSON, "messages": JSON | st.lists(st.fixed_dictionaries({}, optional={"role": JSON, "content": JSON})),
+    "model": JSON, "temperature": JSON, "top_p": JSON, "max_tokens": JSON, "thinking": JSON, "system": JSON})))
+@settings(max_examples=200)
+def test_validation_answers_every_body_with_a_model_or_a_400_naming_a_real_field(schema, body):
+    try:
+        parse(schema, json.dumps(body).encode())
+    except ApiError as error:
+        assert error.status == 400
+        assert error.code in ("invalid_json", "invalid_body", "invalid_request")
+        if error.code == "invalid_request":
+            named = error.message.split("'")[1]
+            assert named.split(".")[0] in _fields(schema), error.message
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=[schema.__name__ for schema in SCHEMAS])
+@given(raw=st.binary(max_size=200))
+def test_validation_answers_any_bytes_with_a_model_or_a_400(schema, raw):
+    try:
+        parse(schema, raw)
+    except ApiError as error:
+        assert error.status == 400 and error.code in ("invalid_json", "invalid_body", "invalid_request")
