@@ -18,7 +18,12 @@ RUN pip install -r requirements.txt
 # the service's user can read its code but not change it.
 COPY . .
 
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin kimi
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin kimi \
+    && mkdir /app/data && chown 10001:10001 /app/data
+# The usage ledger (SQLite) in the one directory the service may write: mount a volume there
+# to keep it across containers (or set USAGE_DATABASE_URL=postgresql://...).
+ENV USAGE_DATABASE_URL=sqlite:////app/data/kimi-usage.sqlite3
+VOLUME ["/app/data"]
 USER 10001:10001
 
 EXPOSE 3000

@@ -2,7 +2,7 @@
 straight to the simulator, through the reference minimal proxy, and through our service,
 at the same number of processes. Uses wrk (Debian package `wrk`) as the load generator.
 
-    python benchmarks/latency.py [--seconds 10]
+    python benchmarks/latency.py [--seconds 10] [--usage-only] [--usage-rounds 3]
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,9 +67,45 @@ def measure(target, url: str, body: dict, seconds: int, headers: dict | None = N
             "cpu_ms": cpu_ms, "errors": single["errors"] + loaded["errors"]}
 
 
+# Issue 13: the usage ledger (SQLite, the default) and token budgets (per client and for the
+# service, set far out of reach so every request is reserved and settled but none refused).
+USAGE_SETUPS = [
+    ("ledger + budgets off", {"USAGE_LEDGER": "false"}),
+    ("ledger + budgets on", {"TOKEN_BUDGET_PER_DAY": "1000000000000", "TOKEN_BUDGET_TOTAL_PER_DAY": "1000000000000"}),
+]
+
+
+def usage_overhead(simulator, direct: dict, seconds: int, rounds: int) -> None:
+    """Our service (default worker) with the ledger and budgets off and on, alternated
+    `rounds` times so drift on a shared machine hits both alike; medians of the rounds."""
+    print("\n## /api/chat/completion with the usage ledger and token budgets off and on (1 gevent worker)\n")
+    print("| setup | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | CPU ms/req | errors |")
+    print("|---|---|---|---|---|---|---|")
+    results: dict[str, list[dict]] = {label: [] for label, _ in USAGE_SETUPS}
+    for _ in range(rounds):
+        for label, env in USAGE_SETUPS:
+            target = start_service(simulator.url, **env)
+            try:
+                results[label].append(measure(target, target.url + "/api/chat/completion", {"message": "hello"}, seconds))
+            finally:
+                target.stop()
+    rows = {}
+    for label, runs in results.items():
+        rows[label] = r = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p99", "rps", "cpu_ms")}
+        errors = sum(run["errors"] for run in runs)
+        print(f"| {label} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | {r['rps']:.0f} | "
+              f"{r['cpu_ms']:.2f} | {errors} |", flush=True)
+    off, on = rows[USAGE_SETUPS[0][0]], rows[USAGE_SETUPS[1][0]]
+    added = (on["p50"] - direct["p50"]) / max(1e-9, off["p50"] - direct["p50"])
+    print(f"| **on / off** | | | **{added:.2f}x** | **{on['rps'] / off['rps']:.2f}x** | {on['cpu_ms'] / off['cpu_ms']:.2f}x | |",
+          flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--usage-only", action="store_true", help="only the ledger and budgets off/on comparison")
+    parser.add_argument("--usage-rounds", type=int, default=3, help="off/on alternations for that comparison")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -78,6 +115,9 @@ def main(argv=None) -> int:
         direct = measure(None, simulator.url + "/chat/completions",
                          {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE}]},
                          args.seconds, {"Authorization": f"Bearer {BENCH_KEY}"})
+        if args.usage_only:
+            usage_overhead(simulator, direct, args.seconds, args.usage_rounds)
+            return 0
         print("\n## /api/chat/completion: latency at 1 connection, throughput at 16\n")
         print("| setup | target | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | p99 ms (16 conn) | CPU ms/req | errors |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -124,6 +164,7 @@ def main(argv=None) -> int:
                 print(f"| {label} | **vs LiteLLM** | | | | **{rows['kimi-backend /v1']['rps'] / lite['rps']:.1f}x** (/v1), "
                       f"**{ours['rps'] / lite['rps']:.1f}x** (/api) throughput | | "
                       f"{rows['kimi-backend /v1']['cpu_ms'] / lite['cpu_ms']:.2f}x | |", flush=True)
+        usage_overhead(simulator, direct, args.seconds, args.usage_rounds)
     finally:
         simulator.stop()
     return 0

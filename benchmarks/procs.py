@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def free_port() -> int:
 
 def _clean_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "WEB_", "WORKER_", "GUNICORN_"))}
+           if not k.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "WEB_", "WORKER_", "GUNICORN_", "USAGE_",
+                                "TOKEN_BUDGET"))}
     env.update(DOTENV_PATH="", **extra)
     return env
 
@@ -114,6 +116,7 @@ def start_service(upstream: str, **env: str) -> Proc:
     port = free_port()
     settings = dict(KIMI_API_KEY=BENCH_KEY, KIMI_BASE_URL=upstream, PORT=str(port), HOST="127.0.0.1",
                     RATE_LIMIT_MAX_REQUESTS="100000000", LOG_LEVEL="warning",
+                    USAGE_DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='kimi-bench-usage-')}/usage.sqlite3",
                     # One load generator plays every client from one address.
                     MAX_CONNECTIONS_PER_IP="0")
     settings.update(env)

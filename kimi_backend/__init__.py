@@ -20,19 +20,20 @@ from .logs import configure_logging
 from .moonshot.client import MoonshotClient, ReplyLimits
 from .proxies import trust_proxies
 from .service import KimiService
-from . import intake, telemetry, tokens
+from . import intake, telemetry, tokens, usage
 
 __version__ = "1.0.0"
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-EXPOSED_HEADERS = ["X-Request-ID", "X-Kimi-Dropped-Params", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+EXPOSED_HEADERS = ["X-Request-ID", "X-Kimi-Dropped-Params", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                   "X-RateLimit-Reset", usage.BUDGET_HEADER]
 ALLOWED_HEADERS = ["Content-Type", "x-api-key", "Authorization", "X-Request-ID"]
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Builds the app: settings → logging → upstream → request ids, telemetry and body intake
-    → extensions → errors → routes.
+    """Builds the app: settings → logging → upstream → usage (budgets, ledger) → request ids,
+    telemetry and body intake → extensions → errors → routes.
 
     `test_config` overrides environment variables by name (same names, same parsing).
     """
@@ -41,6 +42,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     configure_app(app, settings)
     configure_logging(settings.log_level, telemetry.current_request_id)
     connect_upstream(app, settings)
+    usage.init_app(app, settings)
     register_request_hooks(app)
     telemetry.init_app(app)
     intake.init_app(app)
@@ -129,6 +131,7 @@ def register_blueprints(app: Flask) -> None:
     """Mounts the routes and the test page."""
     from .api import chat, health, metrics, openai, openapi, ready
     from .api import tokens as token_routes
+    from .api import usage as usage_api
 
     app.register_blueprint(health.bp)
     app.register_blueprint(health.info_bp)
@@ -139,6 +142,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(token_routes.admin_bp)
     app.register_blueprint(token_routes.session_bp)
+    app.register_blueprint(usage_api.bp)
 
     @app.get("/")
     @openapi.produces("text/html")

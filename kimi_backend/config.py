@@ -7,6 +7,7 @@ naming the variable, and startup stops there.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -134,6 +135,65 @@ def _secret_file(name: str, raw: Any) -> str:
         raise ConfigError(f"{name} points to {path!r}, which cannot be read ({exc.strerror}).") from None
 
 
+def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
+    """A whole number, or None for an empty value (the setting is off)."""
+    parse = _int(minimum)
+
+    def parse_optional(name: str, raw: Any) -> int | None:
+        return None if str(raw).strip() == "" else parse(name, raw)
+    return parse_optional
+
+
+_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
+            "postgresql+psycopg": "postgresql+psycopg"}
+
+
+def _database_url(name: str, raw: Any) -> str:
+    """A SQLAlchemy URL for SQLite or PostgreSQL; `postgresql://` means the psycopg driver we ship."""
+    value = str(raw).strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in _SCHEMES:
+        raise ConfigError(f"{name} must be a sqlite:///path or postgresql://user@host/db URL, got a {scheme or 'malformed'} URL.")
+    return f"{_SCHEMES[scheme]}://{rest}"
+
+
+_KEY_ID = re.compile(r"^(?:key:)?([0-9a-f]{12})$")
+
+
+def _key_budgets(name: str, raw: Any) -> tuple[tuple[str, int], ...]:
+    """`<key-id>:<tokens>,...`: per-key daily token budgets, the key id being the 12 hex
+    digits a client key has in the logs (`key:<id>`)."""
+    budgets = []
+    for entry in _list(name, raw):
+        key, _, tokens = entry.rpartition(":")
+        match = _KEY_ID.match(key.strip())
+        if not match:
+            raise ConfigError(f"{name} entries must be <key-id>:<tokens>, the key id being the 12 hex digits "
+                              f"of key:<id> in the logs, got {entry!r}.")
+        budgets.append((match.group(1), _int(0)(name, tokens)))
+    return tuple(budgets)
+
+
+def key_id(key: str) -> str:
+    """The short, stable id of a client key (the first 12 hex digits of its SHA-256)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _key_file_entries(name: str, text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    """The keys of a key file, one per line (or comma-separated), each optionally followed by
+    ` budget=<tokens>`, its daily token budget."""
+    keys, budgets = [], []
+    for entry in _list(name, text):
+        key, *options = entry.split()
+        for option in options:
+            label, _, tokens = option.partition("=")
+            if label != "budget":
+                raise ConfigError(f"{name}: after a key only budget=<tokens> may follow, got {option!r}.")
+            budgets.append((key_id(key), _int(0)(name, tokens)))
+        keys.append(key)
+    return tuple(keys), tuple(budgets)
+
+
 def worker_concurrency(environ: Mapping[str, str]) -> int:
     """How many requests one gunicorn worker serves at once, from the same variables
     gunicorn.conf.py reads, so the upstream connection pool can match it."""
@@ -197,6 +257,14 @@ VARIABLES: dict[str, tuple[Any, Callable[[str, Any], Any]]] = {
     "ANON_TOKEN_TTL_S": ("600", _int(1, 604800)),
     "ANON_TOKEN_BUDGET": ("20000", _int(1)),
     "ANON_SESSIONS_PER_HOUR": ("10", _int(1)),
+    "USAGE_LEDGER": ("true", _bool),
+    "USAGE_DATABASE_URL": ("sqlite:///kimi-usage.sqlite3", _database_url),
+    "USAGE_QUEUE_SIZE": ("10000", _int(1)),
+    "USAGE_FLUSH_INTERVAL_S": ("1", _seconds),
+    "TOKEN_BUDGET_PER_DAY": ("", _optional_int(1)),
+    "TOKEN_BUDGETS": ("", _key_budgets),
+    "TOKEN_BUDGET_TOTAL_PER_DAY": ("", _optional_int(1)),
+    "TOKEN_BUDGET_OUTPUT_RESERVE": ("4096", _int(1)),
 }
 
 
@@ -249,6 +317,14 @@ class Settings:
     anon_token_ttl_s: int
     anon_token_budget: int
     anon_sessions_per_hour: int
+    usage_ledger: bool
+    usage_database_url: str = field(repr=False)
+    usage_queue_size: int
+    usage_flush_interval_s: float
+    token_budget_per_day: int | None
+    token_budgets: tuple[tuple[str, int], ...]
+    token_budget_total_per_day: int | None
+    token_budget_output_reserve: int
 
     @property
     def production(self) -> bool:
@@ -303,7 +379,8 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
     if offline:
         api_key = OFFLINE_API_KEY
 
-    client_keys = values["VALID_API_KEYS"] + _list("VALID_API_KEYS_FILE", values["VALID_API_KEYS_FILE"] or "")
+    file_keys, file_budgets = _key_file_entries("VALID_API_KEYS_FILE", values["VALID_API_KEYS_FILE"] or "")
+    client_keys = values["VALID_API_KEYS"] + file_keys
     if values["REQUIRE_API_KEY"] and not client_keys:
         raise ConfigError("REQUIRE_API_KEY is true but VALID_API_KEYS (or VALID_API_KEYS_FILE) lists no keys.")
     if values["ANONYMOUS_TOKENS"] and not values["TOKEN_SECRET"]:
@@ -358,4 +435,13 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
         anon_token_ttl_s=values["ANON_TOKEN_TTL_S"],
         anon_token_budget=values["ANON_TOKEN_BUDGET"],
         anon_sessions_per_hour=values["ANON_SESSIONS_PER_HOUR"],
+        usage_ledger=values["USAGE_LEDGER"],
+        usage_database_url=values["USAGE_DATABASE_URL"],
+        usage_queue_size=values["USAGE_QUEUE_SIZE"],
+        usage_flush_interval_s=values["USAGE_FLUSH_INTERVAL_S"],
+        token_budget_per_day=values["TOKEN_BUDGET_PER_DAY"],
+        # TOKEN_BUDGETS wins over a budget in the key file for the same key.
+        token_budgets=file_budgets + values["TOKEN_BUDGETS"],
+        token_budget_total_per_day=values["TOKEN_BUDGET_TOTAL_PER_DAY"],
+        token_budget_output_reserve=values["TOKEN_BUDGET_OUTPUT_RESERVE"],
     )

@@ -29,6 +29,14 @@ TOKENS = Counter("kimi_tokens_total", "Tokens used, by model and direction (in =
                  ["model", "direction"])
 ACTIVE_STREAMS = Gauge("kimi_active_streams", "Streams being relayed right now.", multiprocess_mode="livesum")
 RATE_LIMITED = Counter("kimi_rate_limit_rejections_total", "Requests refused by our own rate limit.", ["route"])
+BUDGET_REFUSALS = Counter("kimi_token_budget_rejections_total", "Chat requests refused by a token budget, by budget.",
+                          ["budget"])
+BUDGET_SETTLE_FAILURES = Counter("kimi_token_budget_settle_failures_total",
+                                 "Requests whose budget could not be settled (the limiter's storage failed).")
+LEDGER_ROWS = Counter("kimi_usage_ledger_rows_total",
+                      "Usage ledger rows by fate: written, or lost because the queue was full or the database failed.",
+                      ["result"])
+LEDGER_WRITE_ERRORS = Counter("kimi_usage_ledger_write_errors_total", "Failed attempts to write a batch to the usage database.")
 
 
 # Every label takes values from a bounded set, so no caller or upstream can grow /metrics

@@ -14,6 +14,7 @@ from .moonshot.client import MoonshotClient
 from .schemas import ChatOptions
 from .streaming import relay
 from .telemetry import current_exchange
+from .usage import reserve_tokens
 
 
 class KimiService:
@@ -51,6 +52,7 @@ class KimiService:
         fitted = self.policy.fit(payload, thinking)
         g.dropped_params = fitted.dropped
         current_exchange().requested(fitted.requested, fitted.served, payload["messages"])
+        reserve_tokens(fitted.payload)
         return fitted.payload
 
     def chat(self, payload: dict) -> dict:

@@ -67,6 +67,19 @@ def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue, request_id: str) ->
         stream.close()
 
 
+def _text_bytes(delta) -> int:
+    """How much generated text a chunk's delta carries (answer, reasoning, tool-call arguments),
+    in bytes: what a stream cut short before its usage is charged for."""
+    if not isinstance(delta, dict):
+        return 0
+    size = sum(len(str(delta.get(name) or "").encode()) for name in ("content", "reasoning_content"))
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            size += len(str(function.get("arguments") or "").encode())
+    return size
+
+
 class ContractEvents:
     """The original contract's events (`/api/chat/stream`): `{"content"}` pieces, reasoning as
     `{"content": "", "reasoning"}`, one final event with the usage, then `[DONE]`."""
@@ -107,6 +120,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
     watch_s = CLIENT_POLL_S if client_gone or shutting_down else keepalive_s
     finish_reason = None
     usage = None
+    relayed_bytes = 0  # prices a stream cut short before its usage arrived
     outcome = "client_closed"
     reader_done = False
     exchange.stream_started()
@@ -145,6 +159,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                     if choice.get("index", 0) == 0:
                         usage = choice.get("usage") or usage
                         finish_reason = choice.get("finish_reason") or finish_reason
+                        relayed_bytes += _text_bytes(choice.get("delta"))
                 for piece in events.chunk(item):
                     yield piece
                     last_sent = time.monotonic()
@@ -163,4 +178,4 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
             # reader, which then releases the upstream. (Once the reader has ended the stream
             # itself it releases it, and the connection may go back to the pool, so it is left alone.)
             stream.abort()
-        exchange.stream_ended(usage, outcome)
+        exchange.stream_ended(usage, outcome, relayed_bytes)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from flask import Flask, Response, current_app, g, has_app_context, request
 
@@ -17,6 +17,7 @@ from .metrics import (ACTIVE_STREAMS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS, T
                       UPSTREAM_SECONDS, label_method, label_model)
 
 access_log = logging.getLogger("kimi_backend.access")
+log = logging.getLogger("kimi_backend")
 
 
 class Exchange:
@@ -33,6 +34,9 @@ class Exchange:
         self.client = None
         self.model = None
         self.requested_model = None
+        self.usage = None
+        self.relayed_bytes = 0
+        self._finish_callbacks: list[Callable[["Exchange"], None]] = []
         self.tokens_in = None
         self.tokens_out = None
         self.upstream_ms = None
@@ -71,6 +75,7 @@ class Exchange:
         """Counts the tokens of a reply (and keeps its text, with LOG_BODIES)."""
         self.model = model or self.model
         if isinstance(usage, dict):
+            self.usage = usage
             self.tokens_in, self.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
             if isinstance(self.tokens_in, int):
                 TOKENS.labels(label_model(self.model), "in").inc(self.tokens_in)
@@ -88,18 +93,26 @@ class Exchange:
         """Called by the stream relay before its first event."""
         ACTIVE_STREAMS.inc()
 
-    def stream_ended(self, usage: dict | None, outcome: str) -> None:
+    def stream_ended(self, usage: dict | None, outcome: str, relayed_bytes: int = 0) -> None:
         """Called by the stream relay when the stream is over, however it ended:
-        `outcome` is "ok", "client_closed" or the in-band error's code."""
+        `outcome` is "ok", "client_closed" or the in-band error's code; `relayed_bytes` is
+        the UTF-8 size of the text (content and reasoning) relayed, which prices a stream
+        cut short before its usage arrived."""
         ACTIVE_STREAMS.dec()
+        self.relayed_bytes = relayed_bytes
         self.replied(None, usage)
         self.outcome = outcome
         if outcome not in ("ok", "client_closed"):
             UPSTREAM_ERRORS.labels("chat_stream", outcome).inc()
         self.finish()
 
+    def on_finish(self, callback: Callable[["Exchange"], None]) -> None:
+        """Has `callback(exchange)` run when the request is finished (after the stream, for
+        streams), e.g. to settle its token budget and record it in the usage ledger."""
+        self._finish_callbacks.append(callback)
+
     def finish(self) -> None:
-        """Writes the request's log line and its metrics."""
+        """Writes the request's log line and its metrics, then runs the finish callbacks."""
         elapsed = time.perf_counter() - self.started
         REQUESTS.labels(label_method(self.method), self.route, str(self.status)).inc()
         REQUEST_SECONDS.labels(self.route).observe(elapsed)
@@ -114,6 +127,11 @@ class Exchange:
         if self.log_bodies:
             fields.update(messages=self.messages, reply=self.reply)
         access_log.info("request", extra={"fields": fields})
+        for callback in self._finish_callbacks:
+            try:
+                callback(self)
+            except Exception:  # the reply is out already: a failing callback must not touch it
+                log.exception("request finish callback failed (request_id=%s)", self.request_id)
 
 
 def current_request_id() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 import pytest
 from flask.testing import FlaskClient
@@ -23,12 +24,16 @@ UPSTREAM_KEY = "sk-test-upstream-key-0123456789abcdefghijklmnopqrstuv"
 os.environ["DOTENV_PATH"] = ""
 for _name in list(os.environ):
     if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY",
-                         "TOKEN_", "ANON_", "ANONYMOUS_")) \
+                         "TOKEN_", "ANON_", "ANONYMOUS_", "USAGE_")) \
             or _name in ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "DEFAULT_MODEL", "MAX_BODY_BYTES",
                          "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S", "FORCE_HTTPS",
                          "LOG_BODIES", "METRICS_TOKEN", "READY_CACHE_S", "READY_TIMEOUT_S", "ADMIN_API_KEY",
                          "MODEL_ALIASES", "DEFAULT_THINKING", "REQUEST_BODY_TIMEOUT_S", "MAX_CONNECTIONS_PER_IP"):
         del os.environ[_name]
+
+# The usage ledger of every test app that does not name its own: a temporary file, never one
+# in the working directory.
+SESSION_DB_DIR = tempfile.mkdtemp(prefix="kimi-test-usage-")
 
 LEAKS: list[str] = []
 
@@ -88,6 +93,7 @@ def base_config(simulator_server, **overrides) -> dict:
         "UPSTREAM_READ_TIMEOUT_S": "5",
         "UPSTREAM_COMPLETION_TIMEOUT_S": "5",
         "RATE_LIMIT_MAX_REQUESTS": "10000",
+        "USAGE_DATABASE_URL": f"sqlite:///{SESSION_DB_DIR}/usage.sqlite3",
     }
     config.update(overrides)
     return config

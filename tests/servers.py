@@ -73,7 +73,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
     """The current environment without project variables, plus `overrides`."""
     prefixes = ("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "REQUIRE_API_KEY", "VALID_API_KEYS", "ALLOWED_",
                 "LOG_BODIES", "METRICS_TOKEN", "READY_", "PROMETHEUS_MULTIPROC_DIR", "TOKEN_", "ANON_", "ANONYMOUS_",
-                "ADMIN_API_KEY")
+                "ADMIN_API_KEY", "USAGE_")
     unset = ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "FORCE_HTTPS", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in unset}
     env.update(DOTENV_PATH="", HOST="127.0.0.1")
@@ -82,9 +82,11 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 
 class Service(Process):
-    """The service under gunicorn with the project's gunicorn.conf.py."""
+    """The service under gunicorn with the project's gunicorn.conf.py; its usage ledger is a
+    temporary SQLite file unless `USAGE_DATABASE_URL` is given."""
 
     def __init__(self, *, port: int | None = None, extra_args: tuple[str, ...] = (), **env: str):
+        env.setdefault("USAGE_DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='kimi-usage-')}/usage.sqlite3")
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra_args, "wsgi:app"]
@@ -152,3 +154,73 @@ class RedisServer(Process):
                 return client.ping()
         except redis.RedisError:
             return False
+
+
+def postgres_binaries() -> Path:
+    """The directory of PostgreSQL's server programs (Debian keeps them out of PATH). Missing:
+    skipped on a developer's machine, a failure under CI (.ci/run installs `postgresql`)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if shutil.which("initdb"):
+        return Path(shutil.which("initdb")).parent
+    if found:
+        return found[-1].parent
+    if os.environ.get("CI"):
+        pytest.fail("PostgreSQL is not installed; .ci/run installs it with apt-get (postgresql)")
+    pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+
+
+class PostgresServer(Process):
+    """A throwaway PostgreSQL cluster in a temporary directory, on a loopback port, trusting
+    local connections. PostgreSQL refuses to run as root, so as root it runs as the
+    `postgres` user (which the Debian package creates), or `nobody`."""
+
+    def __init__(self):
+        bin_dir = postgres_binaries()
+        self.port = free_port()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="kimi-test-pg-"))
+        self.url = f"postgresql://kimi@127.0.0.1:{self.port}/postgres"
+        prefix: list[str] = []
+        if os.geteuid() == 0:
+            user = "postgres" if _user_exists("postgres") else "nobody"
+            shutil.chown(self.data_dir, user)
+            prefix = ["runuser", "-u", user, "--"]
+        init = subprocess.run([*prefix, str(bin_dir / "initdb"), "-D", str(self.data_dir / "db"), "-U", "kimi",
+                               "-A", "trust", "--no-sync"], capture_output=True, text=True)
+        if init.returncode != 0:
+            raise AssertionError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        self._command = [*prefix, str(bin_dir / "postgres"), "-D", str(self.data_dir / "db"), "-p", str(self.port),
+                         "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data_dir}",
+                         "-c", "fsync=off"]
+        self.start()
+
+    def start(self) -> None:
+        """Starts the server and waits until it accepts connections."""
+        super().__init__(self._command, clean_env())
+        wait_until(self._answers, timeout=30, message=f"PostgreSQL on port {self.port}")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"postgres exited early:\n{self.log()}")
+        return "ready to accept connections" in self.log() and _port_open(self.port)
+
+    def remove(self) -> None:
+        """Stops the server and deletes its files."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

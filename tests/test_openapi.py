@@ -99,3 +99,12 @@ def test_openai_surface_is_documented_with_openais_error_shape(client):
     assert "get" in document["paths"]["/v1/models"]
     info = client.get("/api/info").get_json()["data"]
     assert {("POST", "/v1/chat/completions"), ("GET", "/v1/models")} <= {(e["method"], e["path"]) for e in info["endpoints"]}
+
+
+def test_admin_routes_declare_the_admin_key_and_their_query(client):
+    operation = client.get("/api/openapi.json").get_json()["paths"]["/api/usage"]["get"]
+    assert operation["security"] == [{"AdminKey": []}]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert set(parameters) == {"group_by", "from", "to", "format"}
+    assert parameters["group_by"]["schema"]["enum"] == ["client", "model", "day"]
+    assert all(parameter["in"] == "query" and not parameter["required"] for parameter in parameters.values())

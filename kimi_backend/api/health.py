@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify
 from .. import __version__
 from ..extensions import limiter
 from ..service import get_service
+from ..usage import budgets_info
 
 bp = Blueprint("health", __name__)
 info_bp = Blueprint("info", __name__, url_prefix="/api")
@@ -29,6 +30,7 @@ ENDPOINTS = [
     {"method": "POST", "path": "/api/tokens", "description": "Mint a browser token (admin key): {subject?, origins?, ttl_s?, token_budget?, rate_limit?}"},
     {"method": "DELETE", "path": "/api/tokens/{subject}", "description": "Revoke every token of a subject (admin key)"},
     {"method": "POST", "path": "/api/session", "description": "An anonymous browser token for a page on an allowed origin (ANONYMOUS_TOKENS)"},
+    {"method": "GET", "path": "/api/usage", "description": "Admin (x-admin-key): requests and tokens by client, model or day"},
 ]
 
 
@@ -62,4 +64,5 @@ def info():
                  "tokens": bool(settings.token_secrets), "anonymousSessions": settings.anonymous_tokens},
         "rateLimit": {"windowMs": settings.rate_limit_window_ms, "maxRequests": settings.rate_limit_max_requests},
         "upstream": {"mode": upstream_mode()},
+        "budgets": budgets_info(),
     })

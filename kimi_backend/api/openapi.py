@@ -10,6 +10,7 @@ from flask import Blueprint, Flask, current_app, jsonify, render_template_string
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
+from ..admin import ADMIN_HEADER, require_admin_key
 from ..auth import require_client_key
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
@@ -70,7 +71,8 @@ def build_document(app: Flask) -> dict:
         "components": {
             "schemas": schemas,
             "securitySchemes": {"ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
-                                "BearerKey": {"type": "http", "scheme": "bearer"}},
+                                "BearerKey": {"type": "http", "scheme": "bearer"},
+                                "AdminKey": {"type": "apiKey", "in": "header", "name": ADMIN_HEADER}},
         },
     }
 
@@ -98,6 +100,13 @@ def _operation(app: Flask, rule, method: str, view: Callable) -> dict:
     }
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in _PARAM.findall(rule.rule)]
+    query = getattr(view, "query_schema", None)  # a pydantic model of the query string
+    if query is not None:
+        properties = query.model_json_schema(by_alias=True)
+        for name, field in properties["properties"].items():
+            field = dict(field)
+            parameters.append({"name": name, "in": "query", "required": name in properties.get("required", ()),
+                               "description": field.pop("description", ""), "schema": field})
     if parameters:
         operation["parameters"] = parameters
     schema = getattr(view, "request_schema", None)
@@ -107,6 +116,8 @@ def _operation(app: Flask, rule, method: str, view: Callable) -> dict:
     blueprint = rule.endpoint.rpartition(".")[0]
     if app.config["SETTINGS"].require_api_key and require_client_key in app.before_request_funcs.get(blueprint, ()):
         operation["security"] = [{"ApiKeyHeader": []}, {"BearerKey": []}]
+    if require_admin_key in app.before_request_funcs.get(blueprint, ()):
+        operation["security"] = [{"AdminKey": []}]
     return operation
 
 

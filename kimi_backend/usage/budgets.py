@@ -1,0 +1,179 @@
+"""Daily token budgets (UTC days): per client (`TOKEN_BUDGET_PER_DAY`, per key
+`TOKEN_BUDGETS`), for the whole service (`TOKEN_BUDGET_TOTAL_PER_DAY`), and a browser
+token's own (`g.token_budget`), counted in the limiter's storage so every worker and host
+shares one count.
+
+Reserve, then settle: before the upstream call a request reserves its prompt estimate plus
+its output budget in every budget that applies, and is refused when one does not have that
+much left; when it ends, the reservation becomes what it really cost. Each step is one atomic
+increment per budget (Redis INCRBY, or the memory storage's lock), so concurrent requests can
+never together reserve more than a budget holds.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Callable, NamedTuple
+
+from limits.errors import StorageError
+from limits.storage import Storage
+
+from ..config import Settings
+from ..errors import ApiError
+from ..metrics import BUDGET_REFUSALS, BUDGET_SETTLE_FAILURES
+from . import estimate
+
+log = logging.getLogger("kimi_backend")
+
+DAY = timedelta(days=1)
+# Counters outlive their day by this much, so a stream that began before midnight settles
+# into the day it was reserved in (a new day's requests count in a new key).
+GRACE = timedelta(days=1)
+KEY_PREFIX = "kimi:budget"
+
+# How each budget is named to the caller when it refuses.
+WHOSE = {"client": "Your daily token budget", "token": "This token's daily budget",
+         "service": "This service's daily token budget"}
+
+
+def utc_now() -> datetime:
+    """The real clock (tests give `Budgets.clock` another)."""
+    return datetime.now(timezone.utc)
+
+
+class Budget(NamedTuple):
+    """One budget that applies to a request: its scope, its daily limit, its counter."""
+
+    scope: str  # "client", "token" or "service"
+    limit: int
+    key: str
+
+
+@dataclass
+class Charge:
+    """One request's reservation: which budgets hold how much, until `settle()`."""
+
+    identity: str
+    started: datetime
+    prompt_estimate: int
+    reserved: int
+    storage: Storage | None = None
+    expiry_s: int = 0
+    held: dict[Budget, int] = field(default_factory=dict)  # budget -> its counter after our last step
+    refused: Budget | None = None
+    used_before: int = 0
+    settled: bool = False
+
+    @property
+    def day(self) -> date:
+        """The UTC day this request counts in."""
+        return self.started.date()
+
+    def remaining(self) -> int | None:
+        """What is left of the caller's own budgets (its client budget, its token's), or None
+        when none applies. Before settling it already excludes this request's reservation."""
+        own = [budget.limit - count for budget, count in self.held.items() if budget.scope != "service"]
+        return max(0, min(own)) if own else None
+
+    def settle(self, tokens: int) -> None:
+        """Turns the reservation into the request's real cost, once. A storage failure here is
+        logged and counted, never raised: the request has been answered already."""
+        if self.settled:
+            return
+        self.settled = True
+        delta = tokens - self.reserved
+        if not delta:
+            return
+        for budget in self.held:
+            try:
+                self.held[budget] = self.storage.incr(budget.key, self.expiry_s, amount=delta)
+            except StorageError as exc:
+                BUDGET_SETTLE_FAILURES.inc()
+                log.error("token budget not settled: its storage failed (%s)", type(exc.storage_error).__name__)
+
+
+class Budgets:
+    """The configured budgets, and reserving against them in the limiter's storage."""
+
+    def __init__(self, settings: Settings, storage: Callable[[], Storage]):
+        self.per_client = settings.token_budget_per_day
+        self.per_key = dict(settings.token_budgets)
+        self.total = settings.token_budget_total_per_day
+        self.output_reserve = settings.token_budget_output_reserve
+        self._storage = storage
+        self.clock: Callable[[], datetime] = utc_now
+
+    @property
+    def configured(self) -> bool:
+        """Whether any budget is set in the configuration (a token's own may still apply)."""
+        return self.per_client is not None or bool(self.per_key) or self.total is not None
+
+    def client_limit(self, identity: str) -> int | None:
+        """The daily budget of one client: its key's override, else the per-client default."""
+        if identity.startswith("key:"):
+            return self.per_key.get(identity[4:], self.per_client)
+        return self.per_client
+
+    def applicable(self, identity: str, day: date, token_budget: int | None) -> list[Budget]:
+        """The budgets a request of `identity` on `day` counts against."""
+        stamp = day.isoformat()
+        budgets = []
+        limit = self.client_limit(identity)
+        if limit is not None:
+            budgets.append(Budget("client", limit, f"{KEY_PREFIX}:{stamp}:client:{identity}"))
+        if token_budget is not None:
+            budgets.append(Budget("token", token_budget, f"{KEY_PREFIX}:{stamp}:token:{identity}"))
+        if self.total is not None:
+            budgets.append(Budget("service", self.total, f"{KEY_PREFIX}:{stamp}:service"))
+        return budgets
+
+    def reserve(self, identity: str, payload: dict, token_budget: int | None = None) -> Charge:
+        """Reserves the payload's prompt estimate plus its output budget in every budget that
+        applies. When one cannot hold it, whatever was reserved is given back and the charge
+        comes back `refused` (the caller answers 429 with `refusal()`)."""
+        now = self.clock()
+        prompt = estimate.prompt_tokens(payload)
+        amount = prompt + estimate.output_budget(payload, self.output_reserve)
+        budgets = self.applicable(identity, now.date(), token_budget)
+        charge = Charge(identity, now, prompt, amount)
+        if not budgets:
+            return charge
+        end_of_day = datetime.combine(now.date() + DAY, datetime.min.time(), timezone.utc)
+        charge.storage = self._storage()
+        charge.expiry_s = math.ceil((end_of_day + GRACE - now).total_seconds())
+        try:
+            for budget in budgets:
+                count = charge.storage.incr(budget.key, charge.expiry_s, amount=amount)
+                charge.held[budget] = count
+                if count > budget.limit:
+                    charge.refused, charge.used_before = budget, count - amount
+                    BUDGET_REFUSALS.labels(budget.scope).inc()
+                    break
+        finally:
+            if charge.refused is not None or len(charge.held) < len(budgets):  # refused, or the storage failed
+                self._give_back(charge, amount)
+        return charge
+
+    @staticmethod
+    def _give_back(charge: Charge, amount: int) -> None:
+        # Best effort: when the storage fails here too, the caller sees that error. The counts
+        # stay in `held` for `remaining()`; nothing is reserved any more, so nothing is settled.
+        for budget in charge.held:
+            charge.held[budget] = charge.storage.incr(budget.key, charge.expiry_s, amount=-amount)
+        charge.settled = True
+
+    def refusal(self, charge: Charge) -> ApiError:
+        """The 429 for a refused charge: which budget, what is left, when it resets."""
+        budget = charge.refused
+        reset = datetime.combine(charge.day + DAY, datetime.min.time(), timezone.utc)
+        wait_s = max(1, math.ceil((reset - self.clock()).total_seconds()))
+        left = max(0, budget.limit - charge.used_before)
+        hours, minutes = divmod(math.ceil(wait_s / 60), 60)
+        message = (f"{WHOSE[budget.scope]} is used up: this request may need up to {charge.reserved} tokens "
+                   f"(its prompt and max_tokens) and {left} of {budget.limit} are left today. "
+                   f"It resets at 00:00 UTC ({reset.strftime('%Y-%m-%dT%H:%M:%SZ')}), in {hours} h {minutes} min.")
+        if charge.reserved > budget.limit:
+            message += " This request alone needs more than the whole budget: lower its max_tokens."
+        return ApiError(429, "token_budget_exceeded", message, {"Retry-After": str(wait_s)})

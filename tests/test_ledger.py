@@ -1,0 +1,247 @@
+"""The usage ledger, in SQLite and in a real PostgreSQL server started here: one row per chat
+request with the upstream's figures, the admin report (`GET /api/usage`), the schema made at
+startup, and failures (a full queue, an unreachable database) that never fail a request."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sqlite3
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import create_engine, select, text
+
+from kimi_backend import create_app
+from kimi_backend.config import ConfigError, key_id
+from kimi_backend.usage.schema import schema_version, usage
+from tests.conftest import base_config
+from tests.servers import PostgresServer, wait_until
+
+ADMIN_KEY = "admin-secret-for-tests"
+KEY_A, KEY_B = "ledger-key-a", "ledger-key-b"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """One PostgreSQL server for this module (skipped without one, except under CI)."""
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
+def fresh_postgres_database(server: PostgresServer) -> str:
+    """A new, empty database on `server`; its URL."""
+    name = "usage_" + uuid.uuid4().hex[:12]
+    engine = create_engine(server.url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """The ledger's database, once as a SQLite file and once in PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/usage.sqlite3"
+    return fresh_postgres_database(request.getfixturevalue("postgres"))
+
+
+@pytest.fixture
+def ledger_app(make_app, tmp_path):
+    """`ledger_app(**settings)`: an app with an admin key, two client keys and a fast-flushing
+    ledger in its own SQLite file unless USAGE_DATABASE_URL says otherwise."""
+    def build(**overrides):
+        settings = dict(USAGE_DATABASE_URL=f"sqlite:///{tmp_path}/usage.sqlite3", USAGE_FLUSH_INTERVAL_S="0.01",
+                        VALID_API_KEYS=f"{KEY_A},{KEY_B}", ADMIN_API_KEY=ADMIN_KEY, UPSTREAM_MAX_RETRIES="0")
+        settings.update(overrides)
+        return make_app(**settings)
+    return build
+
+
+def rows_of(app) -> list[dict]:
+    ledger = app.extensions["usage_ledger"]
+    ledger.flush()
+    with ledger.engine.connect() as conn:
+        return [dict(row) for row in conn.execute(select(usage).order_by(usage.c.id)).mappings()]
+
+
+def report(client, **query):
+    return client.get("/api/usage", query_string=query, headers={"x-admin-key": ADMIN_KEY})
+
+
+def metric(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_every_chat_request_is_recorded_with_the_upstreams_figures(ledger_app, database_url, simulator):
+    app = ledger_app(USAGE_DATABASE_URL=database_url, TOKEN_BUDGET_PER_DAY="100000")
+    client = app.test_client()
+    reply = client.post("/api/chat/completion", json={"message": "hello", "model": "moonshot-v1-32k"},
+                        headers={"x-api-key": KEY_A, "X-Request-ID": "req-one"}).get_json()["data"]
+    stream = client.post("/api/chat/stream", json={"messages": "sim:cached=2 tell me more"}, headers={"x-api-key": KEY_B})
+    stream_usage = [line for line in stream.get_data(as_text=True).splitlines() if '"usage"' in line]
+    missing = client.post("/api/chat/completion", json={"message": "hi", "model": "no-such-model"})
+    assert missing.status_code == 400
+
+    first, second, third = rows_of(app)
+    assert first["request_id"] == "req-one"
+    assert first["client"] == f"key:{key_id(KEY_A)}"
+    assert (first["route"], first["model_requested"], first["model_served"]) == \
+        ("/api/chat/completion", "moonshot-v1-32k", reply["model"])
+    assert (first["prompt_tokens"], first["completion_tokens"], first["total_tokens"]) == \
+        (reply["usage"]["prompt_tokens"], reply["usage"]["completion_tokens"], reply["usage"]["total_tokens"])
+    assert (first["status"], first["outcome"], first["stream"], first["cut_short"], first["estimated"]) == \
+        (200, "ok", False, False, False)
+    assert first["duration_ms"] > 0 and first["day"] == datetime.now(timezone.utc).date()
+    assert second["client"] == f"key:{key_id(KEY_B)}" and second["route"] == "/api/chat/stream"
+    assert (second["stream"], second["cut_short"], second["cached_tokens"]) == (True, False, 2)
+    assert f'"total_tokens":{second["total_tokens"]}' in stream_usage[0].replace(" ", "")
+    assert third["client"] == "ip:127.0.0.1"
+    assert (third["status"], third["outcome"], third["model_served"], third["total_tokens"]) == \
+        (400, "model_not_found", None, 0)
+
+
+def test_admin_report_groups_by_client_model_and_day(ledger_app, database_url):
+    app = ledger_app(USAGE_DATABASE_URL=database_url)
+    clock = app.extensions["token_budgets"]
+    client = app.test_client()
+    sent = []
+    for day, key, model in [(28, KEY_A, "kimi-k2.6"), (29, KEY_A, "kimi-k2.7-code"), (29, KEY_B, "kimi-k2.6"),
+                            (30, KEY_B, "kimi-k2.6")]:
+        clock.clock = lambda day=day: datetime(2026, 11, day, 12, tzinfo=timezone.utc)
+        body = client.post("/api/chat/completion", json={"message": f"day {day}", "model": model},
+                           headers={"x-api-key": key}).get_json()["data"]
+        sent.append((day, key, model, body["usage"]["total_tokens"]))
+    rows_of(app)
+
+    by_client = report(client, group_by="client").get_json()
+    assert by_client["success"] is True
+    expected = {f"key:{key_id(k)}": sum(t for _, key, _, t in sent if key == k) for k in (KEY_A, KEY_B)}
+    assert {row["client"]: row["total_tokens"] for row in by_client["data"]} == expected
+    assert {row["client"]: row["requests"] for row in by_client["data"]} == {name: 2 for name in expected}
+    by_model = {row["model"]: row for row in report(client, group_by="model").get_json()["data"]}
+    assert by_model["kimi-k2.6"]["requests"] == 3 and by_model["kimi-k2.7-code"]["requests"] == 1
+    by_day = report(client, group_by="day", **{"from": "2026-11-29", "to": "2026-11-30"}).get_json()["data"]
+    assert [(row["day"], row["requests"]) for row in by_day] == [("2026-11-29", 2), ("2026-11-30", 1)]
+    assert by_day[0]["total_tokens"] == sent[1][3] + sent[2][3]
+    assert by_day[0]["prompt_tokens"] + by_day[0]["completion_tokens"] == by_day[0]["total_tokens"]
+
+    response = report(client, group_by="day", format="csv")
+    assert response.mimetype == "text/csv"
+    assert 'filename="kimi-usage-by-day.csv"' in response.headers["Content-Disposition"]
+    table = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert table[0] == ["day", "requests", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens"]
+    assert [row[:2] for row in table[1:]] == [["2026-11-28", "1"], ["2026-11-29", "2"], ["2026-11-30", "1"]]
+
+
+def test_admin_report_needs_the_admin_key(ledger_app):
+    client = ledger_app().test_client()
+    missing = client.get("/api/usage")
+    assert (missing.status_code, missing.get_json()["code"]) == (401, "missing_admin_key")
+    wrong = client.get("/api/usage", headers={"x-admin-key": "guess"})
+    assert (wrong.status_code, wrong.get_json()["code"]) == (401, "invalid_admin_key")
+    assert client.get("/api/usage", headers={"x-admin-key": KEY_A}).status_code == 401
+    assert report(client).get_json() == {"success": True, "data": []}
+    disabled = ledger_app(ADMIN_API_KEY="").test_client().get("/api/usage", headers={"x-admin-key": ADMIN_KEY})
+    assert (disabled.status_code, disabled.get_json()["code"]) == (404, "not_found")
+
+
+@pytest.mark.parametrize("query,message", [
+    ({"group_by": "week"}, "Query parameter 'group_by' is invalid"),
+    ({"from": "yesterday"}, "Query parameter 'from' is invalid"),
+    ({"from": "2026-11-30", "to": "2026-11-01"}, "'from' must not be after 'to'"),
+    ({"format": "xml"}, "Query parameter 'format' is invalid"),
+    ({"limit": "5"}, "Query parameter 'limit' is invalid"),
+])
+def test_bad_report_queries_are_400_naming_the_parameter(ledger_app, query, message):
+    response = report(ledger_app().test_client(), **query)
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request" and message in response.get_json()["error"]
+
+
+def test_csv_cells_never_start_a_formula(ledger_app):
+    app = ledger_app()
+    client = app.test_client()
+    assert client.post("/api/chat/completion", json={"message": "x", "model": "=HYPERLINK(1)"}).status_code == 400
+    rows_of(app)
+    table = list(csv.reader(io.StringIO(report(client, group_by="model", format="csv").get_data(as_text=True))))
+    assert table[1][0] == "'=HYPERLINK(1)"
+
+
+def test_with_the_ledger_off_nothing_is_written_and_budgets_still_count(ledger_app, tmp_path):
+    app = ledger_app(USAGE_LEDGER="false", USAGE_DATABASE_URL=f"sqlite:///{tmp_path}/off.sqlite3",
+                     TOKEN_BUDGET_PER_DAY="1000")
+    client = app.test_client()
+    response = client.post("/api/chat/completion", json={"message": "hi", "max_tokens": 20, "thinking": False})
+    assert response.status_code == 200 and response.headers["X-Budget-Remaining"] == "988"
+    assert not (tmp_path / "off.sqlite3").exists()
+    disabled = report(client)
+    assert (disabled.status_code, disabled.get_json()["code"]) == (404, "usage_ledger_disabled")
+
+
+def test_the_schema_is_created_at_startup_once(simulator_server, database_url):
+    for _ in range(2):
+        app = create_app(base_config(simulator_server, USAGE_DATABASE_URL=database_url))
+    with app.extensions["usage_ledger"].engine.connect() as conn:
+        assert [row.version for row in conn.execute(select(schema_version))] == [1]
+        assert conn.execute(select(usage)).all() == []
+
+
+@pytest.mark.parametrize("url,reason", [
+    ("sqlite:////nonexistent-dir/usage.sqlite3", "unable to open database file"),
+    ("postgresql://kimi:secret-password@127.0.0.1:1/usage", "Connection refused"),
+])
+def test_an_unreachable_database_stops_startup_with_one_sentence(simulator_server, url, reason):
+    with pytest.raises(ConfigError) as failure:
+        create_app(base_config(simulator_server, USAGE_DATABASE_URL=url))
+    message = str(failure.value)
+    assert message.startswith("USAGE_DATABASE_URL: the usage database ") and "cannot be opened" in message
+    assert reason in message and "\n" not in message and "secret-password" not in message
+
+
+def test_a_full_queue_is_logged_and_counted_and_never_fails_a_request(ledger_app, tmp_path, caplog):
+    app = ledger_app(USAGE_QUEUE_SIZE="1", USAGE_FLUSH_INTERVAL_S="0.001")
+    client = app.test_client()
+    assert client.post("/api/chat/completion", json={"message": "warm up"}).status_code == 200
+    rows_of(app)
+    lost_before = metric("kimi_usage_ledger_rows_total", result="lost_queue_full")
+    blocker = sqlite3.connect(tmp_path / "usage.sqlite3", timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer now waits on the database
+    try:
+        statuses = [client.post("/api/chat/completion", json={"message": f"n{i}"}).status_code for i in range(5)]
+        lost = metric("kimi_usage_ledger_rows_total", result="lost_queue_full") - lost_before
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert statuses == [200] * 5
+    # The writer holds what it gathered before it met the lock, the queue one more; the rest is lost.
+    assert lost >= 2
+    assert "usage ledger queue is full (USAGE_QUEUE_SIZE=1)" in caplog.text
+    assert len(rows_of(app)) == 1 + 5 - lost
+
+
+def test_a_database_failure_at_run_time_is_logged_and_counted(ledger_app, postgres, caplog):
+    url = fresh_postgres_database(postgres)
+    app = ledger_app(USAGE_DATABASE_URL=url)
+    client = app.test_client()
+    assert client.post("/api/chat/completion", json={"message": "before"}).status_code == 200
+    assert len(rows_of(app)) == 1
+    errors_before = metric("kimi_usage_ledger_write_errors_total")
+    lost_before = metric("kimi_usage_ledger_rows_total", result="lost_write_failed")
+    postgres.stop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="kimi_backend"):
+            assert client.post("/api/chat/completion", json={"message": "during"}).status_code == 200
+            app.extensions["usage_ledger"].flush()
+    finally:
+        postgres.start()
+    assert metric("kimi_usage_ledger_write_errors_total") - errors_before == 4  # the first try and three retries
+    assert metric("kimi_usage_ledger_rows_total", result="lost_write_failed") - lost_before == 1
+    assert "usage ledger: 1 rows lost, the database failed" in caplog.text
+    # Once the database is back, rows are written again.
+    assert client.post("/api/chat/completion", json={"message": "after"}).status_code == 200
+    assert [row["status"] for row in rows_of(app)] == [200, 200]
