@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import requests
@@ -33,17 +34,19 @@ KNOWN_ERROR_TYPES = _RETRYABLE_TYPES | _AUTH_TYPES | {
     "server_error", "unexpected_output", "insufficient_quota", "authentication_error", "not_found_error",
     "api_error", "overloaded_error"}
 # After `[DONE]`, how long to wait for the body's last bytes before giving up on reusing the
-# connection (an upstream that says [DONE] and then nothing must not hold it).
-DRAIN_TIMEOUT_S = 0.25
+# connection (an upstream that says [DONE] and then nothing must not hold it). The reader waits
+# this after the client has had its last event, so it delays nobody; 0.25 s proved too short
+# for a loaded machine's upstream to send its chunked terminator.
+DRAIN_TIMEOUT_S = 1.0
 _READ_BLOCK = 65536
 
 
+@dataclass(frozen=True)
 class ReplyLimits:
     """How much of a reply we read: its total size and, for streams, the longest line."""
 
-    def __init__(self, max_reply_bytes: int, max_line_bytes: int):
-        self.max_reply_bytes = max_reply_bytes
-        self.max_line_bytes = max_line_bytes
+    max_reply_bytes: int
+    max_line_bytes: int
 
 
 def _too_large(limits: ReplyLimits) -> str:
