@@ -18,13 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from limits.storage import MemoryStorage  # noqa: E402
 
 from kimi_backend.config import load_settings  # noqa: E402
+from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 from kimi_backend.telemetry import Exchange  # noqa: E402
 from kimi_backend.usage.budgets import Budgets  # noqa: E402
 from kimi_backend.usage.cost import cost_of  # noqa: E402
 from kimi_backend.usage.ledger import Ledger, usage_row  # noqa: E402
 from kimi_backend.usage.schema import make_engine, migrate  # noqa: E402
 
-PAYLOAD = {"model": "moonshot-v1-8k", "messages": [{"role": "user", "content": "hello"}]}
+PAYLOAD = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hello"}]}
 USAGE = {"prompt_tokens": 4, "completion_tokens": 8, "total_tokens": 12}
 
 
@@ -32,7 +33,7 @@ def finished_exchange() -> Exchange:
     """The record of a completed `/api/chat/completion`, as the service leaves it."""
     exchange = Exchange("5bd84d5b84b24df3bf03f2d7d2555127", "POST", "/api/chat/completion", False)
     exchange.route, exchange.status, exchange.outcome = "/api/chat/completion", 200, "ok"
-    exchange.model = exchange.requested_model = "moonshot-v1-8k"
+    exchange.model = exchange.requested_model = DEFAULT_MODEL
     exchange.usage = USAGE
     return exchange
 
