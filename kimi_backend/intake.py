@@ -15,6 +15,7 @@ from typing import Iterator
 
 from flask import Flask, current_app, request
 from gunicorn.http.errors import ParseException
+from werkzeug.wsgi import get_input_stream
 
 from .errors import ApiError
 
@@ -39,7 +40,10 @@ def read_body() -> None:
     body = bytearray()
     try:
         with _deadline(settings.request_body_timeout_s, sock):
-            while block := environ["wsgi.input"].read(_READ_BLOCK):
+            # werkzeug's view of the body: bounded by Content-Length (servers such as werkzeug's
+            # own hand over the raw connection, which would block past the body's end).
+            stream = get_input_stream(environ)
+            while block := stream.read(_READ_BLOCK):
                 body += block
                 if len(body) > settings.max_body_bytes:
                     raise _too_large(settings.max_body_bytes)
