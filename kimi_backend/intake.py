@@ -37,12 +37,12 @@ def read_body() -> None:
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise _too_large(settings.max_body_bytes)
     sock = environ.get("gunicorn.socket")
-    # Bounded by Content-Length (or the server's own end of a chunked body): a server whose raw
-    # input runs on into the next request (Flask's development server) would otherwise block.
-    stream = get_input_stream(environ)
     body = bytearray()
     try:
         with _deadline(settings.request_body_timeout_s, sock):
+            # werkzeug's view of the body: bounded by Content-Length (servers such as werkzeug's
+            # own hand over the raw connection, which would block past the body's end).
+            stream = get_input_stream(environ)
             while block := stream.read(_READ_BLOCK):
                 body += block
                 if len(body) > settings.max_body_bytes:
