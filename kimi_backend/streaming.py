@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from .moonshot.client import StreamBroken, UpstreamStream
+from .moonshot.client import DRAIN_TIMEOUT_S, StreamBroken, UpstreamStream
 from .errors import error_body
 from .moonshot.sse import DONE, KEEPALIVE, event
 from .telemetry import Exchange
@@ -28,6 +28,8 @@ OPENED = b": stream open\n\n"
 CLIENT_POLL_S = 0.2
 SHUTTING_DOWN = "The server is restarting, so this stream was ended early; send the request again."
 _END = object()
+# Bounds the wait for a finished reader to release its connection: its drain (1 s) and margin.
+READER_JOIN_S = DRAIN_TIMEOUT_S + 1.0
 
 
 def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
@@ -116,7 +118,8 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
     `exchange` (the request's log line and metrics)."""
     events = events or ContractEvents()
     chunks: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_pump, args=(stream, chunks, exchange.request_id), daemon=True).start()
+    reader = threading.Thread(target=_pump, args=(stream, chunks, exchange.request_id), daemon=True)
+    reader.start()
     watch_s = CLIENT_POLL_S if client_gone or shutting_down else keepalive_s
     finish_reason = None
     usage = None
@@ -178,4 +181,9 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
             # reader, which then releases the upstream. (Once the reader has ended the stream
             # itself it releases it, and the connection may go back to the pool, so it is left alone.)
             stream.abort()
+        else:
+            # The reader is releasing the connection (reading the body's last bytes, at most
+            # DRAIN_TIMEOUT_S). Our last event is already out; waiting here means the worker's
+            # next request finds the connection back in the pool instead of opening another.
+            reader.join(READER_JOIN_S)
         exchange.stream_ended(usage, outcome, relayed_bytes)

@@ -198,9 +198,18 @@ def test_a_few_hundred_concurrent_streams(service, simulator):
     assert simulator.stats()["streams_completed"] == 300
 
 
-def test_a_finished_stream_returns_its_upstream_connection_to_the_pool(make_app):
+def test_a_finished_stream_returns_its_upstream_connection_to_the_pool(make_app, monkeypatch):
     """Against a keep-alive upstream (the simulator's gevent server), consecutive streams
-    share one upstream connection: a complete stream is released, not thrown away."""
+    share one upstream connection: a complete stream is released, not thrown away, and
+    released before the stream's response ends, so the next request finds it in the pool
+    even when the release is slow (here made slow on purpose)."""
+    from kimi_backend.moonshot.client import UpstreamStream
+    release = UpstreamStream.close
+
+    def slow_release(self):
+        time.sleep(0.2)  # a slow drain, widening the window in which the next request starts
+        release(self)
+    monkeypatch.setattr(UpstreamStream, "close", slow_release)
     upstream = SimulatorProcess(api_key=UPSTREAM_KEY)
     try:
         app = make_app(KIMI_BASE_URL=upstream.base_url)
