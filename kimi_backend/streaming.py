@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import select
-import socket
 import threading
 import time
 from typing import Callable, Iterator
@@ -16,6 +14,7 @@ from typing import Callable, Iterator
 from .moonshot.client import DRAIN_TIMEOUT_S, StreamBroken, UpstreamStream
 from .errors import error_body
 from .moonshot.sse import DONE, KEEPALIVE, event
+from .peer import peer_closed
 from .telemetry import Exchange
 
 log = logging.getLogger("kimi_backend")
@@ -40,14 +39,7 @@ def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
         return None
 
     def gone() -> bool:
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            # Readable with nothing to read is the peer's FIN.
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-        except ValueError:  # TLS sockets refuse MSG_PEEK: we cannot tell, so keep going
-            return False
-        except OSError:
-            return True
+        return bool(peer_closed(sock))
     return gone
 
 

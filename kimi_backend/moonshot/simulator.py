@@ -15,7 +15,6 @@ import dataclasses
 import errno
 import itertools
 import json
-import select
 import socket
 import threading
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Iterable
 
+from ..peer import peer_closed
 from .models import CURRENT, model_item
 
 OFFLINE_NOTICE = "[offline simulator]"
@@ -512,13 +512,10 @@ def _pause_unless_client_left(seconds: float, environ: dict) -> bool:
         return True
     deadline = time.monotonic() + seconds
     while (remaining := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([sock], [], [], remaining)
-        if readable:
-            try:
-                if sock.recv(1, socket.MSG_PEEK) == b"":
-                    return False
-            except OSError:
-                return False
+        closed = peer_closed(sock, remaining)
+        if closed:
+            return False
+        if closed is False:
             time.sleep(min(remaining, 0.01))  # pipelined bytes, not a close: keep pausing
     return True
 

@@ -1,0 +1,25 @@
+"""Whether the other end of a connection has hung up, for any descriptor number.
+
+`select.select` refuses descriptors above FD_SETSIZE (1024), which a busy worker or the
+simulator under a few hundred streams reaches; `poll` has no such limit. No Flask here, so
+the simulator can use it too."""
+from __future__ import annotations
+
+import select
+import socket
+
+
+def peer_closed(sock: socket.socket, wait_s: float = 0.0) -> bool | None:
+    """Waits up to `wait_s` for the socket to become readable. True when the peer has
+    closed it (readable with nothing to read: its FIN) or it is broken; False when bytes are
+    waiting (pipelined data, not a close); None when nothing happened within the wait."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(max(0, int(wait_s * 1000))):
+        return None
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ValueError:  # TLS sockets refuse MSG_PEEK: we cannot tell, so assume it is there
+        return False
+    except OSError:
+        return True
