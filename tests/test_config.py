@@ -8,7 +8,8 @@ import pytest
 
 from kimi_backend import create_app
 from kimi_backend.config import ConfigError, load_settings, read_environment
-from tests.servers import ROOT, clean_env, free_port
+from tests.helpers import ROOT, free_port
+from tests.servers import clean_env
 
 def test_defaults_match_the_original_service():
     settings = load_settings({"KIMI_API_KEY": "sk-x"})

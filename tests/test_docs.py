@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from kimi_backend.config import VARIABLES
-from servers import ROOT
+from tests.helpers import ROOT
 
 
 def code_blocks(text: str) -> list[str]:

@@ -5,7 +5,7 @@ import resource
 import subprocess
 import sys
 
-from tests.servers import ROOT
+from tests.helpers import ROOT
 
 PROBE = """
 import resource
