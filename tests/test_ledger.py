@@ -18,7 +18,6 @@ from kimi_backend import create_app
 from kimi_backend.config import ConfigError, key_id
 from kimi_backend.usage.schema import schema_version, usage
 from tests.conftest import base_config, close_app
-from tests.helpers import wait_until
 from tests.servers import PostgresServer
 
 ADMIN_KEY = "admin-secret-for-tests"

@@ -7,8 +7,6 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 from tests.conftest import CLIENT_KEY
 from tests.helpers import ROOT, require_binary
 

@@ -8,7 +8,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
 
 from kimi_backend.moonshot.simulator import OFFLINE_NOTICE

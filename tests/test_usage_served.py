@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 import redis
 import requests
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, select
 
 from kimi_backend.config import key_id
 from kimi_backend.usage import estimate

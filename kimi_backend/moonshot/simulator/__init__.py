@@ -15,6 +15,6 @@ the connection), app (the WSGI app and its control routes), servers (the two run
 """
 from .app import Simulator
 from .replies import MODELS, OFFLINE_NOTICE
-from .servers import SimulatorServer, start_in_thread
+from .servers import start_in_thread
 
-__all__ = ["MODELS", "OFFLINE_NOTICE", "Simulator", "SimulatorServer", "start_in_thread"]
+__all__ = ["MODELS", "OFFLINE_NOTICE", "Simulator", "start_in_thread"]
