@@ -99,6 +99,6 @@ def test_each_app_gets_its_own_outage_behaviour(make_app):
 
 @pytest.mark.parametrize("value", ["maybe", "2"])
 def test_fail_open_setting_is_validated(make_app, value):
-    from kimi_backend.config import ConfigError
+    from kimi_backend.config.parsers import ConfigError
     with pytest.raises(ConfigError, match="^RATE_LIMIT_FAIL_OPEN"):
         make_app(RATE_LIMIT_FAIL_OPEN=value)
