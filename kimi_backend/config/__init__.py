@@ -45,6 +45,8 @@ def load_settings(environ: Mapping[str, Any], overrides: Mapping[str, Any] | Non
 
 
 def _parse(variable: Variable, raw: Any) -> Any:
+    """The variable's typed value; unset means its default, and so does empty when the default
+    is None (unset)."""
     if raw is None or (isinstance(raw, str) and raw.strip() == "" and variable.default is None):
         raw = variable.default
     return None if raw is None else variable.parse(variable.name, raw)
@@ -75,7 +77,7 @@ def _joined(values: dict[str, Any]) -> dict[str, Any]:
                           f"TOKEN_MAX_TTL_S ({values['TOKEN_MAX_TTL_S']}).")
 
     # The upstream pool matches how many requests one gunicorn worker serves at once.
-    worker_concurrency = values["WORKER_CONNECTIONS"] if values["WORKER_CLASS"] == "gevent" else values["GUNICORN_THREADS"]
+    worker_concurrency = values["WORKER_CONNECTIONS" if values["WORKER_CLASS"] == "gevent" else "GUNICORN_THREADS"]
     return {
         "env": env,
         "api_key": api_key,
