@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask, g, request, send_from_directory
+from limits import RateLimitItemPerSecond
 from limits.errors import StorageError
 
-from .config import Settings, load_settings, read_environment
+from .config import load_settings, read_environment
+from .config.settings import Settings
 from .errors import register_error_handlers
 from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
@@ -58,7 +60,7 @@ def configure_app(app: Flask, settings: Settings) -> None:
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        API_RATE_LIMIT=settings.rate_limit,
+        API_RATE_LIMIT=RateLimitItemPerSecond(settings.rate_limit_max_requests, settings.rate_limit_window_s),
         RATELIMIT_ENABLED=True,
         RATELIMIT_STORAGE_URI=settings.rate_limit_storage_uri,
         RATELIMIT_STRATEGY="fixed-window",

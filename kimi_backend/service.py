@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 from flask import Response, current_app, g
 
 from .catalog import ModelCatalog
-from .config import Settings
+from .config.settings import Settings
 from .metrics import label_models
 from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient

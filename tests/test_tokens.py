@@ -15,7 +15,7 @@ import pytest
 from flask import g
 
 from kimi_backend.auth import require_client_key
-from kimi_backend.config import ConfigError
+from kimi_backend.config.parsers import ConfigError
 from tests.servers import free_port
 from tests.test_auth import CHAT_CALLS, call
 from tests.token_support import (ADMIN, NEW_SECRET, OTHER_SITE, SECRET, SITE, T0, Clock, assert_error, claims_of, mint,

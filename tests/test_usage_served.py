@@ -14,7 +14,7 @@ import redis
 import requests
 from sqlalchemy import create_engine, func, select
 
-from kimi_backend.config import key_id
+from kimi_backend.config.parsers import key_id
 from kimi_backend.usage import estimate
 from kimi_backend.usage.schema import usage
 from tests.conftest import UPSTREAM_KEY

@@ -7,11 +7,12 @@ import re
 import secrets
 
 from flask import Blueprint, abort, current_app, jsonify, request
+from limits import RateLimitItemPerHour
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..admin import require_admin_key
 from ..auth import ip_identity, request_origin
-from ..config import ORIGIN_PATTERN
+from ..config.parsers import ORIGIN_PATTERN
 from ..errors import ApiError
 from ..extensions import limiter
 from ..schemas import parse
@@ -110,7 +111,7 @@ def session():
     if not _may_start_session(origin, settings.cors_origins):
         where = f"the origin '{origin}' is" if origin else "a request without an Origin header is"
         raise ApiError(403, "origin_not_allowed", f"Anonymous sessions are for pages on the allowed origins (ALLOWED_ORIGINS); {where} not one.")
-    limiter.check(f"{settings.anon_sessions_per_hour} per 1 hour", ip_identity(), SESSION_SCOPE,
+    limiter.check(RateLimitItemPerHour(settings.anon_sessions_per_hour), ip_identity(), SESSION_SCOPE,
                   f"Too many anonymous sessions from this address (at most {settings.anon_sessions_per_hour} an hour). "
                   "Retry after the time in the Retry-After header.")
     subject = ANONYMOUS_PREFIX + secrets.token_urlsafe(12)

@@ -14,7 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import make_url
 
 from ..auth import client_identity
-from ..config import ConfigError, Settings
+from ..config.parsers import ConfigError
+from ..config.settings import Settings
 from ..extensions import limiter
 from ..telemetry import Exchange, current_exchange
 from .budgets import Budgets, Charge
