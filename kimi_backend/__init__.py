@@ -17,7 +17,8 @@ from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
 from .lifecycle import Shutdown
 from .logs import configure_logging
-from .moonshot.client import MoonshotClient, ReplyLimits
+from .moonshot.client import MoonshotClient
+from .moonshot.reading import ReplyLimits
 from .proxies import trust_proxies
 from .service import KimiService
 from . import intake, telemetry, tokens, usage

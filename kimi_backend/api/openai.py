@@ -45,9 +45,7 @@ class OpenAIEvents:
 
     def error(self, code: str, message: str, request_id: str) -> Iterator[bytes]:
         """An in-band error in OpenAI's shape (the SDKs raise it from the stream), then `[DONE]`."""
-        body = error_body(code, message, 502, openai=True)
-        body["error"]["request_id"] = request_id
-        yield event(body)
+        yield event(error_body(code, message, 502, openai=True, request_id=request_id))
         yield DONE
 
 
