@@ -87,7 +87,7 @@ def on_starting(server):
 
 
 # --- Observability: JSON logs for gunicorn's own lines, and the metrics shared by workers.
-_logs = _load_module_alone("logs")
+_logs = _load_module_alone("observability/logs")
 logconfig_dict = _logs.gunicorn_logconfig(_settings.log_level)
 logger_class = _logs.GunicornLogger
 

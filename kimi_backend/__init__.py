@@ -16,12 +16,13 @@ from .errors import register_error_handlers
 from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
 from .lifecycle import Shutdown
-from .logs import configure_logging
 from .moonshot.client import MoonshotClient
 from .moonshot.reading import ReplyLimits
+from .observability import access_log
+from .observability.logs import configure_logging
 from .proxies import trust_proxies
 from .service import KimiService
-from . import intake, telemetry, tokens, usage
+from . import intake, tokens, usage
 
 __version__ = "1.0.0"
 
@@ -34,18 +35,18 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Builds the app: settings → logging → upstream → usage (budgets, ledger) → request ids,
-    telemetry and body intake → extensions → errors → routes.
+    access log and body intake → extensions → errors → routes.
 
     `test_config` overrides environment variables by name (same names, same parsing).
     """
     settings = load_settings(read_environment(os.environ, os.environ.get("DOTENV_PATH", ".env")), test_config)
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     configure_app(app, settings)
-    configure_logging(settings.log_level, telemetry.current_request_id)
+    configure_logging(settings.log_level, access_log.current_request_id)
     connect_upstream(app, settings)
     usage.init_app(app, settings)
     register_request_hooks(app)
-    telemetry.init_app(app)
+    access_log.init_app(app)
     intake.init_app(app)
     register_extensions(app, settings)
     register_error_handlers(app)

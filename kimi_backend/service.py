@@ -8,13 +8,13 @@ from flask import Response, current_app, g
 
 from .catalog import ModelCatalog
 from .config import Settings
-from .metrics import label_models
 from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient
 from .moonshot.replies import first_answer
+from .observability.access_log import current_exchange
+from .observability.metrics import label_models
 from .schemas import ChatOptions
 from .streaming import relay
-from .telemetry import current_exchange
 from .usage import reserve_tokens
 
 

@@ -15,8 +15,8 @@ from .errors import error_body
 from .moonshot.replies import StreamTally, first_choice_texts
 from .moonshot.sse import DONE, KEEPALIVE, event
 from .moonshot.stream import DRAIN_TIMEOUT_S, StreamBroken, UpstreamStream
+from .observability.access_log import Exchange
 from .peer import peer_closed
-from .telemetry import Exchange
 
 log = logging.getLogger("kimi_backend")
 

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app
 
 from ..auth import bearer_token
 from ..errors import ApiError
-from ..metrics import CONTENT_TYPE, exposition
+from ..observability.metrics import CONTENT_TYPE, exposition
 from .openapi import produces
 
 bp = Blueprint("metrics", __name__)

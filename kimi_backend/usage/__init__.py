@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from ..auth import client_identity
 from ..config import ConfigError, Settings
 from ..extensions import limiter
-from ..telemetry import Exchange, current_exchange
+from ..observability.access_log import Exchange, current_exchange
 from .budgets import Budgets, Charge
 from .cost import cost_of
 from .ledger import Ledger, open_ledger, usage_row
