@@ -24,8 +24,6 @@ from .proxies import trust_proxies
 from .service import KimiService
 from . import intake, tokens, usage
 
-__version__ = "1.0.0"
-
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 EXPOSED_HEADERS = ["X-Request-ID", "X-Kimi-Dropped-Params", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining",
                    "X-RateLimit-Reset", usage.BUDGET_HEADER]
@@ -131,7 +129,7 @@ def register_request_hooks(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mounts the routes and the test page."""
-    from .api import chat, health, metrics, openai, openapi, ready
+    from .api import chat, health, metrics, openai, openapi
     from .api import tokens as token_routes
     from .api import usage as usage_api
 
@@ -139,7 +137,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.info_bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(openai.bp)
-    app.register_blueprint(ready.bp)
+    app.register_blueprint(health.ready_bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(token_routes.admin_bp)

@@ -17,6 +17,7 @@ from ..schemas import OpenAIChatRequest, validated
 from ..service import dropped_params_header, get_service
 from ..streaming import client_gone_probe
 from .chat import SSE_HEADERS
+from .openapi import listed
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 protect(bp)
@@ -50,6 +51,7 @@ class OpenAIEvents:
 
 
 @bp.post("/chat/completions")
+@listed("OpenAI-compatible chat completion (streamed or not)")
 @validated(OpenAIChatRequest)
 def chat_completions(body: OpenAIChatRequest):
     """OpenAI's chat completion, streamed (`stream: true`, server-sent events) or not."""
@@ -73,6 +75,7 @@ def chat_completions(body: OpenAIChatRequest):
 
 
 @bp.get("/models")
+@listed("OpenAI-compatible model list")
 def models():
     """The models this service can use, as OpenAI's model list."""
     data, _ = get_service().models()
