@@ -2,7 +2,7 @@
 upstream call and settled after it (budgets.py), and a ledger row per request (ledger.py).
 
 The chat service calls `reserve_tokens(payload)` once its upstream payload is ready; the
-request record (`telemetry.Exchange`) settles the reservation and writes the ledger row
+request record (`access_log.Exchange`) settles the reservation and writes the ledger row
 when the request is over, streams included, however they end.
 """
 from __future__ import annotations
