@@ -148,12 +148,13 @@ def carries_something(chunk: dict) -> bool:
 def first_choice_texts(chunk: dict) -> Iterator[tuple[str, str]]:
     """The text a checked chunk adds to the first choice, in order: ("reasoning", text) and
     ("content", text), each only when not empty."""
-    for choice in _first_choices(chunk):
-        delta = choice.get("delta") or {}
-        if delta.get("reasoning_content"):
-            yield "reasoning", delta["reasoning_content"]
-        if delta.get("content"):
-            yield "content", delta["content"]
+    for choice in chunk.get("choices") or ():
+        if choice.get("index", 0) == 0:
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                yield "reasoning", delta["reasoning_content"]
+            if delta.get("content"):
+                yield "content", delta["content"]
 
 
 class StreamTally:
@@ -170,14 +171,11 @@ class StreamTally:
         # Moonshot puts usage inside the last choice; OpenAI-style servers send a top-level
         # usage chunk. Read both.
         self.usage = chunk.get("usage") or self.usage
-        for choice in _first_choices(chunk):
-            self.usage = choice.get("usage") or self.usage
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
-            self.text_bytes += _text_bytes(choice.get("delta"))
-
-
-def _first_choices(chunk: dict) -> Iterator[dict]:
-    return (choice for choice in chunk.get("choices") or () if choice.get("index", 0) == 0)
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) == 0:
+                self.usage = choice.get("usage") or self.usage
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                self.text_bytes += _text_bytes(choice.get("delta"))
 
 
 def _text_bytes(delta) -> int:
