@@ -25,10 +25,10 @@ def _load_alone(name: str):
     patches the workers, which breaks gevent's ssl patching for HTTPS upstreams."""
     path = Path(__file__).parent / "kimi_backend" / name
     if path.is_dir():
-        spec = importlib.util.spec_from_file_location(f"_kimi_{name}", path / "__init__.py",
+        spec = importlib.util.spec_from_file_location(f"_kimi_{name.replace('/', '_')}", path / "__init__.py",
                                                       submodule_search_locations=[str(path)])
     else:
-        spec = importlib.util.spec_from_file_location(f"_kimi_{name}", path.with_suffix(".py"))
+        spec = importlib.util.spec_from_file_location(f"_kimi_{name.replace('/', '_')}", path.with_suffix(".py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while building Settings
     spec.loader.exec_module(module)
@@ -92,7 +92,7 @@ def on_starting(server):
 
 
 # --- Observability: JSON logs for gunicorn's own lines, and the metrics shared by workers.
-_logs = _load_alone("logs")
+_logs = _load_alone("observability/logs")
 logconfig_dict = _logs.gunicorn_logconfig(_settings.log_level)
 logger_class = _logs.GunicornLogger
 

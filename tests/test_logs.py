@@ -7,7 +7,7 @@ import logging
 
 from conftest import UPSTREAM_KEY
 from kimi_backend.auth import key_fingerprint
-from kimi_backend.logs import JsonFormatter
+from kimi_backend.observability.logs import JsonFormatter
 from kimi_backend.moonshot.models import DEFAULT_MODEL
 
 

@@ -17,6 +17,7 @@ from ..errors import ApiError
 from ..extensions import limiter
 from ..schemas import parse
 from ..tokens import ANONYMOUS_PREFIX, ANY_ORIGIN, RateLimitClaim, TokenClaims, get_tokens, iso_utc
+from .openapi import listed
 
 admin_bp = Blueprint("tokens", __name__, url_prefix="/api")
 session_bp = Blueprint("session", __name__, url_prefix="/api")
@@ -77,6 +78,7 @@ def require_anonymous_sessions() -> None:
 
 
 @admin_bp.post("/tokens")
+@listed("Mint a browser token (admin key): {subject?, origins?, ttl_s?, token_budget?, rate_limit?}")
 def mint():
     """Mints a browser token (admin key: the site's own backend calls this)."""
     body = parse(TokenRequest, request.get_data() or b"{}")
@@ -94,6 +96,7 @@ mint.request_schema = TokenRequest  # for the OpenAPI document (the body may als
 
 
 @admin_bp.delete("/tokens/<subject>")
+@listed("Revoke every token of a subject (admin key)")
 def revoke(subject: str):
     """Revokes every token of a subject minted so far (admin key)."""
     if not re.match(SUBJECT_PATTERN, subject):
@@ -104,6 +107,7 @@ def revoke(subject: str):
 
 
 @session_bp.post("/session")
+@listed("An anonymous browser token for a page on an allowed origin (ANONYMOUS_TOKENS)")
 def session():
     """Starts an anonymous session: a short-lived token for a page on an allowed origin."""
     settings = current_app.config["SETTINGS"]

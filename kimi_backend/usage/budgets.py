@@ -22,7 +22,7 @@ from limits.storage import Storage
 
 from ..config.settings import Settings
 from ..errors import ApiError
-from ..metrics import BUDGET_REFUSALS, BUDGET_SETTLE_FAILURES
+from ..observability.metrics import BUDGET_REFUSALS, BUDGET_SETTLE_FAILURES
 from . import estimate
 
 log = logging.getLogger("kimi_backend")
