@@ -1,8 +1,9 @@
 """Gunicorn settings: `gunicorn -c gunicorn.conf.py wsgi:app` (what `make run` starts).
 
 Every value comes from the environment (and `.env`), with defaults chosen by measurement;
-see README "Capacity". The settings are validated here, in the master, so a bad value stops
-startup with one sentence before any worker boots.
+see README "Capacity". The settings, gunicorn's included, are declared and parsed in
+kimi_backend/config/; they are loaded here, in the master, so a bad value stops startup with
+one sentence before any worker boots.
 """
 import glob
 import importlib.util
@@ -18,18 +19,23 @@ from dotenv import load_dotenv
 load_dotenv(os.environ.get("DOTENV_PATH", ".env"))
 
 
-def _load_module_alone(name: str):
-    """Loads kimi_backend/<name>.py alone. Importing the package here would import Flask,
-    requests and urllib3 into the master before gevent patches the workers, which breaks
-    gevent's ssl patching for HTTPS upstreams."""
-    spec = importlib.util.spec_from_file_location(f"_kimi_{name}", Path(__file__).parent / "kimi_backend" / f"{name}.py")
+def _load_alone(name: str):
+    """Loads kimi_backend/<name>.py, or the package kimi_backend/<name>/, alone. Importing
+    kimi_backend here would import Flask, requests and urllib3 into the master before gevent
+    patches the workers, which breaks gevent's ssl patching for HTTPS upstreams."""
+    path = Path(__file__).parent / "kimi_backend" / name
+    if path.is_dir():
+        spec = importlib.util.spec_from_file_location(f"_kimi_{name.replace('/', '_')}", path / "__init__.py",
+                                                      submodule_search_locations=[str(path)])
+    else:
+        spec = importlib.util.spec_from_file_location(f"_kimi_{name.replace('/', '_')}", path.with_suffix(".py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while building Settings
     spec.loader.exec_module(module)
     return module
 
 
-_config = _load_module_alone("config")
+_config = _load_alone("config")
 try:
     _settings = _config.load_settings(os.environ)
 except _config.ConfigError as exc:
@@ -43,23 +49,22 @@ _wanted = 65536 if _hard == resource.RLIM_INFINITY else min(_hard, 65536)
 if _soft != resource.RLIM_INFINITY and _soft < _wanted:
     resource.setrlimit(resource.RLIMIT_NOFILE, (_wanted, _hard))
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_settings.port}"
+bind = f"{_settings.host}:{_settings.port}"
 # Not `sync`: it kills any response that outlives `timeout`, and so every long stream.
 # gevent and gthread are gunicorn's workers with the service's additions (kimi_backend/workers.py):
 # JSON for the errors gunicorn answers itself, a per-address connection cap (off behind a
 # trusted proxy, whose address every connection has), and in-band stream endings on SIGTERM.
-_workers = _load_module_alone("workers")
-worker_class = os.environ.get("WORKER_CLASS", "gevent")
-if worker_class == "gevent":
+_workers = _load_alone("workers")
+if _settings.worker_class == "gevent":
     worker_class = _workers.gevent_worker(0 if _settings.trusted_proxy_count else _settings.max_connections_per_ip)
-elif worker_class == "gthread":
+else:
     worker_class = _workers.thread_worker()
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+workers = _settings.web_concurrency
+worker_connections = _settings.worker_connections
+threads = _settings.gunicorn_threads
 backlog = 2048
 timeout = 60
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "30"))
+graceful_timeout = _settings.graceful_timeout_s
 keepalive = 5
 errorlog = "-"
 loglevel = _settings.log_level
@@ -87,7 +92,7 @@ def on_starting(server):
 
 
 # --- Observability: JSON logs for gunicorn's own lines, and the metrics shared by workers.
-_logs = _load_module_alone("logs")
+_logs = _load_alone("observability/logs")
 logconfig_dict = _logs.gunicorn_logconfig(_settings.log_level)
 logger_class = _logs.GunicornLogger
 

@@ -2,7 +2,7 @@
 import sys
 
 from kimi_backend import create_app
-from kimi_backend.config import ConfigError
+from kimi_backend.config.parsers import ConfigError
 
 try:
     app = create_app()

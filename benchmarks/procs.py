@@ -13,9 +13,13 @@ from pathlib import Path
 
 import requests
 
+from kimi_backend.config.settings import VARIABLES
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "reference"
 BENCH_KEY = "sk-bench"
+# Not inherited from the caller's shell: every setting, and what gunicorn and prometheus-client read themselves.
+NOT_INHERITED = frozenset(variable.name for variable in VARIABLES) | {"GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR"}
 
 
 def free_port() -> int:
@@ -26,9 +30,7 @@ def free_port() -> int:
 
 
 def _clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "WEB_", "WORKER_", "GUNICORN_", "USAGE_",
-                                "TOKEN_BUDGET"))}
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(DOTENV_PATH="", **extra)
     return env
 

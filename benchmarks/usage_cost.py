@@ -19,7 +19,7 @@ from limits.storage import MemoryStorage  # noqa: E402
 
 from kimi_backend.config import load_settings  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
-from kimi_backend.telemetry import Exchange  # noqa: E402
+from kimi_backend.observability.access_log import Exchange  # noqa: E402
 from kimi_backend.usage.budgets import Budgets  # noqa: E402
 from kimi_backend.usage.cost import cost_of  # noqa: E402
 from kimi_backend.usage.ledger import Ledger, usage_row  # noqa: E402

@@ -9,20 +9,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask, g, request, send_from_directory
+from limits import RateLimitItemPerSecond
 from limits.errors import StorageError
 
-from .config import Settings, load_settings, read_environment
+from .config import load_settings, read_environment
+from .config.settings import Settings
 from .errors import register_error_handlers
 from .extensions import cors, init_security_headers, limiter
 from .ratelimit import add_rate_limit_headers, limiter_storage_options, rate_limit_unavailable
 from .lifecycle import Shutdown
-from .logs import configure_logging
-from .moonshot.client import MoonshotClient, ReplyLimits
+from .moonshot.client import MoonshotClient
+from .moonshot.reading import ReplyLimits
+from .observability import access_log
+from .observability.logs import configure_logging
 from .proxies import trust_proxies
 from .service import KimiService
-from . import intake, telemetry, tokens, usage
-
-__version__ = "1.0.0"
+from . import intake, tokens, usage
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 EXPOSED_HEADERS = ["X-Request-ID", "X-Kimi-Dropped-Params", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining",
@@ -33,18 +35,18 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Builds the app: settings → logging → upstream → usage (budgets, ledger) → request ids,
-    telemetry and body intake → extensions → errors → routes.
+    access log and body intake → extensions → errors → routes.
 
     `test_config` overrides environment variables by name (same names, same parsing).
     """
     settings = load_settings(read_environment(os.environ, os.environ.get("DOTENV_PATH", ".env")), test_config)
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     configure_app(app, settings)
-    configure_logging(settings.log_level, telemetry.current_request_id)
+    configure_logging(settings.log_level, access_log.current_request_id)
     connect_upstream(app, settings)
     usage.init_app(app, settings)
     register_request_hooks(app)
-    telemetry.init_app(app)
+    access_log.init_app(app)
     intake.init_app(app)
     register_extensions(app, settings)
     register_error_handlers(app)
@@ -58,7 +60,7 @@ def configure_app(app: Flask, settings: Settings) -> None:
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        API_RATE_LIMIT=settings.rate_limit,
+        API_RATE_LIMIT=RateLimitItemPerSecond(settings.rate_limit_max_requests, settings.rate_limit_window_s),
         RATELIMIT_ENABLED=True,
         RATELIMIT_STORAGE_URI=settings.rate_limit_storage_uri,
         RATELIMIT_STRATEGY="fixed-window",
@@ -129,7 +131,7 @@ def register_request_hooks(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     """Mounts the routes and the test page."""
-    from .api import chat, health, metrics, openai, openapi, ready
+    from .api import chat, health, metrics, openai, openapi
     from .api import tokens as token_routes
     from .api import usage as usage_api
 
@@ -137,7 +139,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.info_bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(openai.bp)
-    app.register_blueprint(ready.bp)
+    app.register_blueprint(health.ready_bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(token_routes.admin_bp)

@@ -70,10 +70,13 @@ def openai_surface() -> bool:
     return has_request_context() and request.path.startswith(OPENAI_PREFIX)
 
 
-def error_body(code: str, message: str, status: int = 400, openai: bool | None = None) -> dict:
+def error_body(code: str, message: str, status: int = 400, openai: bool | None = None,
+               request_id: str | None = None) -> dict:
     """The JSON body of an error, as every layer (and the stream's in-band error) sends it:
-    the original contract's shape, or OpenAI's on the `/v1` surface."""
-    request_id = g.get("request_id") if has_request_context() else None
+    the original contract's shape, or OpenAI's on the `/v1` surface. `request_id` is the
+    request's (from `g`) unless given: a stream's events are made after its request ended."""
+    if request_id is None and has_request_context():
+        request_id = g.get("request_id")
     if openai if openai is not None else openai_surface():
         error = {"message": message, "type": OPENAI_TYPES.get(status, "api_error"), "code": code}
         return {"error": error | {"request_id": request_id} if request_id else error}

@@ -4,7 +4,6 @@ counted by flask-limiter in its configured storage (`memory://` or Redis), with
 `RATE_LIMIT_FAIL_OPEN` deciding what happens while that storage is down."""
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -13,7 +12,7 @@ from typing import Callable, TypeVar
 import flask
 from flask import Blueprint, Flask, Response, current_app, g
 from flask_limiter import Limiter
-from limits import RateLimitItem, parse
+from limits import RateLimitItem
 from limits.errors import StorageError
 
 from .auth import client_identity, ip_identity, verified_token
@@ -31,11 +30,6 @@ REDIS_TIMEOUT_S = 1.0
 RECOVERY_CHECK_S = 5.0
 
 
-@functools.lru_cache(maxsize=16)
-def _limit_item(limit: str) -> RateLimitItem:
-    return parse(limit)
-
-
 class AppLimiter(Limiter):
     """flask-limiter's `Limiter` with two changes.
 
@@ -43,11 +37,13 @@ class AppLimiter(Limiter):
       switch, storage options and storage-outage state, so every app built after it in the
       same process (tests, several configs) would inherit them.
     - Its per-request check counts our one shared limit (and what a browser token adds)
-      directly in flask-limiter's own
-      fixed-window strategy's storage (`self.limiter`, which is the in-memory fallback while
-      the storage is down). The stock check resolves every route's limits, decorators, exemptions and
-      meta-limits on each request: measured at about 0.13 ms of CPU per request, a fifth of
-      the service's whole cost, against 0.01 ms for the direct count.
+      directly in flask-limiter's own fixed-window strategy's storage (`self.limiter`, which
+      is the in-memory fallback while the storage is down). The stock check resolves every
+      route's limits, decorators, exemptions and meta-limits on each request, several times
+      the cost of the direct count and a visible share of a whole request's CPU.
+
+    Both replace private members of flask-limiter: requirements.txt pins its minor version and
+    tests/test_rate_limits.py fails if those members change.
     """
 
     def __init__(self, *args, **kwargs):
@@ -89,7 +85,7 @@ class AppLimiter(Limiter):
         outage handling as the counts."""
         return self._with_fallback(lambda: self.limiter.storage.get(key))
 
-    def check(self, limit: str, identity: str, scope: str, message: str) -> None:
+    def check(self, limit: RateLimitItem, identity: str, scope: str, message: str) -> None:
         """Counts the request against a view's own extra limit (e.g. anonymous sessions per
         address); a 429 with `message` once it is spent."""
         state = self._with_fallback(lambda: self._hit(limit, identity, scope))
@@ -120,8 +116,7 @@ class AppLimiter(Limiter):
             limits += _token_limits(token, service_limit)
         return [self._hit(*limit) for limit in limits]
 
-    def _hit(self, limit: str, identity: str, scope: str) -> tuple:
-        item = _limit_item(limit)
+    def _hit(self, item: RateLimitItem, identity: str, scope: str) -> tuple:
         key = item.key_for(self._key_prefix, identity, scope)
         count = self._count(item, key)
         return (self.limiter.storage, item, key, count)
@@ -141,14 +136,14 @@ class AppLimiter(Limiter):
             self._storage_dead = False
 
 
-def _token_limits(token: TokenClaims, service_limit: str) -> list[tuple[str, str, str]]:
+def _token_limits(token: TokenClaims, service_limit: RateLimitItem) -> list[tuple[RateLimitItem, str, str]]:
     """What a browser token adds to the service's limit on its subject: its own `rate_limit`,
     for the subject as a whole (however many machines share the token); and for an anonymous
     session, the caller's address under the service's limit, as without a token, since anyone
     can start a fresh session but not from a fresh address."""
     limits = []
     if token.rate_limit is not None:
-        limits.append((token.rate_limit.limit, token.identity, TOKEN_SCOPE))
+        limits.append((token.rate_limit.item, token.identity, TOKEN_SCOPE))
     if token.anonymous:
         limits.append((service_limit, ip_identity(), API_SCOPE))
     return limits

@@ -7,13 +7,14 @@ from typing import Callable, Iterator
 from flask import Response, current_app, g
 
 from .catalog import ModelCatalog
-from .config import Settings
-from .metrics import label_models
+from .config.settings import Settings
 from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient
+from .moonshot.replies import first_answer
+from .observability.access_log import current_exchange
+from .observability.metrics import label_models
 from .schemas import ChatOptions
 from .streaming import relay
-from .telemetry import current_exchange
 from .usage import reserve_tokens
 
 
@@ -31,11 +32,11 @@ class KimiService:
     def complete(self, messages: list[dict], options: ChatOptions) -> dict:
         """A whole reply: `{"message", "usage", "model", "finish_reason"[, "reasoning"]}`."""
         body = self.chat(self._payload(messages, options))
-        choice = body["choices"][0]
-        reply = {"message": choice["message"].get("content") or "", "usage": body.get("usage"),
-                 "model": body["model"], "finish_reason": choice.get("finish_reason")}
-        if choice["message"].get("reasoning_content"):
-            reply["reasoning"] = choice["message"]["reasoning_content"]
+        answer = first_answer(body)
+        reply = {"message": answer.content or "", "usage": body.get("usage"),
+                 "model": body["model"], "finish_reason": answer.finish_reason}
+        if answer.reasoning:
+            reply["reasoning"] = answer.reasoning
         return reply
 
     def stream(self, messages: list[dict], options: ChatOptions,
@@ -63,7 +64,7 @@ class KimiService:
         with exchange.upstream("chat"):
             body = self.client.chat(payload)
         body["model"] = body.get("model") or payload["model"]
-        exchange.replied(body["model"], body.get("usage"), body["choices"][0]["message"].get("content"))
+        exchange.replied(body["model"], body.get("usage"), first_answer(body).content)
         return body
 
     def open_stream(self, payload: dict, client_gone: Callable[[], bool] | None = None, events=None) -> Iterator[bytes]:

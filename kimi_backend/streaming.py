@@ -11,11 +11,12 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from .moonshot.client import DRAIN_TIMEOUT_S, StreamBroken, UpstreamStream
 from .errors import error_body
+from .moonshot.replies import StreamTally, first_choice_texts
 from .moonshot.sse import DONE, KEEPALIVE, event
+from .moonshot.stream import DRAIN_TIMEOUT_S, StreamBroken, UpstreamStream
+from .observability.access_log import Exchange
 from .peer import peer_closed
-from .telemetry import Exchange
 
 log = logging.getLogger("kimi_backend")
 
@@ -61,33 +62,14 @@ def _pump(stream: UpstreamStream, chunks: queue.SimpleQueue, request_id: str) ->
         stream.close()
 
 
-def _text_bytes(delta) -> int:
-    """How much generated text a chunk's delta carries (answer, reasoning, tool-call arguments),
-    in bytes: what a stream cut short before its usage is charged for."""
-    if not isinstance(delta, dict):
-        return 0
-    size = sum(len(str(delta.get(name) or "").encode()) for name in ("content", "reasoning_content"))
-    for call in delta.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            size += len(str(function.get("arguments") or "").encode())
-    return size
-
-
 class ContractEvents:
     """The original contract's events (`/api/chat/stream`): `{"content"}` pieces, reasoning as
     `{"content": "", "reasoning"}`, one final event with the usage, then `[DONE]`."""
 
     def chunk(self, chunk: dict) -> Iterator[bytes]:
         """Our events for one upstream chunk (choice 0 only)."""
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if delta.get("reasoning_content"):
-                yield event({"content": "", "reasoning": delta["reasoning_content"]})
-            if delta.get("content"):
-                yield event({"content": delta["content"]})
+        for kind, text in first_choice_texts(chunk):
+            yield event({"content": "", "reasoning": text} if kind == "reasoning" else {"content": text})
 
     def end(self, finish_reason: str | None, usage: dict | None) -> Iterator[bytes]:
         """The final event and `[DONE]`."""
@@ -96,7 +78,7 @@ class ContractEvents:
 
     def error(self, code: str, message: str, request_id: str) -> Iterator[bytes]:
         """An in-band error, then `[DONE]`."""
-        yield event(error_body(code, message) | {"request_id": request_id})
+        yield event(error_body(code, message, request_id=request_id))
         yield DONE
 
 
@@ -113,9 +95,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
     reader = threading.Thread(target=_pump, args=(stream, chunks, exchange.request_id), daemon=True)
     reader.start()
     watch_s = CLIENT_POLL_S if client_gone or shutting_down else keepalive_s
-    finish_reason = None
-    usage = None
-    relayed_bytes = 0  # prices a stream cut short before its usage arrived
+    tally = StreamTally()
     outcome = "client_closed"
     reader_done = False
     exchange.stream_started()
@@ -147,14 +127,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                 yield from events.error(item.code, item.message, exchange.request_id)
                 return
             if item is not None:
-                # Moonshot puts usage inside the last choice; OpenAI-style servers send a
-                # top-level usage chunk. Read both.
-                usage = item.get("usage") or usage
-                for choice in item.get("choices") or ():
-                    if choice.get("index", 0) == 0:
-                        usage = choice.get("usage") or usage
-                        finish_reason = choice.get("finish_reason") or finish_reason
-                        relayed_bytes += _text_bytes(choice.get("delta"))
+                tally.add(item)
                 for piece in events.chunk(item):
                     yield piece
                     last_sent = time.monotonic()
@@ -162,7 +135,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                 yield KEEPALIVE
                 last_sent = time.monotonic()
         outcome = "ok"
-        yield from events.end(finish_reason, usage)
+        yield from events.end(tally.finish_reason, tally.usage)
     except Exception:  # a bug while relaying must still end the stream in-band, and be logged
         log.exception("stream relay failed (request_id=%s)", exchange.request_id)
         outcome = "internal_error"
@@ -178,4 +151,4 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
             # DRAIN_TIMEOUT_S). Our last event is already out; waiting here means the worker's
             # next request finds the connection back in the pool instead of opening another.
             reader.join(READER_JOIN_S)
-        exchange.stream_ended(usage, outcome, relayed_bytes)
+        exchange.stream_ended(tally.usage, outcome, tally.text_bytes)

@@ -12,7 +12,6 @@ agreeing.
 """
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -21,7 +20,9 @@ from typing import Any, Callable
 
 import jwt
 from flask import Flask, current_app
+from limits import RateLimitItem, RateLimitItemPerSecond
 
+from .config.settings import window_seconds
 from .errors import ApiError
 
 ALGORITHM = "HS256"
@@ -42,10 +43,10 @@ class RateLimitClaim:
     window_ms: int
 
     @property
-    def limit(self) -> str:
-        """The limit in flask-limiter's notation; windows are whole seconds, rounded up (as the
+    def item(self) -> RateLimitItem:
+        """The limit as the limiter counts it; windows are whole seconds, rounded up (as the
         service's own)."""
-        return f"{self.max_requests} per {max(1, math.ceil(self.window_ms / 1000))} second"
+        return RateLimitItemPerSecond(self.max_requests, window_seconds(self.window_ms))
 
 
 @dataclass(frozen=True)

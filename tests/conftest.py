@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from kimi_backend import create_app
 from kimi_backend.moonshot.simulator import start_in_thread
 from tests.browser import browser  # noqa: F401  (a fixture: the browser tests' Chromium)
-from tests.servers import Service, SimulatorProcess
+from tests.servers import SETTING_VARIABLES, Service, SimulatorProcess
 
 # The client key the SDK and test-page tests present to a service that requires one.
 CLIENT_KEY = "frontend-test-client-key"
@@ -21,16 +21,10 @@ CLIENT_KEY = "frontend-test-client-key"
 # A fake key, long and recognisable, so a leak anywhere is found by a plain substring search.
 UPSTREAM_KEY = "sk-test-upstream-key-0123456789abcdefghijklmnopqrstuv"
 
-# Variables a developer's shell or .env could set; tests start from a clean slate.
+# Settings a developer's shell or .env could set; tests start from a clean slate.
 os.environ["DOTENV_PATH"] = ""
-for _name in list(os.environ):
-    if _name.startswith(("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "ALLOWED_", "VALID_API_KEYS", "REQUIRE_API_KEY",
-                         "TOKEN_", "ANON_", "ANONYMOUS_", "USAGE_")) \
-            or _name in ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "DEFAULT_MODEL", "MAX_BODY_BYTES",
-                         "LOG_LEVEL", "SSE_KEEPALIVE_S", "MODELS_CACHE_TTL_S", "FORCE_HTTPS",
-                         "LOG_BODIES", "METRICS_TOKEN", "READY_CACHE_S", "READY_TIMEOUT_S", "ADMIN_API_KEY",
-                         "MODEL_ALIASES", "DEFAULT_THINKING", "REQUEST_BODY_TIMEOUT_S", "MAX_CONNECTIONS_PER_IP"):
-        del os.environ[_name]
+for _name in SETTING_VARIABLES:
+    os.environ.pop(_name, None)
 
 # The usage ledger of every test app that does not name its own: a temporary file, never one
 # in the working directory.

@@ -15,7 +15,13 @@ from pathlib import Path
 import redis
 import requests
 
+from kimi_backend.config.settings import VARIABLES
 from tests.helpers import ROOT, free_port, require, require_binary, wait_until
+
+# Every variable the service reads: a developer's shell could set any of them.
+SETTING_VARIABLES = frozenset(variable.name for variable in VARIABLES)
+# Read by gunicorn and prometheus-client themselves, so a started service must not inherit them.
+SERVER_VARIABLES = frozenset(("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS"))
 
 
 def fetch_all(urls: list[str], headers: dict | None = None) -> list[requests.Response]:
@@ -79,11 +85,7 @@ class Process:
 
 def clean_env(**overrides: str) -> dict[str, str]:
     """The current environment without project variables, plus `overrides`."""
-    prefixes = ("KIMI_", "RATE_LIMIT_", "UPSTREAM_", "REQUIRE_API_KEY", "VALID_API_KEYS", "ALLOWED_",
-                "LOG_BODIES", "METRICS_TOKEN", "READY_", "PROMETHEUS_MULTIPROC_DIR", "TOKEN_", "ANON_", "ANONYMOUS_",
-                "ADMIN_API_KEY", "USAGE_")
-    unset = ("NODE_ENV", "APP_ENV", "PORT", "TRUSTED_PROXY_COUNT", "FORCE_HTTPS", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and k not in unset}
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_VARIABLES | SERVER_VARIABLES}
     env.update(DOTENV_PATH="", HOST="127.0.0.1")
     env.update(overrides)
     return env

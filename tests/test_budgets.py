@@ -11,7 +11,8 @@ import pytest
 from flask import g
 from sqlalchemy import select
 
-from kimi_backend.config import ConfigError, key_id, load_settings
+from kimi_backend.config import load_settings
+from kimi_backend.config.parsers import ConfigError, key_id
 from kimi_backend.usage import estimate
 from kimi_backend.usage.schema import usage
 

@@ -5,11 +5,14 @@ import subprocess
 import sys
 
 import pytest
+from limits import parse
 
 from kimi_backend import create_app
-from kimi_backend.config import ConfigError, load_settings, read_environment
+from kimi_backend.config import load_settings, read_environment
+from kimi_backend.config.parsers import ConfigError
 from tests.helpers import ROOT, free_port
 from tests.servers import clean_env
+
 
 def test_defaults_match_the_original_service():
     settings = load_settings({"KIMI_API_KEY": "sk-x"})
@@ -17,7 +20,7 @@ def test_defaults_match_the_original_service():
     assert settings.env == "development"
     assert settings.base_url == "https://api.moonshot.cn/v1"
     assert (settings.rate_limit_window_ms, settings.rate_limit_max_requests) == (900000, 100)
-    assert settings.rate_limit == "100 per 900 second"
+    assert settings.rate_limit_window_s == 900
     assert settings.require_api_key is False and settings.offline is False
 
 
@@ -29,7 +32,7 @@ def test_original_env_file_works_unchanged(tmp_path):
     settings = load_settings(read_environment({}, str(env_file)))
     assert settings.api_key == "sk-from-dotenv" and settings.base_url == "https://api.moonshot.ai/v1"
     assert settings.port == 8080 and settings.production
-    assert settings.rate_limit == "5 per 60 second"
+    assert (settings.rate_limit_max_requests, settings.rate_limit_window_s) == (5, 60)
     assert settings.require_api_key and settings.valid_api_keys == ("k1", "k2")
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
 
@@ -97,6 +100,20 @@ def test_settings_repr_hides_keys():
     assert "sk-very-secret" not in repr(settings) and "client-secret" not in repr(settings)
 
 
+def test_the_rate_limit_is_counted_as_flask_limiter_would_parse_it():
+    # The same item, and so the same storage keys, as the "100 per 900 second" string gave.
+    assert create_app({"KIMI_API_KEY": "sk-x"}).config["API_RATE_LIMIT"] == parse("100 per 900 second")
+    assert create_app({"KIMI_API_KEY": "sk-x", "RATE_LIMIT_WINDOW_MS": "1"}).config["API_RATE_LIMIT"] == parse("100 per 1 second")
+
+
+def test_gunicorn_settings_keep_their_defaults():
+    settings = load_settings({})
+    assert (settings.host, settings.worker_class, settings.web_concurrency) == ("0.0.0.0", "gevent", 1)
+    assert (settings.worker_connections, settings.gunicorn_threads, settings.graceful_timeout_s) == (2000, 32, 30)
+    assert settings.pool_size == 2000
+    assert load_settings({"WORKER_CLASS": "gthread", "GUNICORN_THREADS": "4"}).pool_size == 4
+
+
 def test_create_app_refuses_bad_config():
     with pytest.raises(ConfigError, match="RATE_LIMIT_WINDOW_MS"):
         create_app({"KIMI_API_KEY": "sk-x", "RATE_LIMIT_WINDOW_MS": "soon"})
@@ -116,6 +133,10 @@ def _start(extra_env: dict, *command: str) -> subprocess.CompletedProcess:
     ({"WEB_CONCURRENCY": "2", "RATE_LIMIT_STORAGE_URI": "Memory://"}, "RATE_LIMIT_STORAGE_URI"),
     ({"WEB_CONCURRENCY": "2", "RATE_LIMIT_STORAGE_URI": "MEMORY://"}, "RATE_LIMIT_STORAGE_URI"),
     ({"MAX_CONNECTIONS_PER_IP": "lots"}, "MAX_CONNECTIONS_PER_IP"),
+    ({"WORKER_CLASS": "sync"}, "WORKER_CLASS"),
+    ({"WORKER_CONNECTIONS": "0"}, "WORKER_CONNECTIONS"),
+    ({"GUNICORN_THREADS": "many"}, "GUNICORN_THREADS"),
+    ({"GRACEFUL_TIMEOUT_S": "2.5"}, "GRACEFUL_TIMEOUT_S"),
 ])
 def test_gunicorn_refuses_to_start_with_one_sentence(extra_env, variable):
     result = _start(extra_env, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")
@@ -123,3 +144,29 @@ def test_gunicorn_refuses_to_start_with_one_sentence(extra_env, variable):
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("kimi-backend: configuration error:") and variable in last_line
+
+
+@pytest.mark.parametrize("value,sentence", [
+    ("abc", "WEB_CONCURRENCY must be a whole number, got 'abc'."),
+    ("0", "WEB_CONCURRENCY must be at least 1, got 0."),
+])
+def test_gunicorn_refuses_a_bad_worker_count_in_one_sentence(tmp_path, value, sentence):
+    # From .env: gunicorn itself reads a WEB_CONCURRENCY in the process environment with a bare
+    # int() as it is imported, before gunicorn.conf.py runs.
+    (tmp_path / ".env").write_text(f"WEB_CONCURRENCY={value}\n")
+    result = _start({"DOTENV_PATH": str(tmp_path / ".env")},
+                    sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"kimi-backend: configuration error: {sentence}"
+
+
+def test_gunicorn_master_imports_only_the_config_package():
+    # gunicorn.conf.py runs in the master: Flask, requests or urllib3 imported there would come
+    # before gevent patches the workers and break its ssl patching.
+    probe = ("import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+             "print(' '.join(sorted(name for name in sys.modules if name.split('.')[0] in "
+             "('flask', 'requests', 'urllib3', 'kimi_backend', 'prometheus_client'))))")
+    result = _start({}, sys.executable, "-c", probe)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from kimi_backend.config import ConfigError
+from kimi_backend.config.parsers import ConfigError
 
 ORIGIN = "https://chat.example.com"
 

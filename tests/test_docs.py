@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from kimi_backend.config import VARIABLES
+import pytest
+
+from kimi_backend.config.settings import VARIABLES
 from tests.helpers import ROOT
 
 
@@ -13,13 +15,13 @@ def code_blocks(text: str) -> list[str]:
     return re.findall(r"^```.*?^```$", text, flags=re.M | re.S)
 
 
-def test_every_setting_is_in_env_example_and_both_readmes():
+@pytest.mark.parametrize("name", [variable.name for variable in VARIABLES])
+def test_every_setting_is_in_env_example_and_both_readmes(name):
     env_example = (ROOT / ".env.example").read_text()
     readmes = [(ROOT / name).read_text() for name in ("README.md", "README.zh-CN.md")]
-    for name in VARIABLES:
-        assert re.search(rf"^#? ?{name}=", env_example, flags=re.M), f"{name} missing from .env.example"
-        for readme in readmes:
-            assert f"`{name}`" in readme, f"{name} missing from a README"
+    assert re.search(rf"^#? ?{name}=", env_example, flags=re.M), f"{name} missing from .env.example"
+    for readme in readmes:
+        assert f"`{name}`" in readme, f"{name} missing from a README"
 
 
 def test_chinese_readme_is_parallel_to_the_english_one():

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, select, text
 
 from kimi_backend import create_app
-from kimi_backend.config import ConfigError, key_id
+from kimi_backend.config.parsers import ConfigError, key_id
 from kimi_backend.usage.schema import schema_version, usage
 from tests.conftest import base_config, close_app
 from tests.servers import PostgresServer

@@ -6,7 +6,7 @@ import json
 import logging
 
 from kimi_backend.auth import key_fingerprint
-from kimi_backend.logs import JsonFormatter
+from kimi_backend.observability.logs import JsonFormatter
 from kimi_backend.moonshot.models import DEFAULT_MODEL
 from tests.conftest import UPSTREAM_KEY
 

@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from kimi_backend.config import ConfigError, load_settings
+from kimi_backend.config import load_settings
+from kimi_backend.config.parsers import ConfigError
 from kimi_backend.moonshot.models import BY_ID, CURRENT, DEFAULT_MODEL, MODELS, builtin_aliases
 
 

@@ -2,6 +2,7 @@
 static routes, the 429 contract, and what happens when the limiter's storage is unreachable."""
 from __future__ import annotations
 
+import inspect
 import time
 
 import pytest
@@ -99,6 +100,25 @@ def test_each_app_gets_its_own_outage_behaviour(make_app):
 
 @pytest.mark.parametrize("value", ["maybe", "2"])
 def test_fail_open_setting_is_validated(make_app, value):
-    from kimi_backend.config import ConfigError
+    from kimi_backend.config.parsers import ConfigError
     with pytest.raises(ConfigError, match="^RATE_LIMIT_FAIL_OPEN"):
         make_app(RATE_LIMIT_FAIL_OPEN=value)
+
+
+def test_the_overridden_flask_limiter_members_are_unchanged(app):
+    # AppLimiter replaces flask-limiter's private per-request check and resets private state in
+    # init_app (kimi_backend/ratelimit.py): a flask-limiter that renames or reshapes these must
+    # fail here rather than leave requests uncounted or apps sharing an outage state.
+    from flask_limiter import Limiter
+
+    from kimi_backend.extensions import limiter
+    from kimi_backend.ratelimit import AppLimiter
+
+    expected = ["self", "callable_name", "in_middleware"]
+    assert list(inspect.signature(Limiter._check_request_limit).parameters) == expected
+    assert inspect.signature(AppLimiter._check_request_limit) == inspect.signature(Limiter._check_request_limit)
+    assert list(inspect.signature(Limiter.init_app).parameters) == ["self", "app"]
+    # flask-limiter's init_app registers the check as a before_request hook: ours is what runs.
+    assert limiter._check_request_limit in app.before_request_funcs[None]
+    for name in ("_in_memory_fallback_enabled", "_storage_options", "_storage_dead", "_key_prefix"):
+        assert name in vars(limiter), f"flask-limiter no longer keeps {name}"

@@ -3,7 +3,12 @@ HTTPS; the HTTPS redirect off by default, on with FORCE_HTTPS, honouring only a 
 proxy's forwarded scheme."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
+from flask_talisman import Talisman
+
+from kimi_backend.extensions import SecurityHeaders
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
@@ -58,3 +63,12 @@ def test_without_a_trusted_proxy_a_forwarded_scheme_is_ignored(make_app):
 def test_production_runs_without_debug(make_app):
     app = make_app(NODE_ENV="production")
     assert not app.debug and not app.config["PROPAGATE_EXCEPTIONS"]
+
+
+def test_the_overridden_talisman_member_is_unchanged():
+    # SecurityHeaders caches flask-talisman's private _parse_policy (kimi_backend/extensions.py):
+    # a flask-talisman that renames it, reshapes it or stops calling it for the CSP must fail
+    # here rather than silently parse on every response or drop the header.
+    assert list(inspect.signature(Talisman._parse_policy).parameters) == ["self", "policy"]
+    assert inspect.signature(SecurityHeaders._parse_policy.__wrapped__) == inspect.signature(Talisman._parse_policy)
+    assert "self._parse_policy(" in inspect.getsource(Talisman._set_content_security_policy_headers)

@@ -191,7 +191,7 @@ def test_a_finished_stream_returns_its_upstream_connection_to_the_pool(make_app,
     share one upstream connection: a complete stream is released, not thrown away, and
     released before the stream's response ends, so the next request finds it in the pool
     even when the release is slow (here made slow on purpose)."""
-    from kimi_backend.moonshot.client import UpstreamStream
+    from kimi_backend.moonshot.stream import UpstreamStream
     release = UpstreamStream.close
 
     def slow_release(self):

@@ -15,7 +15,7 @@ import pytest
 from flask import g
 
 from kimi_backend.auth import require_client_key
-from kimi_backend.config import ConfigError
+from kimi_backend.config.parsers import ConfigError
 from tests.helpers import CHAT_CALLS, LONG_WINDOW_MS, assert_error, call, free_port
 from tests.token_support import ADMIN, NEW_SECRET, OTHER_SITE, SECRET, SITE, T0, Clock, claims_of, mint, using
 

@@ -13,7 +13,7 @@ import redis
 import requests
 from sqlalchemy import create_engine, select
 
-from kimi_backend.config import key_id
+from kimi_backend.config.parsers import key_id
 from kimi_backend.usage import estimate
 from kimi_backend.usage.schema import usage
 from tests.conftest import UPSTREAM_KEY

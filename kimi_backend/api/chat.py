@@ -9,7 +9,7 @@ from ..origins import protect
 from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, validated
 from ..service import dropped_params_header, get_service
 from ..streaming import client_gone_probe
-from .openapi import produces
+from .openapi import listed, produces
 
 bp = Blueprint("chat", __name__, url_prefix="/api/chat")
 protect(bp)
@@ -21,6 +21,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @bp.post("/completion")
+@listed("Single-turn chat: {message, model?, system?}")
 @validated(CompletionRequest)
 def completion(body: CompletionRequest):
     """One user message (and an optional system prompt) in, one reply out."""
@@ -30,6 +31,7 @@ def completion(body: CompletionRequest):
 
 
 @bp.post("/history")
+@listed("Multi-turn chat: {messages: [{role, content}], model?}")
 @validated(HistoryRequest)
 def history(body: HistoryRequest):
     """A whole conversation in, the next reply out."""
@@ -38,6 +40,7 @@ def history(body: HistoryRequest):
 
 
 @bp.post("/stream")
+@listed("Streamed chat (server-sent events): {messages: text | [...], model?}")
 @validated(StreamRequest)
 @produces("text/event-stream")
 def stream(body: StreamRequest):
@@ -51,6 +54,7 @@ def stream(body: StreamRequest):
 
 
 @bp.get("/models")
+@listed("Available models")
 def models():
     """The models this service can use."""
     data, source = get_service().models()

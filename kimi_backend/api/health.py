@@ -1,37 +1,32 @@
-"""`/health` (liveness) and `/api/info` (what this service offers)."""
+"""`/health` (liveness), `/health/ready` (whether this instance can serve chat right now: the
+upstream answers, the rate-limit storage answers) and `/api/info` (what this service offers)."""
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify
 
-from .. import __version__
+from ..errors import UpstreamError, error_body
 from ..extensions import limiter
+from ..moonshot.client import MoonshotClient
 from ..service import get_service
 from ..usage import budgets_info
+from ..version import __version__
+from .openapi import listed, listed_endpoints
 
 bp = Blueprint("health", __name__)
 info_bp = Blueprint("info", __name__, url_prefix="/api")
 limiter.limit_api(info_bp)
+# Its own blueprint, registered after the chat routes: /api/info lists routes in that order.
+ready_bp = Blueprint("ready", __name__)
 
-ENDPOINTS = [
-    {"method": "GET", "path": "/health", "description": "Liveness check"},
-    {"method": "GET", "path": "/api/info", "description": "This document: endpoints, models, auth and limits"},
-    {"method": "POST", "path": "/api/chat/completion", "description": "Single-turn chat: {message, model?, system?}"},
-    {"method": "POST", "path": "/api/chat/history", "description": "Multi-turn chat: {messages: [{role, content}], model?}"},
-    {"method": "POST", "path": "/api/chat/stream", "description": "Streamed chat (server-sent events): {messages: text | [...], model?}"},
-    {"method": "GET", "path": "/api/chat/models", "description": "Available models"},
-    {"method": "POST", "path": "/v1/chat/completions", "description": "OpenAI-compatible chat completion (streamed or not)"},
-    {"method": "GET", "path": "/v1/models", "description": "OpenAI-compatible model list"},
-    {"method": "GET", "path": "/health/ready", "description": "Readiness: the upstream and the rate-limit storage answer"},
-    {"method": "GET", "path": "/metrics", "description": "Prometheus metrics"},
-    {"method": "GET", "path": "/api/openapi.json", "description": "OpenAPI 3.1 document of every route"},
-    {"method": "GET", "path": "/api/docs", "description": "The OpenAPI document as a page"},
-    {"method": "POST", "path": "/api/tokens", "description": "Mint a browser token (admin key): {subject?, origins?, ttl_s?, token_budget?, rate_limit?}"},
-    {"method": "DELETE", "path": "/api/tokens/{subject}", "description": "Revoke every token of a subject (admin key)"},
-    {"method": "POST", "path": "/api/session", "description": "An anonymous browser token for a page on an allowed origin (ANONYMOUS_TOKENS)"},
-    {"method": "GET", "path": "/api/usage", "description": "Admin (x-admin-key): requests and tokens by client, model or day"},
-]
+# Upstream answers that still mean "reachable, with our key accepted": it is only busy.
+_BUSY_CODES = {"upstream_rate_limited", "upstream_overloaded"}
+# Check results that still mean "ready": the limiter storage is down but RATE_LIMIT_FAIL_OPEN
+# serves on with in-memory limits, which is what fail-open promises.
+FALLBACK = "in_memory_fallback"
 
 
 def upstream_mode() -> str:
@@ -40,6 +35,7 @@ def upstream_mode() -> str:
 
 
 @bp.get("/health")
+@listed("Liveness check")
 def health():
     """Cheap liveness: the process answers."""
     return jsonify(success=True, message="Kimi API Backend is running",
@@ -48,6 +44,7 @@ def health():
 
 
 @info_bp.get("/info")
+@listed("This document: endpoints, models, auth and limits")
 def info():
     """What this service offers, for a frontend to discover."""
     settings = current_app.config["SETTINGS"]
@@ -56,7 +53,7 @@ def info():
         "name": "Kimi API Backend",
         "version": __version__,
         "description": "A safe backend between web frontends and Moonshot AI's Kimi chat API.",
-        "endpoints": ENDPOINTS,
+        "endpoints": listed_endpoints(current_app),
         "models": [model["id"] for model in models],
         "defaultModel": get_service().policy.default_model,
         "defaultThinking": settings.default_thinking,
@@ -66,3 +63,62 @@ def info():
         "upstream": {"mode": upstream_mode()},
         "budgets": budgets_info(),
     })
+
+
+class UpstreamProbe:
+    """Asks the upstream at most once per `cache_s` (per worker) and remembers the answer."""
+
+    def __init__(self, client: MoonshotClient, cache_s: float, timeout_s: float):
+        self._client = client
+        self._cache_s = cache_s
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._result = "unknown"
+        self._expires = 0.0
+
+    def status(self) -> str:
+        """"ok", or the error code of the last probe."""
+        with self._lock:
+            if time.monotonic() >= self._expires:
+                self._result = self._probe()
+                self._expires = time.monotonic() + self._cache_s
+            return self._result
+
+    def _probe(self) -> str:
+        try:
+            self._client.probe(self._timeout_s)
+        except UpstreamError as exc:
+            return "ok" if exc.code in _BUSY_CODES else exc.code
+        return "ok"
+
+
+@ready_bp.record_once
+def _create_probe(state) -> None:
+    settings = state.app.config["SETTINGS"]
+    client = state.app.extensions["kimi_service"].client
+    state.app.extensions["upstream_probe"] = UpstreamProbe(client, settings.ready_cache_s, settings.ready_timeout_s)
+
+
+def _storage_status() -> str:
+    if limiter.storage.check():
+        return "ok"
+    return FALLBACK if current_app.config["SETTINGS"].rate_limit_fail_open else "unreachable"
+
+
+@ready_bp.get("/health/ready")
+@listed("Readiness: the upstream and the rate-limit storage answer")
+def ready():
+    """200 when the upstream and the rate-limit storage answer (or the storage is down and
+    RATE_LIMIT_FAIL_OPEN serves on without it); 503 naming what failed."""
+    checks = {
+        "upstream": current_app.extensions["upstream_probe"].status(),
+        "rate_limit_storage": _storage_status(),
+    }
+    failed = [name for name, result in checks.items() if result not in ("ok", FALLBACK)]
+    if not failed:
+        return jsonify(success=True, status="ready", checks=checks)
+    details = ", ".join(f"{name} ({checks[name]})" for name in failed)
+    body = error_body("not_ready", f"Not ready: {details} failed the readiness check.")
+    response = jsonify(body | {"failed": failed, "checks": checks})
+    response.status_code = 503
+    return response

@@ -7,13 +7,14 @@ from flask import Blueprint, Response, current_app
 
 from ..auth import bearer_token
 from ..errors import ApiError
-from ..metrics import CONTENT_TYPE, exposition
-from .openapi import produces
+from ..observability.metrics import CONTENT_TYPE, exposition
+from .openapi import listed, produces
 
 bp = Blueprint("metrics", __name__)
 
 
 @bp.get("/metrics")
+@listed("Prometheus metrics")
 @produces("text/plain")
 def metrics():
     """The service's metrics, summed over every gunicorn worker."""

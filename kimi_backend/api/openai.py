@@ -17,6 +17,7 @@ from ..schemas import OpenAIChatRequest, validated
 from ..service import dropped_params_header, get_service
 from ..streaming import client_gone_probe
 from .chat import SSE_HEADERS
+from .openapi import listed
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 protect(bp)
@@ -45,13 +46,12 @@ class OpenAIEvents:
 
     def error(self, code: str, message: str, request_id: str) -> Iterator[bytes]:
         """An in-band error in OpenAI's shape (the SDKs raise it from the stream), then `[DONE]`."""
-        body = error_body(code, message, 502, openai=True)
-        body["error"]["request_id"] = request_id
-        yield event(body)
+        yield event(error_body(code, message, 502, openai=True, request_id=request_id))
         yield DONE
 
 
 @bp.post("/chat/completions")
+@listed("OpenAI-compatible chat completion (streamed or not)")
 @validated(OpenAIChatRequest)
 def chat_completions(body: OpenAIChatRequest):
     """OpenAI's chat completion, streamed (`stream: true`, server-sent events) or not."""
@@ -75,6 +75,7 @@ def chat_completions(body: OpenAIChatRequest):
 
 
 @bp.get("/models")
+@listed("OpenAI-compatible model list")
 def models():
     """The models this service can use, as OpenAI's model list."""
     data, _ = get_service().models()

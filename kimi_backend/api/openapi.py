@@ -1,6 +1,7 @@
 """`GET /api/openapi.json`: the OpenAPI 3.1 document of every route the app has, built from
 the URL map and the request schemas the views validate with (`schemas.validated`), and
-`GET /api/docs`, the same document as a plain HTML page (no CDN, no script)."""
+`GET /api/docs`, the same document as a plain HTML page (no CDN, no script). The endpoint
+list of `/api/info` comes from the same URL map (`listed_endpoints`)."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,7 @@ from typing import Callable
 from flask import Blueprint, Flask, current_app, jsonify, render_template_string
 from pydantic.json_schema import models_json_schema
 
-from .. import __version__
+from ..version import __version__
 from ..admin import ADMIN_HEADER, require_admin_key
 from ..auth import require_client_key
 
@@ -51,6 +52,30 @@ def produces(media_type: str) -> Callable:
     return mark
 
 
+def listed(description: str) -> Callable:
+    """Lists a view in `/api/info`'s endpoints, with a one-line description for a frontend."""
+    def mark(view: Callable) -> Callable:
+        view.listed_as = description
+        return view
+    return mark
+
+
+def listed_endpoints(app: Flask) -> list[dict]:
+    """`/api/info`'s endpoints: the URL map's listed views, in the order they were registered."""
+    endpoints = []
+    for rule in app.url_map.iter_rules():
+        description = getattr(app.view_functions[rule.endpoint], "listed_as", None)
+        if description is not None:
+            endpoints += [{"method": method, "path": _path(rule), "description": description}
+                          for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return endpoints
+
+
+def _path(rule) -> str:
+    """The rule's path in OpenAPI's form: `<subject>` becomes `{subject}`."""
+    return _PARAM.sub(r"{\1}", rule.rule)
+
+
 def build_document(app: Flask) -> dict:
     """The OpenAPI 3.1 document of `app`'s URL map."""
     views = {rule.endpoint: app.view_functions[rule.endpoint] for rule in app.url_map.iter_rules()}
@@ -60,7 +85,7 @@ def build_document(app: Flask) -> dict:
     schemas = dict(defs.get("$defs", {}), Error=ERROR_SCHEMA, Success=SUCCESS_SCHEMA, OpenAIError=OPENAI_ERROR_SCHEMA)
     paths: dict[str, dict] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule):
-        path = _PARAM.sub(r"{\1}", rule.rule)
+        path = _path(rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(app, rule, method, views[rule.endpoint])
     return {
@@ -129,6 +154,7 @@ def document() -> dict:
 
 
 @bp.get("/openapi.json")
+@listed("OpenAPI 3.1 document of every route")
 @produces("application/json")
 def openapi_json():
     """The OpenAPI 3.1 document of every route."""
@@ -152,6 +178,7 @@ Machine-readable: <a href="/api/openapi.json">/api/openapi.json</a>.</p>
 
 
 @bp.get("/docs")
+@listed("The OpenAPI document as a page")
 @produces("text/html")
 def docs():
     """The OpenAPI document as a readable HTML page."""

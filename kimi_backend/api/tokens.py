@@ -7,15 +7,17 @@ import re
 import secrets
 
 from flask import Blueprint, abort, current_app, jsonify, request
+from limits import RateLimitItemPerHour
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..admin import require_admin_key
 from ..auth import ip_identity, request_origin
-from ..config import ORIGIN_PATTERN
+from ..config.parsers import ORIGIN_PATTERN
 from ..errors import ApiError
 from ..extensions import limiter
 from ..schemas import parse
 from ..tokens import ANONYMOUS_PREFIX, ANY_ORIGIN, RateLimitClaim, TokenClaims, get_tokens, iso_utc
+from .openapi import listed
 
 admin_bp = Blueprint("tokens", __name__, url_prefix="/api")
 session_bp = Blueprint("session", __name__, url_prefix="/api")
@@ -76,6 +78,7 @@ def require_anonymous_sessions() -> None:
 
 
 @admin_bp.post("/tokens")
+@listed("Mint a browser token (admin key): {subject?, origins?, ttl_s?, token_budget?, rate_limit?}")
 def mint():
     """Mints a browser token (admin key: the site's own backend calls this)."""
     body = parse(TokenRequest, request.get_data() or b"{}")
@@ -93,6 +96,7 @@ mint.request_schema = TokenRequest  # for the OpenAPI document (the body may als
 
 
 @admin_bp.delete("/tokens/<subject>")
+@listed("Revoke every token of a subject (admin key)")
 def revoke(subject: str):
     """Revokes every token of a subject minted so far (admin key)."""
     if not re.match(SUBJECT_PATTERN, subject):
@@ -103,6 +107,7 @@ def revoke(subject: str):
 
 
 @session_bp.post("/session")
+@listed("An anonymous browser token for a page on an allowed origin (ANONYMOUS_TOKENS)")
 def session():
     """Starts an anonymous session: a short-lived token for a page on an allowed origin."""
     settings = current_app.config["SETTINGS"]
@@ -110,7 +115,7 @@ def session():
     if not _may_start_session(origin, settings.cors_origins):
         where = f"the origin '{origin}' is" if origin else "a request without an Origin header is"
         raise ApiError(403, "origin_not_allowed", f"Anonymous sessions are for pages on the allowed origins (ALLOWED_ORIGINS); {where} not one.")
-    limiter.check(f"{settings.anon_sessions_per_hour} per 1 hour", ip_identity(), SESSION_SCOPE,
+    limiter.check(RateLimitItemPerHour(settings.anon_sessions_per_hour), ip_identity(), SESSION_SCOPE,
                   f"Too many anonymous sessions from this address (at most {settings.anon_sessions_per_hour} an hour). "
                   "Retry after the time in the Retry-After header.")
     subject = ANONYMOUS_PREFIX + secrets.token_urlsafe(12)

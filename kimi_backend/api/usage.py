@@ -16,6 +16,7 @@ from ..admin import require_admin_key
 from ..errors import ApiError
 from ..extensions import limiter
 from ..usage.report import COLUMNS, totals
+from .openapi import listed
 
 log = logging.getLogger("kimi_backend")
 
@@ -60,6 +61,7 @@ def _cell(value) -> str | int:
 
 
 @bp.get("/usage")
+@listed("Admin (x-admin-key): requests and tokens by client, model or day")
 def usage():
     """Requests and tokens from the usage ledger, grouped by client, model or day (admin)."""
     query = _query()

@@ -1,11 +1,14 @@
-"""What we accept from the upstream's replies. Valid JSON can still be unusable: text that
-UTF-8 cannot carry (a lone surrogate escape), content that is not text, token counts that
-are negative, fractional or astronomically large, a model id that is not an id. Each reply
-and stream chunk is checked and made safe here, once, so nothing after the client meets it."""
+"""Moonshot's reply shape, read here and nowhere else: what we accept from the upstream's
+replies, and what the rest of the service reads from them (the first choice's text, its
+finish reason, the usage). Valid JSON can still be unusable: text that UTF-8 cannot carry
+(a lone surrogate escape), content that is not text, token counts that are negative,
+fractional or astronomically large, a model id that is not an id. Each reply and stream chunk
+is checked and made safe here, once, so nothing after the client meets it."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 # More tokens than any model's window many times over: a count past this is not a count.
 MAX_TOKEN_COUNT = 10 ** 12
@@ -112,3 +115,77 @@ def _clean_turn(message: dict, choice: dict) -> None:
             message[name] = text(message[name])
     if not isinstance(choice.get("finish_reason"), (str, type(None))):
         choice["finish_reason"] = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The first choice of a checked non-streamed reply (see `completion`)."""
+
+    content: str | None
+    reasoning: str | None
+    finish_reason: str | None
+
+
+def first_answer(body: dict) -> Answer:
+    """The first choice's text, reasoning and finish reason of a checked reply."""
+    choice = body["choices"][0]
+    message = choice["message"]
+    return Answer(message.get("content"), message.get("reasoning_content"), choice.get("finish_reason"))
+
+
+def carries_something(chunk: dict) -> bool:
+    """Whether a checked chunk moves the reply on: text, reasoning, a finish, usage, or tool calls."""
+    if chunk.get("usage"):
+        return True
+    for choice in chunk.get("choices") or ():
+        delta = choice["delta"]
+        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls") \
+                or choice.get("finish_reason") or choice.get("usage") or delta.get("role"):
+            return True
+    return False
+
+
+def first_choice_texts(chunk: dict) -> Iterator[tuple[str, str]]:
+    """The text a checked chunk adds to the first choice, in order: ("reasoning", text) and
+    ("content", text), each only when not empty."""
+    for choice in chunk.get("choices") or ():
+        if choice.get("index", 0) == 0:
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                yield "reasoning", delta["reasoning_content"]
+            if delta.get("content"):
+                yield "content", delta["content"]
+
+
+class StreamTally:
+    """What a stream's checked chunks have said so far about the first choice: its usage,
+    its finish reason and the size of the text generated."""
+
+    def __init__(self) -> None:
+        self.usage: dict | None = None
+        self.finish_reason: str | None = None
+        self.text_bytes = 0  # prices a stream cut short before its usage arrived
+
+    def add(self, chunk: dict) -> None:
+        """Counts one chunk in."""
+        # Moonshot puts usage inside the last choice; OpenAI-style servers send a top-level
+        # usage chunk. Read both.
+        self.usage = chunk.get("usage") or self.usage
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) == 0:
+                self.usage = choice.get("usage") or self.usage
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                self.text_bytes += _text_bytes(choice.get("delta"))
+
+
+def _text_bytes(delta) -> int:
+    """How much generated text a chunk's delta carries (answer, reasoning, tool-call arguments),
+    in bytes: what a stream cut short before its usage is charged for."""
+    if not isinstance(delta, dict):
+        return 0
+    size = sum(len(str(delta.get(name) or "").encode()) for name in ("content", "reasoning_content"))
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            size += len(str(function.get("arguments") or "").encode())
+    return size

@@ -2,7 +2,7 @@
 upstream call and settled after it (budgets.py), and a ledger row per request (ledger.py).
 
 The chat service calls `reserve_tokens(payload)` once its upstream payload is ready; the
-request record (`telemetry.Exchange`) settles the reservation and writes the ledger row
+request record (`access_log.Exchange`) settles the reservation and writes the ledger row
 when the request is over, streams included, however they end.
 """
 from __future__ import annotations
@@ -14,9 +14,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import make_url
 
 from ..auth import client_identity
-from ..config import ConfigError, Settings
+from ..config.parsers import ConfigError
+from ..config.settings import Settings
 from ..extensions import limiter
-from ..telemetry import Exchange, current_exchange
+from ..observability.access_log import Exchange, current_exchange
 from .budgets import Budgets, Charge
 from .cost import cost_of
 from .ledger import Ledger, open_ledger, usage_row

@@ -20,9 +20,9 @@ from typing import Callable, NamedTuple
 from limits.errors import StorageError
 from limits.storage import Storage
 
-from ..config import Settings
+from ..config.settings import Settings
 from ..errors import ApiError
-from ..metrics import BUDGET_REFUSALS, BUDGET_SETTLE_FAILURES
+from ..observability.metrics import BUDGET_REFUSALS, BUDGET_SETTLE_FAILURES
 from . import estimate
 
 log = logging.getLogger("kimi_backend")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..telemetry import Exchange
+from ..observability.access_log import Exchange
 from . import estimate
 from .budgets import Charge
 

@@ -14,8 +14,8 @@ import time
 from sqlalchemy import Engine, insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..metrics import LEDGER_ROWS, LEDGER_WRITE_ERRORS
-from ..telemetry import Exchange
+from ..observability.metrics import LEDGER_ROWS, LEDGER_WRITE_ERRORS
+from ..observability.access_log import Exchange
 from .budgets import Charge
 from .cost import Cost
 from .schema import usage

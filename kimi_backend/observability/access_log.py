@@ -1,7 +1,7 @@
-"""The record of one request (who, which route, how long, which model, how many tokens,
-how the upstream answered), kept on `g` while the request runs and turned into one JSON
-log line and the metrics when it ends: when the response is complete, or for a stream
-when the stream ends."""
+"""The access line: the record of one request (who, which route, how long, which model, how
+many tokens, how the upstream answered), kept on `g` while the request runs and turned into
+one JSON log line (and its metrics, through metrics.py) when it ends: when the response is
+complete, or for a stream when the stream ends."""
 from __future__ import annotations
 
 import logging
@@ -11,10 +11,9 @@ from typing import Callable, Iterator
 
 from flask import Flask, Response, current_app, g, has_app_context, request
 
-from .auth import client_identity
-from .errors import UpstreamError
-from .metrics import (ACTIVE_STREAMS, RATE_LIMITED, REQUEST_SECONDS, REQUESTS, TOKENS, UPSTREAM_ERRORS,
-                      UPSTREAM_SECONDS, label_method, label_model)
+from ..auth import client_identity
+from ..errors import UpstreamError
+from . import metrics
 
 access_log = logging.getLogger("kimi_backend.access")
 log = logging.getLogger("kimi_backend")
@@ -62,14 +61,14 @@ class Exchange:
             yield
         except UpstreamError as exc:
             self.outcome, self.upstream_type = exc.code, exc.upstream_type
-            UPSTREAM_ERRORS.labels(endpoint, exc.upstream_type or exc.code).inc()
+            metrics.upstream_failed(endpoint, exc.upstream_type or exc.code)
             raise
         else:
             self.outcome = "ok"
         finally:
             elapsed = time.perf_counter() - started
             self.upstream_ms = round(elapsed * 1000, 1)
-            UPSTREAM_SECONDS.labels(endpoint).observe(elapsed)
+            metrics.upstream_called(endpoint, elapsed)
 
     def replied(self, model: str | None, usage: dict | None, content: str | None = None) -> None:
         """Counts the tokens of a reply (and keeps its text, with LOG_BODIES)."""
@@ -77,10 +76,7 @@ class Exchange:
         if isinstance(usage, dict):
             self.usage = usage
             self.tokens_in, self.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            if isinstance(self.tokens_in, int):
-                TOKENS.labels(label_model(self.model), "in").inc(self.tokens_in)
-            if isinstance(self.tokens_out, int):
-                TOKENS.labels(label_model(self.model), "out").inc(self.tokens_out)
+            metrics.tokens_used(self.model, self.tokens_in, self.tokens_out)
         if self.log_bodies and content is not None:
             self.reply = content
 
@@ -91,19 +87,19 @@ class Exchange:
 
     def stream_started(self) -> None:
         """Called by the stream relay before its first event."""
-        ACTIVE_STREAMS.inc()
+        metrics.stream_opened()
 
     def stream_ended(self, usage: dict | None, outcome: str, relayed_bytes: int = 0) -> None:
         """Called by the stream relay when the stream is over, however it ended:
         `outcome` is "ok", "client_closed" or the in-band error's code; `relayed_bytes` is
         the UTF-8 size of the text (content and reasoning) relayed, which prices a stream
         cut short before its usage arrived."""
-        ACTIVE_STREAMS.dec()
+        metrics.stream_closed()
         self.relayed_bytes = relayed_bytes
         self.replied(None, usage)
         self.outcome = outcome
         if outcome not in ("ok", "client_closed"):
-            UPSTREAM_ERRORS.labels("chat_stream", outcome).inc()
+            metrics.upstream_failed("chat_stream", outcome)
         self.finish()
 
     def on_finish(self, callback: Callable[["Exchange"], None]) -> None:
@@ -114,10 +110,7 @@ class Exchange:
     def finish(self) -> None:
         """Writes the request's log line and its metrics, then runs the finish callbacks."""
         elapsed = time.perf_counter() - self.started
-        REQUESTS.labels(label_method(self.method), self.route, str(self.status)).inc()
-        REQUEST_SECONDS.labels(self.route).observe(elapsed)
-        if self.outcome == "rate_limited":
-            RATE_LIMITED.labels(self.route).inc()
+        metrics.request_answered(self.method, self.route, self.status, elapsed, self.outcome)
         fields = {
             "request_id": self.request_id, "method": self.method, "route": self.route, "path": self.path,
             "status": self.status, "duration_ms": round(elapsed * 1000, 1), "client": self.client,

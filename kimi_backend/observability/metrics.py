@@ -1,5 +1,6 @@
-"""The service's Prometheus metrics and their exposition, correct under several gunicorn
-workers (prometheus-client's multiprocess mode, switched on by `PROMETHEUS_MULTIPROC_DIR`,
+"""The service's Prometheus metrics: declared here, bumped here (the request's record calls
+the functions below; the usage package bumps its own counters) and exposed here, correct
+under several gunicorn workers (prometheus-client's multiprocess mode, switched on by `PROMETHEUS_MULTIPROC_DIR`,
 which gunicorn.conf.py sets for every worker before this module is imported)."""
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 
-from .moonshot.models import MODELS
+from ..moonshot.models import MODELS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Streams last minutes, so the buckets reach well past the usual web-request range.
@@ -61,6 +62,42 @@ def label_model(model: str | None) -> str:
     """The model, when the table or the configuration names it; otherwise "other" (an
     upstream can answer with any id it likes)."""
     return model if model in _model_labels else OTHER
+
+
+def request_answered(method: str, route: str, status: int, seconds: float, outcome: str | None) -> None:
+    """Counts one answered request: its status, its duration and a rate-limit refusal."""
+    REQUESTS.labels(label_method(method), route, str(status)).inc()
+    REQUEST_SECONDS.labels(route).observe(seconds)
+    if outcome == "rate_limited":
+        RATE_LIMITED.labels(route).inc()
+
+
+def upstream_called(endpoint: str, seconds: float) -> None:
+    """Times one upstream call (to the whole reply, or to a stream's headers)."""
+    UPSTREAM_SECONDS.labels(endpoint).observe(seconds)
+
+
+def upstream_failed(endpoint: str, error_type: str) -> None:
+    """Counts a failed upstream call by Moonshot's error type, or our code."""
+    UPSTREAM_ERRORS.labels(endpoint, error_type).inc()
+
+
+def tokens_used(model: str | None, tokens_in, tokens_out) -> None:
+    """Counts a reply's tokens; a count that is not a whole number is not counted."""
+    if isinstance(tokens_in, int):
+        TOKENS.labels(label_model(model), "in").inc(tokens_in)
+    if isinstance(tokens_out, int):
+        TOKENS.labels(label_model(model), "out").inc(tokens_out)
+
+
+def stream_opened() -> None:
+    """One more stream being relayed."""
+    ACTIVE_STREAMS.inc()
+
+
+def stream_closed() -> None:
+    """One stream fewer being relayed."""
+    ACTIVE_STREAMS.dec()
 
 
 def exposition() -> bytes:
