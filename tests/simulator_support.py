@@ -1,12 +1,14 @@
-"""What the simulator's tests share: the key and model they use, and small clients for one
-chat request, one stream read to its end, and one stream given up halfway."""
+"""What the simulator's tests share: the key and model they use, a simulator of a test's own,
+and small clients for one chat request, one stream read to its end, and one stream given up halfway."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import requests
 
 from kimi_backend.moonshot.models import DEFAULT_MODEL
+from kimi_backend.moonshot.simulator import start_in_thread
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import post_by_hand, receive_until
 
@@ -53,3 +55,15 @@ def open_then_hang_up(port: int, content: str, events_to_read: int = 2) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": True, **NO_THINKING}
     with post_by_hand(port, "/v1/chat/completions", body, AUTH) as sock:
         receive_until(sock, lambda received: received.count(b"data: ") >= events_to_read)
+
+
+@contextmanager
+def simulator_of_its_own(api_key: str = UPSTREAM_KEY):
+    """A simulator for one test, stopped after it: for tests that configure it differently or
+    read its live gauges (in_flight, open_streams), which reset() keeps and the session
+    simulator's other users move."""
+    server = start_in_thread(api_key=api_key)
+    try:
+        yield server
+    finally:
+        server.stop()

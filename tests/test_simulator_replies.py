@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from kimi_backend.moonshot.simulator import OFFLINE_NOTICE, start_in_thread
-from tests.conftest import UPSTREAM_KEY
+from kimi_backend.moonshot.simulator import OFFLINE_NOTICE
 from tests.helpers import wait_until
-from tests.simulator_support import AUTH, MODEL, NO_THINKING, chat, read_stream
+from tests.simulator_support import AUTH, MODEL, NO_THINKING, chat, read_stream, simulator_of_its_own
 
 
 def test_non_stream_shape_and_usage(simulator_url):
@@ -96,9 +95,6 @@ def test_stats_endpoint_and_reset(simulator_url):
 def test_hang_triggers_client_read_timeout():
     # A simulator of its own: a hung request stays in flight until its server stops (or five
     # minutes pass), and later tests read the session simulator's in_flight gauge.
-    server = start_in_thread(api_key=UPSTREAM_KEY)
-    try:
+    with simulator_of_its_own() as server:
         with pytest.raises(requests.exceptions.ReadTimeout):
             chat(server.base_url, "hi sim:hang", timeout=(2, 0.3))
-    finally:
-        server.stop()

@@ -9,7 +9,7 @@ import requests
 
 from kimi_backend.moonshot.simulator import OFFLINE_NOTICE
 from tests.helpers import wait_until
-from tests.simulator_support import MODEL, chat, content_of, open_then_hang_up, parse, read_stream
+from tests.simulator_support import MODEL, chat, content_of, open_then_hang_up, parse, read_stream, simulator_of_its_own
 
 
 def test_stream_framing(simulator_url):
@@ -95,10 +95,13 @@ def test_break_after_cuts_connection(simulator_url):
     assert b"[DONE]" not in events and len(events) == 1 + 2
 
 
-def test_client_abort_is_counted(simulator, simulator_server):
-    # A 10-second stream, so it cannot end on its own before the wait below does.
-    open_then_hang_up(simulator_server.port, "hi sim:reply=word sim:repeat=300 sim:chunks=200 sim:interval=0.05")
-    stats = wait_until(lambda: (s := simulator.stats())["streams_aborted"] == 1 and s, timeout=5,
-                       message="the stream to be counted as aborted")
-    assert stats, simulator.stats()
-    assert stats["streams_started"] == 1 and stats["streams_completed"] == 0 and stats["open_streams"] == 0
+def test_client_abort_is_counted():
+    # A simulator of its own: open_streams is a live gauge, and the session simulator may still
+    # be serving an earlier test's stream.
+    with simulator_of_its_own() as server:
+        # A 10-second stream, so it cannot end on its own before the wait below does.
+        open_then_hang_up(server.port, "hi sim:reply=word sim:repeat=300 sim:chunks=200 sim:interval=0.05")
+        stats = wait_until(lambda: (s := server.simulator.stats())["streams_aborted"] == 1 and s, timeout=5,
+                           message="the stream to be counted as aborted")
+        assert stats, server.simulator.stats()
+        assert stats["streams_started"] == 1 and stats["streams_completed"] == 0 and stats["open_streams"] == 0

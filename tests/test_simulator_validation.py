@@ -6,8 +6,8 @@ import pytest
 import requests
 
 from kimi_backend.moonshot.models import BY_ID, CURRENT, model_item
-from kimi_backend.moonshot.simulator import MODELS, OFFLINE_NOTICE, start_in_thread
-from tests.simulator_support import AUTH, MODEL, NO_THINKING, chat
+from kimi_backend.moonshot.simulator import MODELS, OFFLINE_NOTICE
+from tests.simulator_support import AUTH, MODEL, NO_THINKING, chat, simulator_of_its_own
 
 
 def test_auth_required(simulator_url):
@@ -19,12 +19,9 @@ def test_auth_required(simulator_url):
 
 
 def test_configured_key_must_match_exactly():
-    server = start_in_thread(api_key="sk-secret")
-    try:
+    with simulator_of_its_own(api_key="sk-secret") as server:
         assert chat(server.base_url, "hi").status_code == 401
         assert chat(server.base_url, "hi", headers={"Authorization": "Bearer sk-secret"}).status_code == 200
-    finally:
-        server.stop()
 
 
 def test_models_list(simulator_url):
