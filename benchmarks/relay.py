@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import re
-import resource
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.procs import BENCH_KEY, Proc, start_min_proxy, start_service, start_simulator  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
+from kimi_backend.system import raise_open_files_limit  # noqa: E402
 
 CHUNKS = 500
 INTERVAL_S = 0.02
@@ -114,8 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--saturation", type=int, nargs="*", default=[100, 200, 300, 400, 600])
     args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_open_files_limit()  # hundreds of streams at once, two sockets each
 
     simulator = start_simulator()
     floor = start_min_proxy(simulator.url, ["-k", "gevent", "-w", "1", "--worker-connections", "4000"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
+from kimi_backend.system import raise_open_files_limit  # noqa: E402
 
 # 21 content chunks 0.5 s apart: a 10-second stream whose first token comes at once.
 STREAM_DIRECTIVES = "sim:chunks=21 sim:interval=0.5 sim:reasoning=0"
@@ -81,8 +81,7 @@ def main(argv=None) -> int:
                         help="extra environment for the service, e.g. WORKER_CLASS=gthread GUNICORN_THREADS=1100")
     parser.add_argument("--no-reference", action="store_true", help="skip the min_proxy rows")
     args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_open_files_limit()  # hundreds of streams at once, two sockets each
 
     simulator = start_simulator()
     service = start_service(simulator.url, **dict(pair.split("=", 1) for pair in args.service_env))

@@ -3,13 +3,13 @@ the browser fixture, pages opened under the service's Content-Security-Policy, a
 record of each page's console errors, exceptions and CSP violations."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
 
 from kimi_backend.extensions import CONTENT_SECURITY_POLICY
+from tests.helpers import require
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium's own outbound connections are refused in the sandbox.
@@ -21,14 +21,6 @@ window.__cspViolations = [];
 document.addEventListener('securitypolicyviolation',
   (event) => window.__cspViolations.push(event.violatedDirective + ' ' + event.blockedURI));
 """
-
-
-def require(condition: bool, what: str) -> None:
-    """Skips without `what`, but fails under CI, where the browser tests must run."""
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"{what} is required under CI")
-        pytest.skip(f"{what} is not available")
 
 
 @pytest.fixture(scope="module")

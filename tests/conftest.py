@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -12,7 +13,7 @@ from flask.testing import FlaskClient
 from kimi_backend import create_app
 from kimi_backend.moonshot.simulator import start_in_thread
 from tests.browser import browser  # noqa: F401  (a fixture: the browser tests' Chromium)
-from tests.servers import SETTING_VARIABLES, Service
+from tests.servers import SETTING_VARIABLES, Service, SimulatorProcess
 
 # The client key the SDK and test-page tests present to a service that requires one.
 CLIENT_KEY = "frontend-test-client-key"
@@ -30,6 +31,13 @@ for _name in SETTING_VARIABLES:
 SESSION_DB_DIR = tempfile.mkdtemp(prefix="kimi-test-usage-")
 
 LEAKS: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_usage_dir():
+    """Removes SESSION_DB_DIR once the run is over."""
+    yield
+    shutil.rmtree(SESSION_DB_DIR, ignore_errors=True)
 
 
 class LeakCheckingClient(FlaskClient):
@@ -78,6 +86,27 @@ def simulator(simulator_server):
     return simulator_server.simulator
 
 
+@pytest.fixture
+def simulator_url(simulator_server, simulator) -> str:
+    """The simulator's base URL (…/v1) for tests that speak to it directly, reset for this test."""
+    return simulator_server.base_url
+
+
+@pytest.fixture
+def simulator_process():
+    """Starts the simulator as its own process, on gevent's server as the benchmarks run it
+    (keep-alive, hundreds of streams), with `simulator_process(api_key=...)`; stops every one
+    afterwards. Most tests need only the in-process `simulator`."""
+    started: list[SimulatorProcess] = []
+
+    def start(api_key: str | None = None) -> SimulatorProcess:
+        started.append(SimulatorProcess(api_key))
+        return started[-1]
+    yield start
+    for upstream in started:
+        upstream.stop()
+
+
 def base_config(simulator_server, **overrides) -> dict:
     """The settings every test app starts from: live mode against the simulator."""
     config = {
@@ -93,14 +122,32 @@ def base_config(simulator_server, **overrides) -> dict:
     return config
 
 
+def close_app(app) -> None:
+    """Lets go of what an app holds open beyond its test: its usage ledger's database
+    connections (kept alive by the ledger's exit hook, so every app built in this process
+    would otherwise hold its descriptors to the end of the run) and, offline, its simulator."""
+    ledger = app.extensions.get("usage_ledger")
+    if ledger is not None:
+        ledger.close()
+    offline_simulator = app.extensions.get("simulator")
+    if offline_simulator is not None:
+        offline_simulator.stop()
+
+
 @pytest.fixture
 def make_app(simulator_server, simulator):
-    """Builds an app for one config variant: `make_app(REQUIRE_API_KEY="true", ...)`."""
+    """Builds an app for one config variant: `make_app(REQUIRE_API_KEY="true", ...)`; every
+    app built is closed after the test."""
+    built = []
+
     def build(**overrides):
         app = create_app(base_config(simulator_server, **overrides))
         app.test_client_class = LeakCheckingClient
+        built.append(app)
         return app
-    return build
+    yield build
+    for app in built:
+        close_app(app)
 
 
 @pytest.fixture
@@ -144,8 +191,6 @@ def keyed_service():
     """The service under gunicorn (offline simulator) requiring CLIENT_KEY, as the SDK and the
     test page meet it. No upstream retries: the 429 cases want the simulator's Retry-After
     passed straight through."""
-    from tests.servers import SETTING_VARIABLES, Service
-
     service = Service(REQUIRE_API_KEY="true", VALID_API_KEYS=CLIENT_KEY, UPSTREAM_MAX_RETRIES="0",
                       RATE_LIMIT_MAX_REQUESTS="10000")
     yield service

@@ -1,5 +1,5 @@
-"""Real servers for end-to-end tests: the service under gunicorn (as `make run` starts it)
-and the simulator as its own process, each on a free loopback port."""
+"""Real servers for end-to-end tests: the service under gunicorn (as `make run` starts it),
+the simulator as its own process, redis and PostgreSQL, each on a free loopback port."""
 from __future__ import annotations
 
 import os
@@ -9,41 +9,19 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 import redis
 import requests
 
 from kimi_backend.config.settings import VARIABLES
+from tests.helpers import ROOT, free_port, require, require_binary, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 # Every variable the service reads: a developer's shell could set any of them.
 SETTING_VARIABLES = frozenset(variable.name for variable in VARIABLES)
 # Read by gunicorn and prometheus-client themselves, so a started service must not inherit them.
 SERVER_VARIABLES = frozenset(("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS"))
-# A rate-limit window of an hour: no limit test can straddle a fixed-window boundary.
-LONG_WINDOW_MS = "3600000"
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, message: str = "condition"):
-    """Polls `predicate` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 def fetch_all(urls: list[str], headers: dict | None = None) -> list[requests.Response]:
@@ -53,18 +31,27 @@ def fetch_all(urls: list[str], headers: dict | None = None) -> list[requests.Res
 
 
 class Process:
-    """A subprocess whose combined output goes to a log file, stopped on `stop()`."""
+    """A subprocess whose combined output goes to a log, stopped on `stop()`.
+
+    The log is an unnamed temporary file (nothing is left in /tmp, even when a run is
+    killed); `log()` reads it without moving the offset the process writes at, and after
+    `stop()` returns what it held, so a failing test can still show it."""
 
     def __init__(self, command: list[str], env: dict[str, str]):
-        self.log_file = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT)
+        self._log_file = tempfile.TemporaryFile()
+        self._final_log: str | None = None
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         """Everything the process printed so far."""
-        return Path(self.log_file.name).read_text(errors="replace")
+        if self._final_log is not None:
+            return self._final_log
+        fd = self._log_file.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        """Signals the process and waits for it to exit; returns its exit code."""
+        """Signals the process and waits for it to exit; keeps its log and closes the file.
+        Returns its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -72,7 +59,28 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._final_log is None:
+            self._final_log = self.log()
+            self._log_file.close()
         return self.proc.returncode
+
+    def await_ready(self, ready, timeout: float, message: str) -> None:
+        """Waits until `ready()` holds (see wait_until); a process that never gets ready is
+        stopped before the failure is raised, so it does not outlive the run."""
+        try:
+            wait_until(ready, timeout=timeout, message=message)
+        except BaseException:
+            self.stop()
+            raise
+
+    def serves_health(self, url: str, name: str) -> bool:
+        """Whether `url`/health answers 200; fails at once, with the log, if the process has exited."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{name} exited early:\n{self.log()}")
+        try:
+            return requests.get(url + "/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -85,23 +93,25 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 class Service(Process):
     """The service under gunicorn with the project's gunicorn.conf.py; its usage ledger is a
-    temporary SQLite file unless `USAGE_DATABASE_URL` is given."""
+    temporary SQLite file, removed on `stop()`, unless `USAGE_DATABASE_URL` is given."""
 
     def __init__(self, *, port: int | None = None, extra_args: tuple[str, ...] = (), **env: str):
-        env.setdefault("USAGE_DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='kimi-usage-')}/usage.sqlite3")
+        self._usage_dir = None
+        if "USAGE_DATABASE_URL" not in env:
+            self._usage_dir = tempfile.mkdtemp(prefix="kimi-usage-")
+            env["USAGE_DATABASE_URL"] = f"sqlite:///{self._usage_dir}/usage.sqlite3"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra_args, "wsgi:app"]
         super().__init__(command, clean_env(PORT=str(self.port), **env))
-        wait_until(self._ready, timeout=30, message=f"the service on {self.url}")
+        self.await_ready(lambda: self.serves_health(self.url, "service"), 30, f"the service on {self.url}")
 
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"service exited early:\n{self.log()}")
-        try:
-            return requests.get(self.url + "/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+    def stop(self, *args, **kwargs) -> int:
+        """Stops the service (see Process.stop) and removes its temporary usage ledger."""
+        code = super().stop(*args, **kwargs)
+        if self._usage_dir:
+            shutil.rmtree(self._usage_dir, ignore_errors=True)
+        return code
 
 
 class SimulatorProcess(Process):
@@ -114,22 +124,15 @@ class SimulatorProcess(Process):
         if api_key:
             command += ["--api-key", api_key]
         super().__init__(command, clean_env())
-        wait_until(lambda: "listening" in self.log(), timeout=20, message="the simulator to listen")
+        self.await_ready(lambda: "listening" in self.log(), 20, "the simulator to listen")
 
     def stats(self) -> dict:
-        """The simulator's counters."""
+        """The simulator's counters (GET /_sim/stats)."""
         return requests.get(self.base_url.removesuffix("/v1") + "/_sim/stats", timeout=5).json()
 
-
-def require_binary(name: str) -> str:
-    """The path of a system binary a test drives for real. Missing: the test is skipped on a
-    developer's machine, but fails under CI (`CI` set), so CI never silently skips it."""
-    path = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.path.exists(p)), None)
-    if path:
-        return path
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is not installed; .ci/run installs it with apt-get")
-    pytest.skip(f"{name} is not installed (apt-get install {name})")
+    def reset(self) -> None:
+        """Zeroes its counters and clears its script queue (POST /_sim/reset)."""
+        requests.post(self.base_url.removesuffix("/v1") + "/_sim/reset", timeout=5).raise_for_status()
 
 
 class RedisServer(Process):
@@ -146,7 +149,7 @@ class RedisServer(Process):
         """Starts the server and waits until it answers PING."""
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         super().__init__(command, clean_env())
-        wait_until(self._answers, timeout=20, message=f"redis-server on port {self.port}")
+        self.await_ready(self._answers, 20, f"redis-server on port {self.port}")
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:
@@ -164,11 +167,8 @@ def postgres_binaries() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if shutil.which("initdb"):
         return Path(shutil.which("initdb")).parent
-    if found:
-        return found[-1].parent
-    if os.environ.get("CI"):
-        pytest.fail("PostgreSQL is not installed; .ci/run installs it with apt-get (postgresql)")
-    pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    require(bool(found), "PostgreSQL (apt-get install postgresql)")
+    return found[-1].parent
 
 
 class PostgresServer(Process):
@@ -198,7 +198,7 @@ class PostgresServer(Process):
     def start(self) -> None:
         """Starts the server and waits until it accepts connections."""
         super().__init__(self._command, clean_env())
-        wait_until(self._answers, timeout=30, message=f"PostgreSQL on port {self.port}")
+        self.await_ready(self._answers, 30, f"PostgreSQL on port {self.port}")
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:

@@ -5,23 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import UPSTREAM_KEY
-
-CHAT_CALLS = [
-    ("post", "/api/chat/completion", {"message": "hi"}),
-    ("post", "/api/chat/history", {"messages": [{"role": "user", "content": "hi"}]}),
-    ("post", "/api/chat/stream", {"messages": "hi"}),
-    ("get", "/api/chat/models", None),
-]
+from tests.helpers import CHAT_CALLS, call
 
 
 @pytest.fixture
 def keyed(make_app):
     """A test client for an app that requires one of two client keys."""
     return make_app(REQUIRE_API_KEY="true", VALID_API_KEYS="key-one,key-two").test_client()
-
-
-def call(client, method, path, body, headers=None):
-    return getattr(client, method)(path, json=body, headers=headers or {})
 
 
 @pytest.mark.parametrize("method,path,body", CHAT_CALLS)

@@ -10,7 +10,7 @@ import pytest
 
 from kimi_backend.catalog import FETCH_TIMEOUT_S
 from kimi_backend.moonshot.models import CURRENT
-from tests.servers import wait_until
+from tests.helpers import wait_until
 
 
 def test_a_silent_models_route_holds_nobody_but_the_one_refresh(make_app, simulator):

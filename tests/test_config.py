@@ -10,7 +10,8 @@ from limits import parse
 from kimi_backend import create_app
 from kimi_backend.config import load_settings, read_environment
 from kimi_backend.config.parsers import ConfigError
-from tests.servers import ROOT, clean_env, free_port
+from tests.helpers import ROOT, free_port
+from tests.servers import clean_env
 
 
 def test_defaults_match_the_original_service():

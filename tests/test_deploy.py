@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import UPSTREAM_KEY
-from servers import ROOT, Process, Service, clean_env, free_port, require_binary, wait_until
+from tests.conftest import UPSTREAM_KEY
+from tests.helpers import ROOT, free_port, require_binary, wait_until
+from tests.servers import Process, Service, clean_env
 
 GUNICORN_COMMAND = "gunicorn -c gunicorn.conf.py wsgi:app"
 
@@ -108,15 +109,7 @@ class Nginx(Process):
         command = [binary, "-p", str(self.prefix), "-c", str(conf), "-e", "stderr",
                    "-g", f"daemon off; pid {self.prefix}/nginx.pid; error_log stderr;"]
         super().__init__(command, clean_env())
-        wait_until(self._ready, timeout=20, message="nginx")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"nginx exited early:\n{self.log()}")
-        try:
-            return requests.get(self.url + "/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        self.await_ready(lambda: self.serves_health(self.url, "nginx"), 20, "nginx")
 
     def stop(self, *args, **kwargs) -> int:
         code = super().stop(*args, **kwargs)

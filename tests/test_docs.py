@@ -7,7 +7,7 @@ import re
 import pytest
 
 from kimi_backend.config.settings import VARIABLES
-from servers import ROOT
+from tests.helpers import ROOT
 
 
 def code_blocks(text: str) -> list[str]:

@@ -20,7 +20,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import UPSTREAM_KEY
-from tests.servers import Service, free_port, wait_until
+from tests.helpers import free_port, wait_until
+from tests.servers import Service
 
 READ_TIMEOUT_S = 1.0
 COMPLETION_TIMEOUT_S = 1.5

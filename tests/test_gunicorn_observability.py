@@ -13,9 +13,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import UPSTREAM_KEY
 from kimi_backend.moonshot.models import DEFAULT_MODEL
-from servers import RedisServer, Service, wait_until
+from tests.conftest import UPSTREAM_KEY
+from tests.helpers import wait_until
+from tests.servers import RedisServer, Service
 
 
 def log_lines(service: Service) -> list[dict]:
@@ -75,15 +76,13 @@ def test_two_workers_report_summed_totals(upstream_env):
                 return session.post(service.url + "/api/chat/completion", json={"message": "count me"}, timeout=10).json()
 
         replies = []
-        deadline = time.monotonic() + 60
+
+        def served_by_both_workers() -> bool:
+            replies.extend(pool.map(one_completion, range(8)))
+            return len({line["pid"] for line in log_lines(service) if line.get("route") == "/api/chat/completion"}) == 2
         with ThreadPoolExecutor(4) as pool:
-            while True:
-                replies += pool.map(one_completion, range(8))
-                pids = {line["pid"] for line in log_lines(service)
-                        if line.get("route") == "/api/chat/completion"}
-                if len(pids) == 2 or time.monotonic() > deadline:
-                    break
-        assert len(pids) == 2, "both workers should have served completions"
+            assert wait_until(served_by_both_workers, timeout=60, interval=0,
+                              message="both workers to have served completions")
         tokens_out = sum(reply["data"]["usage"]["completion_tokens"] for reply in replies)
         for _ in range(4):
             text = requests.get(service.url + "/metrics", timeout=10).text

@@ -11,7 +11,8 @@ import time
 import pytest
 import requests
 
-from tests.servers import Service, wait_until
+from tests.helpers import wait_until
+from tests.servers import Service
 
 # (what is wrong, raw request, the status gunicorn's parser or our intake gives it)
 MALFORMED = [

@@ -17,8 +17,8 @@ from sqlalchemy import create_engine, select, text
 from kimi_backend import create_app
 from kimi_backend.config.parsers import ConfigError, key_id
 from kimi_backend.usage.schema import schema_version, usage
-from tests.conftest import base_config
-from tests.servers import PostgresServer, wait_until
+from tests.conftest import base_config, close_app
+from tests.servers import PostgresServer
 
 ADMIN_KEY = "admin-secret-for-tests"
 KEY_A, KEY_B = "ledger-key-a", "ledger-key-b"
@@ -184,11 +184,14 @@ def test_with_the_ledger_off_nothing_is_written_and_budgets_still_count(ledger_a
 
 
 def test_the_schema_is_created_at_startup_once(simulator_server, database_url):
-    for _ in range(2):
-        app = create_app(base_config(simulator_server, USAGE_DATABASE_URL=database_url))
-    with app.extensions["usage_ledger"].engine.connect() as conn:
-        assert [row.version for row in conn.execute(select(schema_version))] == [1]
-        assert conn.execute(select(usage)).all() == []
+    apps = [create_app(base_config(simulator_server, USAGE_DATABASE_URL=database_url)) for _ in range(2)]
+    try:
+        with apps[-1].extensions["usage_ledger"].engine.connect() as conn:
+            assert [row.version for row in conn.execute(select(schema_version))] == [1]
+            assert conn.execute(select(usage)).all() == []
+    finally:
+        for app in apps:
+            close_app(app)
 
 
 @pytest.mark.parametrize("url,reason", [

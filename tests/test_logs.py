@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
-from conftest import UPSTREAM_KEY
 from kimi_backend.auth import key_fingerprint
 from kimi_backend.observability.logs import JsonFormatter
 from kimi_backend.moonshot.models import DEFAULT_MODEL
+from tests.conftest import UPSTREAM_KEY
 
 
 def access_lines(caplog) -> list[dict]:

@@ -10,8 +10,8 @@ import pytest
 
 from kimi_backend.moonshot.models import DEFAULT_MODEL
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
-from tests.servers import ROOT, Service
-from tests.test_sdk import node_binary
+from tests.helpers import ROOT, require_binary
+from tests.servers import Service
 
 PACKAGE = ROOT / "tests" / "openai-npm"
 
@@ -31,7 +31,7 @@ def installed_package() -> None:
 
 
 def test_official_openai_npm_package(simulator_server, simulator):
-    node = node_binary()
+    node = require_binary("node")
     installed_package()
     service = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, REQUIRE_API_KEY="true",
                       VALID_API_KEYS=CLIENT_KEY, RATE_LIMIT_MAX_REQUESTS="10000", UPSTREAM_MAX_RETRIES="0")

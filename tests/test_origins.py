@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_validation import assert_error
+from tests.helpers import assert_error
 
 ORIGIN = "https://chat.example.com"
 STRANGER = "https://evil.example.com"

@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from tests.browser import open_page
 from tests.conftest import CLIENT_KEY
-from tests.servers import ROOT
+from tests.helpers import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts"
 OFFLINE = "[offline simulator]"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from playwright.sync_api import expect
 
 from tests.browser import open_page
-from tests.servers import ROOT
+from tests.helpers import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts"
 OFFLINE = "[offline simulator]"

@@ -9,7 +9,8 @@ import sys
 import pytest
 import requests
 
-from tests.servers import LONG_WINDOW_MS, ROOT, SimulatorProcess, clean_env, fetch_all, free_port
+from tests.helpers import LONG_WINDOW_MS, ROOT, free_port
+from tests.servers import clean_env, fetch_all
 
 LEAK_KEY = "sk-leakcanary-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH"
 
@@ -56,40 +57,37 @@ def test_one_trusted_proxy_means_the_last_hop_is_the_client(served):
     assert status("192.0.2.77, 203.0.113.1") == 429
 
 
-def test_the_upstream_key_never_leaves_the_server(served):
+def test_the_upstream_key_never_leaves_the_server(served, simulator_process):
     """Runs gunicorn with a recognisable key against an upstream that rejects it and against
     none at all, exercises every kind of error at debug log level, and searches everything."""
-    upstream = SimulatorProcess(api_key="sk-the-only-key-the-simulator-accepts")
-    try:
-        rejected = served(KIMI_API_KEY=LEAK_KEY, KIMI_BASE_URL=upstream.base_url, LOG_LEVEL="debug",
-                          REQUIRE_API_KEY="true", VALID_API_KEYS="client-key", UPSTREAM_MAX_RETRIES="0")
-        unreachable = served(KIMI_API_KEY=LEAK_KEY, KIMI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1",
-                             LOG_LEVEL="debug", NODE_ENV="production", UPSTREAM_MAX_RETRIES="0")
-        client = {"x-api-key": "client-key"}
-        calls = [
-            (rejected, "post", "/api/chat/completion", {"message": "hi"}, client, 502),
-            (rejected, "post", "/api/chat/stream", {"messages": "hi"}, client, 502),
-            (rejected, "post", "/api/chat/history", {"messages": [{"role": "user", "content": "hi"}]}, client, 502),
-            (rejected, "post", "/api/chat/completion", {"message": "hi"}, {}, 401),
-            (rejected, "post", "/api/chat/completion", {"message": "hi"}, {"Authorization": f"Bearer {LEAK_KEY}"}, 401),
-            (rejected, "get", "/api/chat/models", None, client, 200),
-            (rejected, "get", "/api/info", None, {}, 200),
-            (rejected, "get", "/health", None, {}, 200),
-            (rejected, "get", "/no-such-page", None, {}, 404),
-            (unreachable, "post", "/api/chat/completion", {"message": "hi"}, {}, 503),
-            (unreachable, "post", "/api/chat/stream", {"messages": "hi"}, {}, 503),
-            (unreachable, "post", "/api/chat/completion", b"{not json", {"Content-Type": "application/json"}, 400),
-        ]
-        for service, method, path, body, headers, expected in calls:
-            kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
-            response = requests.request(method, service.url + path, headers=headers, timeout=20, **kwargs)
-            assert response.status_code == expected, (path, response.text)
-            # The key a client sent itself may come back nowhere either (it is not one of ours).
-            assert LEAK_KEY not in response.text and LEAK_KEY not in str(response.headers), path
-            if expected >= 400:
-                assert response.json()["success"] is False and "Traceback" not in response.text
-    finally:
-        upstream.stop()
+    upstream = simulator_process(api_key="sk-the-only-key-the-simulator-accepts")
+    rejected = served(KIMI_API_KEY=LEAK_KEY, KIMI_BASE_URL=upstream.base_url, LOG_LEVEL="debug",
+                      REQUIRE_API_KEY="true", VALID_API_KEYS="client-key", UPSTREAM_MAX_RETRIES="0")
+    unreachable = served(KIMI_API_KEY=LEAK_KEY, KIMI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1",
+                         LOG_LEVEL="debug", NODE_ENV="production", UPSTREAM_MAX_RETRIES="0")
+    client = {"x-api-key": "client-key"}
+    calls = [
+        (rejected, "post", "/api/chat/completion", {"message": "hi"}, client, 502),
+        (rejected, "post", "/api/chat/stream", {"messages": "hi"}, client, 502),
+        (rejected, "post", "/api/chat/history", {"messages": [{"role": "user", "content": "hi"}]}, client, 502),
+        (rejected, "post", "/api/chat/completion", {"message": "hi"}, {}, 401),
+        (rejected, "post", "/api/chat/completion", {"message": "hi"}, {"Authorization": f"Bearer {LEAK_KEY}"}, 401),
+        (rejected, "get", "/api/chat/models", None, client, 200),
+        (rejected, "get", "/api/info", None, {}, 200),
+        (rejected, "get", "/health", None, {}, 200),
+        (rejected, "get", "/no-such-page", None, {}, 404),
+        (unreachable, "post", "/api/chat/completion", {"message": "hi"}, {}, 503),
+        (unreachable, "post", "/api/chat/stream", {"messages": "hi"}, {}, 503),
+        (unreachable, "post", "/api/chat/completion", b"{not json", {"Content-Type": "application/json"}, 400),
+    ]
+    for service, method, path, body, headers, expected in calls:
+        kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+        response = requests.request(method, service.url + path, headers=headers, timeout=20, **kwargs)
+        assert response.status_code == expected, (path, response.text)
+        # The key a client sent itself may come back nowhere either (it is not one of ours).
+        assert LEAK_KEY not in response.text and LEAK_KEY not in str(response.headers), path
+        if expected >= 400:
+            assert response.json()["success"] is False and "Traceback" not in response.text
     for service in (rejected, unreachable):
         service.stop()
         log = service.log()

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from tests.servers import free_port
+from tests.helpers import LONG_WINDOW_MS, free_port
 
 # An hour: no test can straddle a fixed-window boundary.
-LONG_WINDOW = {"RATE_LIMIT_WINDOW_MS": "3600000"}
+LONG_WINDOW = {"RATE_LIMIT_WINDOW_MS": LONG_WINDOW_MS}
 
 
 def limited_app(make_app, maximum: int, **overrides):

@@ -17,8 +17,9 @@ from types import SimpleNamespace
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import RECORD_VIOLATIONS, PageProblems, require
-from tests.servers import ROOT, Service, free_port
+from tests.browser import RECORD_VIOLATIONS, PageProblems
+from tests.helpers import ROOT, free_port, require
+from tests.servers import Service
 
 EXAMPLE = ROOT / "examples" / "react"
 OFFLINE = "[offline simulator]"

@@ -1,7 +1,7 @@
 """`GET /health/ready`: the upstream (probed, cached) and the rate-limit storage."""
 from __future__ import annotations
 
-from servers import free_port, wait_until
+from tests.helpers import free_port, wait_until
 
 
 def test_ready_when_upstream_and_storage_answer(client, simulator):

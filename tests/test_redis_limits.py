@@ -7,7 +7,8 @@ import itertools
 import pytest
 import requests
 
-from tests.servers import LONG_WINDOW_MS, RedisServer, fetch_all, wait_until
+from tests.helpers import LONG_WINDOW_MS, wait_until
+from tests.servers import RedisServer, fetch_all
 
 
 @pytest.fixture

@@ -7,26 +7,14 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 from tests.conftest import CLIENT_KEY
-from tests.servers import ROOT
+from tests.helpers import ROOT, require_binary
 
 SDK_TESTS = sorted((ROOT / "tests" / "sdk").glob("*.test.mjs"))
 
 
-def node_binary() -> str:
-    """Node, or a skip (a failure under CI, where a missing Node must not pass silently)."""
-    node = shutil.which("node")
-    if node is None:
-        if os.environ.get("CI"):
-            pytest.fail("node is required under CI for the SDK tests")
-        pytest.skip("node is not installed")
-    return node
-
-
 def test_sdk_under_node_test_runner(keyed_service):
-    node = node_binary()
+    node = require_binary("node")
     assert SDK_TESTS, "no tests/sdk/*.test.mjs found"
     result = subprocess.run([node, "--test", *map(str, SDK_TESTS)], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, env={**os.environ, "KIMI_URL": keyed_service.url, "KIMI_KEY": CLIENT_KEY})
@@ -36,7 +24,7 @@ def test_sdk_under_node_test_runner(keyed_service):
 
 def test_readme_sdk_example_runs(keyed_service, tmp_path):
     """The README's first JavaScript example, pointed at the test service, runs as written."""
-    node = node_binary()
+    node = require_binary("node")
     section = (ROOT / "README.md").read_text().split("## JavaScript SDK", 1)[1]
     example = re.search(r"```js\n(.*?)```", section, re.S).group(1)
     assert "import KimiClient from './kimi-sdk.js';" in example

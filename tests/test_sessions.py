@@ -6,7 +6,8 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from tests.token_support import SITE, assert_error, using
+from tests.helpers import assert_error
+from tests.token_support import SITE, using
 
 STRANGER = "https://stranger.example"
 

@@ -4,7 +4,6 @@ upstream closed when the client leaves."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -12,7 +11,8 @@ import pytest
 import requests
 
 from tests.conftest import UPSTREAM_KEY
-from tests.servers import Service, SimulatorProcess, wait_until
+from tests.helpers import post_by_hand, receive_until, wait_until
+from tests.servers import Service
 
 
 @pytest.fixture(scope="module")
@@ -122,18 +122,11 @@ def test_keepalive_comments_while_upstream_is_silent(service, simulator):
     assert data_events(events)[-1] == "[DONE]"
 
 
-def _open_and_abandon(url: str, message: str, read_until: bytes) -> float:
+def _open_and_abandon(port: int, message: str, read_until: bytes) -> float:
     """Opens a stream on a raw socket, reads until `read_until` appears, then closes the
     socket; returns the monotonic time of the close."""
-    host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"messages": message}).encode()
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    received = b""
-    while read_until not in received:
-        received += sock.recv(65536)
-    sock.close()
+    with post_by_hand(port, "/api/chat/stream", {"messages": message}) as sock:
+        receive_until(sock, lambda received: read_until in received)
     return time.monotonic()
 
 
@@ -144,7 +137,7 @@ def _open_and_abandon(url: str, message: str, read_until: bytes) -> float:
     ("sim:drip=0.1", b": stream open"),                 # upstream sending only content-less chunks
 ])
 def test_client_disconnect_closes_the_upstream_within_half_a_second(service, simulator, message, read_until):
-    closed_at = _open_and_abandon(service.url, message, read_until)
+    closed_at = _open_and_abandon(service.port, message, read_until)
     wait_until(lambda: simulator.stats()["streams_aborted"] == 1, timeout=5, message="the upstream stream to be aborted")
     assert time.monotonic() - closed_at < 0.5
     assert simulator.stats()["streams_completed"] == 0
@@ -153,13 +146,8 @@ def test_client_disconnect_closes_the_upstream_within_half_a_second(service, sim
 def test_client_disconnect_before_the_upstream_answers_ends_the_upstream_request(service, simulator):
     """The upstream takes 30 s to its headers; the client leaves after 0.3 s; the upstream
     request must end then, not at the read timeout."""
-    host, port = service.url.removeprefix("http://").split(":")
-    body = json.dumps({"messages": "sim:delay=30"}).encode()
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    wait_until(lambda: simulator.stats()["in_flight"] == 1, timeout=5, message="the upstream request to start")
-    sock.close()
+    with post_by_hand(service.port, "/api/chat/stream", {"messages": "sim:delay=30"}):
+        wait_until(lambda: simulator.stats()["in_flight"] == 1, timeout=5, message="the upstream request to start")
     closed_at = time.monotonic()
     wait_until(lambda: simulator.stats()["abandoned_before_headers"] == 1, timeout=5,
                message="the upstream request to be closed")
@@ -198,7 +186,7 @@ def test_a_few_hundred_concurrent_streams(service, simulator):
     assert simulator.stats()["streams_completed"] == 300
 
 
-def test_a_finished_stream_returns_its_upstream_connection_to_the_pool(make_app, monkeypatch):
+def test_a_finished_stream_returns_its_upstream_connection_to_the_pool(make_app, simulator_process, monkeypatch):
     """Against a keep-alive upstream (the simulator's gevent server), consecutive streams
     share one upstream connection: a complete stream is released, not thrown away, and
     released before the stream's response ends, so the next request finds it in the pool
@@ -210,14 +198,11 @@ def test_a_finished_stream_returns_its_upstream_connection_to_the_pool(make_app,
         time.sleep(0.2)  # a slow drain, widening the window in which the next request starts
         release(self)
     monkeypatch.setattr(UpstreamStream, "close", slow_release)
-    upstream = SimulatorProcess(api_key=UPSTREAM_KEY)
-    try:
-        app = make_app(KIMI_BASE_URL=upstream.base_url)
-        client = app.test_client()
-        for _ in range(3):
-            body = client.post("/api/chat/stream", json={"messages": "hi"}).get_data()
-            assert body.endswith(b"data: [DONE]\n\n")
-        pools = app.extensions["kimi_service"].client._adapter.poolmanager.pools
-        assert [pools[key].num_connections for key in pools.keys()] == [1]
-    finally:
-        upstream.stop()
+    upstream = simulator_process(api_key=UPSTREAM_KEY)
+    app = make_app(KIMI_BASE_URL=upstream.base_url)
+    client = app.test_client()
+    for _ in range(3):
+        body = client.post("/api/chat/stream", json={"messages": "hi"}).get_data()
+        assert body.endswith(b"data: [DONE]\n\n")
+    pools = app.extensions["kimi_service"].client._adapter.poolmanager.pools
+    assert [pools[key].num_connections for key in pools.keys()] == [1]

@@ -15,7 +15,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from tests.servers import Service, wait_until
+from tests.helpers import wait_until
+from tests.servers import Service
 from tests.token_support import ADMIN, token_config
 
 PAGE = """<!doctype html>

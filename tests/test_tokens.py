@@ -16,12 +16,8 @@ from flask import g
 
 from kimi_backend.auth import require_client_key
 from kimi_backend.config.parsers import ConfigError
-from tests.servers import free_port
-from tests.test_auth import CHAT_CALLS, call
-from tests.token_support import (ADMIN, NEW_SECRET, OTHER_SITE, SECRET, SITE, T0, Clock, assert_error, claims_of, mint,
-                                 using)
-
-LONG_WINDOW = "3600000"
+from tests.helpers import CHAT_CALLS, LONG_WINDOW_MS, assert_error, call, free_port
+from tests.token_support import ADMIN, NEW_SECRET, OTHER_SITE, SECRET, SITE, T0, Clock, claims_of, mint, using
 
 
 @pytest.fixture
@@ -303,7 +299,7 @@ def test_with_the_storage_down_and_fail_closed_minting_is_refused(token_app):
 # --- Limits ------------------------------------------------------------------------------
 
 def limited(token_app, maximum: int, **overrides):
-    return token_app(RATE_LIMIT_MAX_REQUESTS=str(maximum), RATE_LIMIT_WINDOW_MS=LONG_WINDOW, **overrides).test_client()
+    return token_app(RATE_LIMIT_MAX_REQUESTS=str(maximum), RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS, **overrides).test_client()
 
 
 def from_address(address: str) -> dict:

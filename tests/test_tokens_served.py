@@ -13,8 +13,8 @@ import sys
 import pytest
 import requests
 
-from tests.servers import LONG_WINDOW_MS, ROOT, RedisServer, fetch_all
-from tests.test_sdk import node_binary
+from tests.helpers import LONG_WINDOW_MS, ROOT, require_binary
+from tests.servers import RedisServer, fetch_all
 from tests.token_support import ADMIN, SITE, token_config
 
 
@@ -77,7 +77,7 @@ def readme_example(heading: str, language: str) -> str:
 @pytest.mark.parametrize("heading", ["**The same in Node (Express)**", "**The browser side**",
                                      "### Anonymous sessions"])
 def test_the_readmes_javascript_examples_parse(heading, tmp_path):
-    node = node_binary()
+    node = require_binary("node")
     example = tmp_path / "example.mjs"
     example.write_text(readme_example(heading, "js"))
     result = subprocess.run([node, "--check", str(example)], capture_output=True, text=True, timeout=30)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.test_validation import assert_error
+from tests.helpers import assert_error
 
 MAPPINGS = [
     # (directives in the message, our status, our code)

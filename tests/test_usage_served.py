@@ -4,7 +4,6 @@ exact across two instances of two workers, and an unreachable database stops sta
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -12,13 +11,14 @@ from datetime import datetime, timezone
 import pytest
 import redis
 import requests
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, select
 
 from kimi_backend.config.parsers import key_id
 from kimi_backend.usage import estimate
 from kimi_backend.usage.schema import usage
 from tests.conftest import UPSTREAM_KEY
-from tests.servers import PostgresServer, Process, RedisServer, clean_env, free_port, wait_until
+from tests.helpers import free_port, post_by_hand, receive_until, wait_until
+from tests.servers import PostgresServer, Process, RedisServer, clean_env
 
 KEY_A, KEY_B = "served-key-a", "served-key-b"
 
@@ -77,14 +77,8 @@ def test_a_client_that_hangs_up_mid_stream_is_charged(served, upstream_env, simu
     service = served(**upstream_env, USAGE_DATABASE_URL=url, USAGE_FLUSH_INTERVAL_S="0.05",
                      TOKEN_BUDGET_PER_DAY="100000")
     message = "a long story sim:chunks=100 sim:interval=0.1"
-    body = json.dumps({"messages": message}).encode()
-    sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
-    sock.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"x-api-key: " + KEY_A.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    received = b""
-    while received.count(b'"content":"') < 3:
-        received += sock.recv(65536)
-    sock.close()
+    with post_by_hand(service.port, "/api/chat/stream", {"messages": message}, {"x-api-key": KEY_A}) as sock:
+        receive_until(sock, lambda received: received.count(b'"content":"') >= 3)
     row = wait_until(lambda: (rows := ledger(url)) and rows[0], timeout=10, message="the cut stream's ledger row")
     assert (row["cut_short"], row["estimated"], row["outcome"]) == (True, True, "client_closed")
     assert row["client"] == f"key:{key_id(KEY_A)}"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import assert_error
+
 BAD_BODIES = [
     # (route, body, field named in the message)
     ("/api/chat/completion", {}, "message"),
@@ -32,21 +34,6 @@ BAD_BODIES = [
     ("/api/chat/stream", {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
     ("/api/chat/stream", {"messages": "hi", "temperature": 3}, "temperature"),
 ]
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The response is our JSON error shape with this status (and code)."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert body["success"] is False
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["code"], str) and body["code"]
-    assert body["request_id"] == response.headers["X-Request-ID"]
-    if code:
-        assert body["code"] == code
-    assert "Traceback" not in body["error"] and "<html" not in response.get_data(as_text=True).lower()
-    return body
 
 
 @pytest.mark.parametrize("route,body,field", BAD_BODIES)

@@ -52,10 +52,3 @@ def using(token: str, origin: str | None = SITE, style: str = "bearer") -> dict:
 def claims_of(token: str) -> dict:
     """A token's claims, unverified (what anyone holding it can read)."""
     return jwt.decode(token, options={"verify_signature": False})
-
-
-def assert_error(response, status: int, code: str) -> None:
-    """The response is our JSON error with this status and code."""
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert body["success"] is False and body["code"] == code and body["request_id"]
