@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.streams import burst  # noqa: E402
 from benchmarks.procs import BENCH_KEY, Proc, start_min_proxy, start_service, start_simulator  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 from kimi_backend.system import raise_open_files_limit  # noqa: E402
@@ -67,20 +67,6 @@ async def read_stream(host: str, port: int, request: bytes, start: asyncio.Event
     return {"ok": done and head.startswith(b"HTTP/1.1 200"), "arrivals": arrivals}
 
 
-async def run_streams(url: str, path: str, body: dict, headers: dict, count: int) -> list[dict]:
-    """Opens `count` streams together and waits for all of them."""
-    host, port = url.removeprefix("http://").split("/")[0].split(":")
-    payload = json.dumps(body).encode()
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
-               f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
-    start = asyncio.Event()
-    tasks = [asyncio.create_task(read_stream(host, int(port), request, start)) for _ in range(count)]
-    await asyncio.sleep(0.2)  # every task waits on start.wait() before any begins
-    start.set()
-    return await asyncio.gather(*tasks)
-
-
 def lateness_p99_ms(results: list[dict]) -> float:
     """The 99th percentile, over every chunk, of how much later than 20 ms after the
     previous one it arrived."""
@@ -99,7 +85,7 @@ class Target:
         """Runs `count` streams and returns completion, relay CPU per chunk and lateness."""
         cpu_before = self.proc.cpu_seconds()
         began = time.monotonic()
-        results = asyncio.run(run_streams(self.proc.url, self.path, self.body, self.headers, count))
+        results, _ = asyncio.run(burst(self.proc.url, self.path, self.body, self.headers, count, reader=read_stream))
         wall = time.monotonic() - began
         cpu = self.proc.cpu_seconds() - cpu_before
         chunks = sum(len(r["arrivals"]) for r in results)

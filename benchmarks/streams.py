@@ -50,15 +50,18 @@ async def one_stream(host: str, port: int, request: bytes, start: asyncio.Event)
     return {"ok": ok, "first": first_event, "end": time.monotonic() - began, "error": None if ok else received[:200]}
 
 
-async def burst(url: str, path: str, body: dict, headers: dict, count: int) -> tuple[list[dict], float]:
-    """Opens `count` streams at the same moment; returns their results and the wall time."""
+async def burst(url: str, path: str, body: dict, headers: dict, count: int,
+                reader=None) -> tuple[list[dict], float]:
+    """Opens `count` streams at the same moment, each read by `reader` (`one_stream` unless
+    given); returns their results and the wall time."""
+    reader = reader or one_stream
     host, port = url.removeprefix("http://").split("/")[0].split(":")
     payload = json.dumps(body).encode()
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
     start = asyncio.Event()
-    tasks = [asyncio.create_task(one_stream(host, int(port), request, start)) for _ in range(count)]
+    tasks = [asyncio.create_task(reader(host, int(port), request, start)) for _ in range(count)]
     await asyncio.sleep(0.2)  # let every task reach start.wait(): all begin together
     began = time.monotonic()
     start.set()
