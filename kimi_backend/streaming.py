@@ -59,8 +59,10 @@ class ContractEvents:
 
     def chunk(self, chunk: dict) -> bytes:
         """Our events for one upstream chunk (choice 0 only)."""
-        return b"".join(event({"content": "", "reasoning": text} if kind == "reasoning" else {"content": text})
-                        for kind, text in first_choice_texts(chunk))
+        out = b""
+        for kind, text in first_choice_texts(chunk):
+            out += event({"content": "", "reasoning": text} if kind == "reasoning" else {"content": text})
+        return out
 
     def end(self, finish_reason: str | None, usage: dict | None) -> bytes:
         """The final event and `[DONE]`."""
