@@ -1,6 +1,8 @@
 """`/api/chat/*`: the original service's chat routes (single turn, history, stream, models)."""
 from __future__ import annotations
 
+from typing import Iterator
+
 from flask import Blueprint, Response, jsonify, request
 
 from ..auth import require_client_key
@@ -18,6 +20,13 @@ bp.after_request(dropped_params_header)
 limiter.limit_api(bp)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse_response(events: Iterator[bytes]) -> Response:
+    """The streamed response for a relay's events. They are bytes already, so the server
+    iterates the relay itself, without werkzeug's encoding and closing wrappers around each
+    write (closing the relay is all that closing the response would do)."""
+    return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
 
 
 @bp.post("/completion")
@@ -50,7 +59,7 @@ def stream(body: StreamRequest):
     else:
         messages = [message.upstream() for message in body.messages]
     events = get_service().stream(messages, body, client_gone=client_gone_probe(request.environ))
-    return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(events)
 
 
 @bp.get("/models")

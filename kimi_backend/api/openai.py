@@ -4,9 +4,7 @@ format; the key, limits, model policy and CORS are the same as on `/api/chat/*`,
 OpenAI's shape (see `errors.error_body`)."""
 from __future__ import annotations
 
-from typing import Iterator
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from ..auth import require_client_key
 from ..errors import error_body
@@ -16,7 +14,7 @@ from ..moonshot.sse import DONE, event
 from ..schemas import OpenAIChatRequest, validated
 from ..service import dropped_params_header, get_service
 from ..streaming import client_gone_probe
-from .chat import SSE_HEADERS
+from .chat import sse_response
 from .openapi import listed
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -35,19 +33,17 @@ class OpenAIEvents:
     def __init__(self, include_usage: bool):
         self.include_usage = include_usage
 
-    def chunk(self, chunk: dict) -> Iterator[bytes]:
+    def chunk(self, chunk: dict) -> bytes:
         """The chunk itself."""
-        if chunk.get("choices") or self.include_usage:
-            yield event(chunk)
+        return event(chunk) if chunk.get("choices") or self.include_usage else b""
 
-    def end(self, finish_reason: str | None, usage: dict | None) -> Iterator[bytes]:
+    def end(self, finish_reason: str | None, usage: dict | None) -> bytes:
         """`[DONE]`."""
-        yield DONE
+        return DONE
 
-    def error(self, code: str, message: str, request_id: str) -> Iterator[bytes]:
+    def error(self, code: str, message: str, request_id: str) -> bytes:
         """An in-band error in OpenAI's shape (the SDKs raise it from the stream), then `[DONE]`."""
-        yield event(error_body(code, message, 502, openai=True, request_id=request_id))
-        yield DONE
+        return event(error_body(code, message, 502, openai=True, request_id=request_id)) + DONE
 
 
 @bp.post("/chat/completions")
@@ -71,7 +67,7 @@ def chat_completions(body: OpenAIChatRequest):
     options = payload.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     events = service.open_stream(fitted, client_gone_probe(request.environ), OpenAIEvents(include_usage))
-    return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(events)
 
 
 @bp.get("/models")

@@ -90,10 +90,10 @@ class MoonshotClient:
             try:
                 response = self._send("POST", "/chat/completions", json_body=dict(payload, stream=True), stream=True)
             except UpstreamError:
-                if opening.abandoned:
+                if opening is not None and opening.abandoned:
                     raise _client_left() from None
                 raise
-        if opening.abandoned:
+        if opening is not None and opening.abandoned:
             response.close()
             raise _client_left()
         if response.status_code != 200:

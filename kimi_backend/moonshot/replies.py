@@ -179,11 +179,13 @@ class StreamTally:
 
 
 def _text_bytes(delta) -> int:
-    """How much generated text a chunk's delta carries (answer, reasoning, tool-call arguments),
-    in bytes: what a stream cut short before its usage is charged for."""
-    if not isinstance(delta, dict):
-        return 0
-    size = sum(len(str(delta.get(name) or "").encode()) for name in ("content", "reasoning_content"))
+    """How much generated text a checked chunk's delta carries (answer, reasoning, tool-call
+    arguments), in bytes: what a stream cut short before its usage is charged for."""
+    size = 0
+    for name in ("content", "reasoning_content"):
+        value = delta.get(name)
+        if value:  # text or None once checked (see `chunk`)
+            size += len(value.encode())
     for call in delta.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):

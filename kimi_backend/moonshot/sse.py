@@ -6,16 +6,21 @@ from typing import Callable, Iterator
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
+# One encoder for every event: json.dumps with options builds a new one per call (1.2 of the
+# 2.8 µs an event's JSON took).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class LineTooLong(ValueError):
     """A line grew past the reader's limit without ending."""
 
 
-def iter_data_lines(read: Callable[[], bytes], max_line_bytes: int = 1 << 20) -> Iterator[bytes]:
+def iter_data_lines(read: Callable[[], bytes | None], max_line_bytes: int = 1 << 20) -> Iterator[bytes | None]:
     """Yields the payload of every `data:` line, as soon as its line is complete.
 
-    `read` returns whatever bytes have arrived (at least one) or b"" at the end. Lines may
+    `read` returns whatever bytes have arrived (at least one) or b"" at the end; it may also
+    return None, "nothing now", which is yielded as None so that a reader that cannot block
+    forever gets control back (the generator reads on when resumed). Lines may
     end in LF or CRLF and may be split across reads anywhere, even inside a multi-byte
     character, since lines are split as bytes before any decoding. Comments and other
     fields (`event:`, `id:`) are skipped. A line longer than `max_line_bytes` raises
@@ -25,6 +30,9 @@ def iter_data_lines(read: Callable[[], bytes], max_line_bytes: int = 1 << 20) ->
     partial = bytearray()
     while True:
         block = read()
+        if block is None:
+            yield None
+            continue
         if not block:
             return
         if b"\n" not in block:
@@ -47,4 +55,4 @@ def iter_data_lines(read: Callable[[], bytes], max_line_bytes: int = 1 << 20) ->
 
 def event(payload: dict) -> bytes:
     """One SSE event carrying a JSON object, ready to flush."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _ENCODER.encode(payload).encode() + b"\n\n"

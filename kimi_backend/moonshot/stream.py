@@ -1,26 +1,27 @@
-"""The handle of an open streaming completion: reading its chunks within the reply limits
-and the read timeout, what counts as a broken stream (`StreamBroken`), and releasing or
-aborting its upstream connection so it can go back to the pool."""
+"""The handle of an open streaming completion: its chunks read straight off the upstream
+socket, within the reply limits and the read timeout, by the relay itself for as long as it
+can wait (no reader thread); what counts as a broken stream (`StreamBroken`); and releasing
+its upstream connection, back to the pool after a complete stream."""
 from __future__ import annotations
 
 import json
 import socket
-import threading
+import ssl
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import requests
-import urllib3
 
 from . import replies
+from .framing import BrokenFraming, CloseDelimitedBody, body_framing
 from .reading import READ_BLOCK, ReplyLimits
 from .sse import LineTooLong, iter_data_lines
 from .upstream_errors import error_message
 
 # After `[DONE]`, how long to wait for the body's last bytes before giving up on reusing the
-# connection (an upstream that says [DONE] and then nothing must not hold it). The reader waits
-# this after the client has had its last event, so it delays nobody; 0.25 s proved too short
-# for a loaded machine's upstream to send its chunked terminator.
+# connection (an upstream that says [DONE] and then nothing must not hold it). This runs after
+# the client has had its last event, so it delays nobody; 0.25 s proved too short for a
+# loaded machine's upstream to send its chunked terminator.
 DRAIN_TIMEOUT_S = 1.0
 
 
@@ -34,54 +35,107 @@ class StreamBroken(Exception):
 
 
 class UpstreamStream:
-    """An open streaming completion whose status was 200; iterate `chunks()`, then `close()`."""
+    """An open streaming completion whose status was 200: call `receive()` until `complete`,
+    then `close()`, from the one thread (or greenlet) that relays it."""
 
-    def __init__(self, response: requests.Response, limits: ReplyLimits, progress_timeout_s: float,
+    def __init__(self, response: requests.Response, limits: ReplyLimits, read_timeout_s: float,
                  redact: Callable[[str], str]):
         self._response = response
         self._limits = limits
-        self._progress_timeout_s = progress_timeout_s
+        self._read_timeout_s = read_timeout_s
         self._redact = redact
-        self._lock = threading.Lock()
-        self._released = False
-        self._complete = False
+        self._headers = response.raw._fp  # http.client's response: it has read the status and headers
+        self._framing = body_framing(self._headers)
+        self._sock = _socket_of(response)
+        self._pending = _read_ahead(self._headers, self._sock)
+        self._received = 0
+        self._heard_at = self._progress_at = time.monotonic()
+        self._deadline = 0.0
+        self._may_read = False
+        self._lines = iter_data_lines(self._read, limits.max_line_bytes)
+        self._failure: StreamBroken | None = None
+        self.complete = False
 
-    def chunks(self) -> Iterator[dict]:
-        """Yields each parsed chunk as it arrives, until `[DONE]`; raises `StreamBroken` on a
-        malformed chunk, a broken connection, a read timeout, an end without `[DONE]`, a line
-        or a reply over its limit, or a stream that sends nothing but empty chunks for longer
-        than the read timeout (the timeout bounds silence, and empty chunks say nothing)."""
-        raw = self._response.raw
-        received = 0
-
-        def read() -> bytes:
-            nonlocal received
-            block = raw.read1(READ_BLOCK)
-            received += len(block)
-            if received > self._limits.max_reply_bytes:
-                raise StreamBroken("upstream_reply_too_large", self._limits.too_large())
-            return block
-
-        progress_at = time.monotonic()
+    def receive(self, wait_s: float) -> list[dict]:
+        """The parsed chunks that arrive within `wait_s`: every one already here, or those of
+        the next block the upstream sends, or none when it stays quiet that long. Sets
+        `complete` at `[DONE]`. Raises `StreamBroken` on a malformed chunk, a broken
+        connection, silence longer than the read timeout, an end without `[DONE]`, a line or
+        a reply over its limit, or nothing but empty chunks for longer than the read timeout
+        (the timeout bounds silence, and empty chunks say nothing)."""
+        if self._failure is not None:
+            raise self._failure
+        self._deadline = time.monotonic() + wait_s
+        self._may_read = True
+        chunks: list[dict] = []
         try:
-            for data in iter_data_lines(read, self._limits.max_line_bytes):
+            self._take(chunks)
+        except StreamBroken as exc:
+            if not chunks:
+                raise
+            self._failure = exc  # the chunks before the failure are relayed first
+        return chunks
+
+    def _take(self, chunks: list[dict]) -> None:
+        try:
+            for data in self._lines:
+                if data is None:
+                    return
                 if data == b"[DONE]":
-                    self._complete = True
+                    self.complete = True
                     return
                 chunk = self._parse(data)
                 if replies.carries_something(chunk):
-                    progress_at = time.monotonic()
-                elif time.monotonic() - progress_at > self._progress_timeout_s:
+                    self._progress_at = time.monotonic()
+                elif time.monotonic() - self._progress_at > self._read_timeout_s:
                     raise StreamBroken("upstream_timeout", "The upstream sent only empty chunks for longer than the read timeout.")
-                yield chunk
+                chunks.append(chunk)
         except LineTooLong:
             raise StreamBroken("upstream_reply_too_large", f"The upstream sent a stream line longer than "
                                f"UPSTREAM_MAX_LINE_BYTES ({self._limits.max_line_bytes} bytes).") from None
-        except urllib3.exceptions.ReadTimeoutError:
-            raise StreamBroken("upstream_timeout", "The upstream stopped sending for longer than the read timeout.") from None
-        except (urllib3.exceptions.HTTPError, OSError):
+        except (BrokenFraming, OSError):
             raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
         raise StreamBroken("upstream_incomplete", "The upstream stream ended before it was complete.")
+
+    def _read(self) -> bytes | None:
+        """For `iter_data_lines`: the body's next data, b"" at its end, or None when nothing
+        came by the deadline or when this `receive` has had its block (the caller relays
+        what it has before waiting again)."""
+        if not self._may_read:
+            return None
+        self._may_read = False
+        if self._pending:
+            data, self._pending = self._framing.decode(self._pending), b""
+            if data:
+                return self._count(data)
+        while not self._framing.done:
+            now = time.monotonic()
+            silent_until = self._heard_at + self._read_timeout_s
+            if now >= silent_until:
+                raise StreamBroken("upstream_timeout", "The upstream stopped sending for longer than the read timeout.")
+            if now >= self._deadline:
+                return None
+            # A timeout on the socket itself leaves nothing half-read, unlike one inside http.client.
+            self._sock.settimeout(min(self._deadline, silent_until) - now)
+            try:
+                block = self._sock.recv(READ_BLOCK)
+            except TimeoutError:
+                continue
+            if not block:
+                if isinstance(self._framing, CloseDelimitedBody):
+                    return b""
+                raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.")
+            self._heard_at = time.monotonic()
+            data = self._framing.decode(block)
+            if data:
+                return self._count(data)
+        return b""
+
+    def _count(self, data: bytes) -> bytes:
+        self._received += len(data)
+        if self._received > self._limits.max_reply_bytes:
+            raise StreamBroken("upstream_reply_too_large", self._limits.too_large())
+        return data
 
     def _parse(self, data: bytes) -> dict:
         try:
@@ -95,51 +149,49 @@ class UpstreamStream:
         except (ValueError, RecursionError):
             raise StreamBroken("upstream_malformed", "The upstream sent a malformed stream chunk.") from None
 
-    def abort(self) -> None:
-        """Ends the upstream request now, from any thread: shuts the socket down, which wakes
-        a reader blocked on it (a plain close does not, on Linux) and tells the upstream at
-        once that nobody is listening. The reader then releases the response."""
-        with self._lock:
-            # Once released, the connection may be back in the pool serving someone else.
-            if self._released:
-                return
-            sock = _socket_of(self._response)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed
-
     def close(self) -> None:
-        """Releases the upstream connection; call it from the thread that reads the stream.
-        After a complete stream, the body's last bytes are read first so the connection
-        can return to the pool (an `abort()` meanwhile just ends that early)."""
-        if self._complete:
-            try:
-                _drain(self._response)
-            except (urllib3.exceptions.HTTPError, OSError):
-                pass
-        with self._lock:
-            self._released = True
+        """Releases the upstream connection. After a complete stream, the body's last bytes
+        (the chunked terminator) are read first, waiting at most DRAIN_TIMEOUT_S, so the
+        connection can go back to the pool; any other end closes it, which also tells the
+        upstream at once that nobody is listening."""
+        if self.complete and self._drained() and not self._headers.will_close:
+            self._headers.close()  # the body is read: http.client may send the next request
+            self._response.raw.release_conn()
         self._response.close()
 
+    def _drained(self) -> bool:
+        if isinstance(self._framing, CloseDelimitedBody):
+            return False
+        self._deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        try:
+            while not self._framing.done:
+                self._may_read = True
+                if self._read() is None:
+                    return False
+        except (StreamBroken, BrokenFraming, OSError):
+            return False
+        return not self._framing.extra
 
-def _drain(response: requests.Response) -> None:
-    """Reads the few bytes after `[DONE]` (the chunked body's end) so the connection can go
-    back to the pool instead of being closed; waits for them at most DRAIN_TIMEOUT_S."""
-    sock = _socket_of(response)
-    if sock is not None:
-        sock.settimeout(DRAIN_TIMEOUT_S)  # urllib3 sets its own timeout again when it reuses the connection
-    for _ in range(4):
-        if not response.raw.read1(READ_BLOCK):
-            return
+
+def _read_ahead(headers, sock: socket.socket) -> bytes:
+    """The body bytes http.client's buffered reader took in with the headers (read without
+    waiting: a reader with nothing buffered reads the socket, which must not block here)."""
+    if headers.fp is None:  # an empty body, already closed
+        return b""
+    sock.settimeout(0)
+    blocks = []
+    try:
+        while block := headers.fp.read1(READ_BLOCK):
+            blocks.append(block)
+    except ssl.SSLWantReadError:  # TLS's "nothing yet" (plain sockets' is an empty read)
+        pass
+    return b"".join(blocks)
 
 
 def _socket_of(response: requests.Response):
     """The socket under a streaming response. http.client hands it from the connection to
     the response's file object when the upstream says `Connection: close`, so look in both."""
-    connection = getattr(response.raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
+    sock = getattr(response.raw.connection, "sock", None)
     if sock is None:
         fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
         sock = getattr(getattr(fp, "raw", None), "_sock", None)

@@ -1,0 +1,50 @@
+"""moonshot/opening.py: one watcher per process ends the upstream request of every stream
+whose client leaves before the upstream's headers, and only while that request is opening."""
+from __future__ import annotations
+
+import socket
+import time
+
+from kimi_backend.moonshot.opening import WATCH_S, abandon_when
+from tests.helpers import wait_until
+
+
+class Connection:
+    """An upstream connection as the pool records it: one end of a socket pair."""
+
+    def __init__(self) -> None:
+        self.sock, self.peer = socket.socketpair()
+
+    def shut_down(self) -> bool:
+        self.peer.settimeout(0)
+        try:
+            return self.peer.recv(1) == b""
+        except BlockingIOError:
+            return False
+
+
+def test_every_opening_whose_client_left_is_abandoned():
+    gone = {"a": False, "b": False}
+    connections = {name: Connection() for name in gone}
+    with abandon_when(lambda: gone["a"]) as first, abandon_when(lambda: gone["b"]) as second:
+        first.connection, second.connection = connections["a"], connections["b"]
+        time.sleep(WATCH_S * 1.5)
+        assert not first.abandoned and not second.abandoned
+        gone["a"] = gone["b"] = True
+        wait_until(lambda: first.abandoned and second.abandoned, timeout=WATCH_S * 5)
+    assert connections["a"].shut_down() and connections["b"].shut_down()
+
+
+def test_an_opening_that_ended_is_left_alone():
+    gone = False
+    connection = Connection()
+    with abandon_when(lambda: gone) as opening:
+        opening.connection = connection
+    gone = True  # the connection now belongs to the stream (or the pool)
+    time.sleep(WATCH_S * 2.5)
+    assert not opening.abandoned and not connection.shut_down()
+
+
+def test_no_check_no_opening():
+    with abandon_when(None) as opening:
+        assert opening is None

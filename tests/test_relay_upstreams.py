@@ -1,0 +1,146 @@
+"""The relay reads the upstream's body off the socket itself: every HTTP/1.1 framing an
+upstream may use is relayed whole, however its bytes are split, and what came before a
+failure in the same block is relayed before the in-band error. The upstream here is a raw
+socket server that plays one canned answer per connection."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.helpers import free_port
+
+HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def sse(*chunks: dict, done: bool = True) -> bytes:
+    body = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks)
+    return body + (b"data: [DONE]\n\n" if done else b"")
+
+
+def delta(text: str) -> dict:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+
+
+FINAL = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop",
+                      "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}]}
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    pieces = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+class CannedUpstream:
+    """Answers every request with `pieces`, written one by one `gap_s` apart, then closes."""
+
+    def __init__(self, pieces: list[bytes], gap_s: float = 0.0):
+        self.pieces, self.gap_s = pieces, gap_s
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, body = request.split(b"\r\n\r\n", 1)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            for piece in self.pieces:
+                conn.sendall(piece)
+                time.sleep(self.gap_s)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def relay_through(make_app):
+    """Streams one request through an app whose upstream plays `pieces`; returns its data events."""
+    upstreams = []
+
+    def run(pieces: list[bytes], gap_s: float = 0.0) -> list:
+        upstream = CannedUpstream(pieces, gap_s)
+        upstreams.append(upstream)
+        app = make_app(KIMI_BASE_URL=upstream.base_url, UPSTREAM_MAX_RETRIES="0", UPSTREAM_READ_TIMEOUT_S="2")
+        body = app.test_client().post("/api/chat/stream", json={"messages": "hi"}).get_data()
+        return [json.loads(raw[6:]) if raw[6:] != b"[DONE]" else "[DONE]"
+                for raw in body.split(b"\n\n") if raw.startswith(b"data: ")]
+    yield run
+    for upstream in upstreams:
+        upstream.close()
+
+
+def texts(events: list) -> str:
+    return "".join(event.get("content", "") for event in events if isinstance(event, dict))
+
+
+BODY = sse(delta("Hel"), delta("lo, "), delta("w\u00f6rld"), FINAL)
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 100000])
+def test_chunked_bodies_in_chunks_of_any_size(relay_through, size):
+    events = relay_through([HEAD_CHUNKED + chunked(BODY, size)])
+    assert texts(events) == "Hello, w\u00f6rld"
+    assert events[-2]["usage"]["total_tokens"] == 3 and events[-1] == "[DONE]"
+
+
+def test_chunked_body_split_across_writes_anywhere(relay_through):
+    raw = HEAD_CHUNKED + chunked(BODY, 13)
+    events = relay_through([raw[i:i + 5] for i in range(0, len(raw), 5)], gap_s=0.001)
+    assert texts(events) == "Hello, w\u00f6rld" and events[-1] == "[DONE]"
+
+
+def test_content_length_body(relay_through):
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    events = relay_through([head, BODY[:10], BODY[10:]], gap_s=0.01)
+    assert texts(events) == "Hello, w\u00f6rld" and events[-1] == "[DONE]"
+
+
+def test_close_delimited_body(relay_through):
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    events = relay_through([head + BODY[:20], BODY[20:]], gap_s=0.01)
+    assert texts(events) == "Hello, w\u00f6rld" and events[-1] == "[DONE]"
+
+
+def test_close_delimited_body_without_done_is_incomplete(relay_through):
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    events = relay_through([head + sse(delta("Hel"), done=False)])
+    assert texts(events) == "Hel"
+    assert events[-2]["code"] == "upstream_incomplete" and events[-1] == "[DONE]"
+
+
+def test_chunks_before_a_failure_in_the_same_block_are_relayed_first(relay_through):
+    body = sse(delta("Hel"), delta("lo"), done=False) + b"data: {not json\n\n"
+    events = relay_through([HEAD_CHUNKED + chunked(body, 100000)])
+    assert texts(events) == "Hello"
+    assert events[-2]["code"] == "upstream_malformed" and events[-1] == "[DONE]"
+
+
+def test_broken_chunk_framing_is_an_in_band_error(relay_through):
+    events = relay_through([HEAD_CHUNKED + b"5\r\ndata: XX\r\n"])
+    assert events[-2]["code"] == "upstream_disconnected" and events[-1] == "[DONE]"
+
+
+def test_body_cut_before_its_last_chunk_is_an_in_band_error(relay_through):
+    events = relay_through([HEAD_CHUNKED + chunked(sse(delta("Hel"), done=False), 100000)[:-5]])
+    assert texts(events) == "Hel"
+    assert events[-2]["code"] == "upstream_disconnected" and events[-1] == "[DONE]"
