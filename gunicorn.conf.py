@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from dotenv import load_dotenv
+from gunicorn.errors import HaltServer
 
 load_dotenv(os.environ.get("DOTENV_PATH", ".env"))
 
@@ -85,6 +86,21 @@ def on_starting(server):
     if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.lower().startswith("memory://"):
         _share_counts(server)
     _prepare_metrics_dir()
+    server.halt = _halt_past_failed_boots(server.halt)
+
+
+def _halt_past_failed_boots(halt):
+    """gunicorn halts when a worker cannot load the app (a configuration error found in the
+    worker, e.g. an unreachable USAGE_DATABASE_URL); with several workers the others usually
+    fail the same way while it stops them, and each such exit raises HaltServer again inside
+    the halt: a traceback, and on_exit never runs. The first reason stands; stopping goes on."""
+    def halt_once(reason=None, exit_status=0):
+        while True:
+            try:
+                return halt(reason, exit_status)
+            except HaltServer:
+                continue  # that worker is reaped already: stop the rest
+    return halt_once
 
 
 _COUNTS_DIR_PREFIX = "kimi-backend-counts-"
@@ -94,8 +110,9 @@ def _share_counts(server):
     """In-memory counts live in one process, so N workers would each let the whole limit
     through: the workers (forked after this, inheriting the environment) count in one SQLite
     file (kimi_backend/shared_counts.py) in a fresh private directory, on tmpfs where there is
-    one: the user's runtime directory, else /dev/shm, else the temporary directory."""
-    candidates = [os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"]
+    one: the service's runtime directory (systemd's RuntimeDirectory=), else the user's, else
+    /dev/shm, else the temporary directory."""
+    candidates = [os.environ.get("RUNTIME_DIRECTORY"), os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"]
     parent = next((path for path in candidates if path and os.access(path, os.W_OK | os.X_OK)), None)
     try:
         path = tempfile.mkdtemp(prefix=_COUNTS_DIR_PREFIX, dir=parent)

@@ -26,7 +26,7 @@ def test_default_memory_storage_is_exact_under_gunicorn(served):
                                          ({"WEB_CONCURRENCY": "2", "RATE_LIMIT_STORAGE_URI": "Memory://"}, 2)])
 def test_memory_storage_with_several_workers_shares_one_exact_count(served, tmp_path, how, workers):
     # Issue 15 replaced the refusal to start: the workers count in one host-shared store.
-    service = served(RATE_LIMIT_MAX_REQUESTS="5", RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS, XDG_RUNTIME_DIR=str(tmp_path),
+    service = served(RATE_LIMIT_MAX_REQUESTS="5", RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS, RUNTIME_DIRECTORY=str(tmp_path),
                      **how)
     assert f"{workers} workers share their limit counts in {tmp_path}/kimi-backend-counts-" in service.log()
     statuses = sorted(r.status_code for r in fetch_all([service.url + "/api/chat/models"] * 12))

@@ -24,7 +24,8 @@ KEY = "shared-counts-key"
 
 @pytest.fixture
 def runtime_dir(tmp_path):
-    """A private XDG_RUNTIME_DIR, where the master puts the workers' shared counts."""
+    """A private runtime directory (as systemd's RuntimeDirectory= gives), where the master
+    puts the workers' shared counts."""
     path = tmp_path / "runtime"
     path.mkdir(mode=0o700)
     return path
@@ -47,7 +48,7 @@ def test_the_default_is_one_worker_per_usable_cpu(served):
 
 def test_the_rate_limit_is_exact_across_two_workers(served, runtime_dir):
     service = served(KIMI_OFFLINE="1", WEB_CONCURRENCY="2", RATE_LIMIT_MAX_REQUESTS="60",
-                     RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS, XDG_RUNTIME_DIR=str(runtime_dir))
+                     RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS, RUNTIME_DIRECTORY=str(runtime_dir))
     url = service.url + "/api/chat/models"
     responses = []
     # Concurrent batches, each request on its own connection, until both workers have counted.
@@ -65,7 +66,7 @@ def test_the_rate_limit_is_exact_across_two_workers(served, runtime_dir):
 def test_daily_budgets_are_exact_across_two_workers(served, runtime_dir, simulator_server, simulator):
     service = served(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, VALID_API_KEYS=KEY,
                      RATE_LIMIT_MAX_REQUESTS="10000", TOKEN_BUDGET_PER_DAY="1000", WEB_CONCURRENCY="2",
-                     XDG_RUNTIME_DIR=str(runtime_dir))
+                     RUNTIME_DIRECTORY=str(runtime_dir))
 
     def chat(_=None) -> requests.Response:
         return requests.post(service.url + "/api/chat/completion", json={"message": "hi", "thinking": False,
@@ -92,7 +93,7 @@ def test_daily_budgets_are_exact_across_two_workers(served, runtime_dir, simulat
 
 
 def test_the_shared_counts_are_removed_on_a_graceful_stop(runtime_dir):
-    service = Service(KIMI_OFFLINE="1", WEB_CONCURRENCY="2", XDG_RUNTIME_DIR=str(runtime_dir))
+    service = Service(KIMI_OFFLINE="1", WEB_CONCURRENCY="2", RUNTIME_DIRECTORY=str(runtime_dir))
     try:
         (directory,) = counts_dirs(runtime_dir)
         assert (directory / "counts.sqlite3").exists()
@@ -104,7 +105,7 @@ def test_the_shared_counts_are_removed_on_a_graceful_stop(runtime_dir):
 
 
 def test_one_worker_keeps_counting_in_memory(served, runtime_dir):
-    served(KIMI_OFFLINE="1", WEB_CONCURRENCY="1", XDG_RUNTIME_DIR=str(runtime_dir))
+    served(KIMI_OFFLINE="1", WEB_CONCURRENCY="1", RUNTIME_DIRECTORY=str(runtime_dir))
     assert counts_dirs(runtime_dir) == []
 
 
@@ -118,3 +119,16 @@ def test_a_bad_store_location_stops_startup_in_one_sentence(tmp_path):
     # Each worker says why in one sentence; gunicorn's master then stops ("App failed to load").
     assert (f"kimi-backend: configuration error: RATE_LIMIT_STORAGE_URI: the shared counts database "
             f"{tmp_path}/missing/counts.sqlite3 cannot be opened (unable to open database file).\n") in result.stderr
+
+
+def test_workers_failing_to_boot_stop_gunicorn_cleanly_and_remove_the_counts(runtime_dir):
+    # Both workers find the same configuration error; the master stops once, without a
+    # traceback, and still removes the directory it made.
+    env = clean_env(PORT=str(free_port()), KIMI_OFFLINE="1", WEB_CONCURRENCY="2", RUNTIME_DIRECTORY=str(runtime_dir),
+                    USAGE_DATABASE_URL=f"sqlite:///{runtime_dir}/missing/usage.sqlite3")
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4
+    assert "Traceback" not in result.stderr
+    assert "kimi-backend: configuration error: USAGE_DATABASE_URL" in result.stderr
+    assert counts_dirs(runtime_dir) == []

@@ -91,7 +91,7 @@ class Settings:
     request_body_timeout_s: float = setting("REQUEST_BODY_TIMEOUT_S", "30", seconds,
                                             "how long a request body may take to arrive")
     max_connections_per_ip: int = setting("MAX_CONNECTIONS_PER_IP", "100", whole_number(0),
-                                          "open connections per client address (0: no cap)")
+                                          "open connections per client address, per worker (0: no cap)")
     max_reply_bytes: int = setting("UPSTREAM_MAX_REPLY_BYTES", "33554432", whole_number(1024),
                                    "the most of one upstream reply read")
     max_line_bytes: int = setting("UPSTREAM_MAX_LINE_BYTES", "1048576", whole_number(1024),
