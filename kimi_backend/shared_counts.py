@@ -46,11 +46,10 @@ class SharedCountsStorage(Storage):
     base_exceptions = (sqlite3.Error, OSError)
 
     def __init__(self, uri: str, wrap_exceptions: bool = False, **options):
-        self.path = urlparse(uri).path
         self.clock: Callable[[], float] = time.time
         # One connection per process; gthread workers share it between threads.
         self._lock = threading.Lock()
-        self._connection = _open(self.path)
+        self._connection = _open(urlparse(uri).path)
         self._purged_at = self.clock()
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
 

@@ -132,3 +132,17 @@ def test_workers_failing_to_boot_stop_gunicorn_cleanly_and_remove_the_counts(run
     assert "Traceback" not in result.stderr
     assert "kimi-backend: configuration error: USAGE_DATABASE_URL" in result.stderr
     assert counts_dirs(runtime_dir) == []
+
+
+def test_no_place_for_the_shared_counts_stops_startup_in_one_sentence(tmp_path):
+    not_a_directory = tmp_path / "runtime"
+    not_a_directory.write_text("")
+    not_a_directory.chmod(0o755)
+    env = clean_env(PORT=str(free_port()), KIMI_OFFLINE="1", WEB_CONCURRENCY="2",
+                    RUNTIME_DIRECTORY=str(not_a_directory))
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "kimi-backend: configuration error: RATE_LIMIT_STORAGE_URI is memory:// with 2 workers, and no directory "
+        "for their shared counts could be created (Not a directory).")
