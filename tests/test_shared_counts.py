@@ -4,7 +4,9 @@ injected clock, a bad location stops startup in one sentence, and storage errors
 RATE_LIMIT_FAIL_OPEN."""
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import threading
 
 import pytest
 
@@ -74,6 +76,20 @@ def test_clear_reset_and_check(db_path):
     assert store.reset() == 1
     assert store.get("b") == 0
     assert store.check()
+
+
+def test_an_increment_waits_for_the_writers_turn(db_path):
+    store = open_store(db_path)
+    counts: list[int] = []
+    with open(f"{db_path}.lock") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)  # another writer's turn
+        writer = threading.Thread(target=lambda: counts.append(store.incr("k", 60)))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive() and counts == []
+        fcntl.flock(turn, fcntl.LOCK_UN)
+    writer.join(10)
+    assert counts == [1]
 
 
 def _increment_many(path: str, times: int, queue) -> None:
