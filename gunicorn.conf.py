@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from dotenv import load_dotenv
+from gunicorn.errors import HaltServer
 
 load_dotenv(os.environ.get("DOTENV_PATH", ".env"))
 
@@ -78,17 +79,50 @@ forwarded_allow_ips = ""
 
 
 def on_starting(server):
-    """Refuses memory:// limiter storage with several workers, whichever way the worker count
-    was given (WEB_CONCURRENCY, -w, GUNICORN_CMD_ARGS): in-memory counters live in one
-    process, so N workers would let N x the limit through. Then prepares the metrics directory."""
+    """Gives several workers one host-shared store for the limiter's counts when the storage
+    is memory://, whichever way the worker count was given (WEB_CONCURRENCY, -w,
+    GUNICORN_CMD_ARGS); then prepares the metrics directory."""
     # Storage URIs' schemes are case-insensitive for the limits library too: `Memory://` is memory.
     if server.cfg.workers > 1 and _settings.rate_limit_storage_uri.lower().startswith("memory://"):
-        print(f"kimi-backend: configuration error: {server.cfg.workers} workers were asked for but "
-              "RATE_LIMIT_STORAGE_URI is memory://, which only counts within one process; "
-              "set RATE_LIMIT_STORAGE_URI=redis://... or use one worker (WEB_CONCURRENCY=1).",
+        _share_counts(server)
+    _prepare_metrics_dir()
+    server.halt = _halt_past_failed_boots(server.halt)
+
+
+def _halt_past_failed_boots(halt):
+    """gunicorn halts when a worker cannot load the app (a configuration error found in the
+    worker, e.g. an unreachable USAGE_DATABASE_URL); with several workers the others usually
+    fail the same way while it stops them, and each such exit raises HaltServer again inside
+    the halt: a traceback, and on_exit never runs. The first reason stands; stopping goes on."""
+    def halt_once(reason=None, exit_status=0):
+        while True:
+            try:
+                return halt(reason, exit_status)
+            except HaltServer:
+                continue  # that worker is reaped already: stop the rest
+    return halt_once
+
+
+_COUNTS_DIR_PREFIX = "kimi-backend-counts-"
+
+
+def _share_counts(server):
+    """In-memory counts live in one process, so N workers would each let the whole limit
+    through: the workers (forked after this, inheriting the environment) count in one SQLite
+    file (kimi_backend/shared_counts.py) in a fresh private directory, on tmpfs where there is
+    one: the service's runtime directory (systemd's RuntimeDirectory=), else the user's, else
+    /dev/shm, else the temporary directory."""
+    candidates = [os.environ.get("RUNTIME_DIRECTORY"), os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"]
+    parent = next((path for path in candidates if path and os.access(path, os.W_OK | os.X_OK)), None)
+    try:
+        path = tempfile.mkdtemp(prefix=_COUNTS_DIR_PREFIX, dir=parent)
+    except OSError as exc:
+        print(f"kimi-backend: configuration error: RATE_LIMIT_STORAGE_URI is memory:// with {server.cfg.workers} "
+              f"workers, and no directory for their shared counts could be created ({exc.strerror}).",
               file=sys.stderr, flush=True)
         sys.exit(1)
-    _prepare_metrics_dir()
+    os.environ["RATE_LIMIT_STORAGE_URI"] = f"sqlite://{path}/counts.sqlite3"
+    server.log.info("%d workers share their limit counts in %s", server.cfg.workers, path)
 
 
 # --- Observability: JSON logs for gunicorn's own lines, and the metrics shared by workers.
@@ -121,7 +155,11 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Removes the metrics directory when this file made it (an operator's stays)."""
+    """Removes the metrics directory when this file made it (an operator's stays), and the
+    workers' shared counts."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if os.path.basename(path).startswith(_METRICS_DIR_PREFIX):
         shutil.rmtree(path, ignore_errors=True)
+    counts = os.path.dirname(os.environ.get("RATE_LIMIT_STORAGE_URI", "").removeprefix("sqlite://"))
+    if os.path.basename(counts).startswith(_COUNTS_DIR_PREFIX):
+        shutil.rmtree(counts, ignore_errors=True)

@@ -2,7 +2,7 @@
 straight to the simulator, through the reference minimal proxy, and through our service,
 at the same number of processes. Uses wrk (Debian package `wrk`) as the load generator.
 
-    python benchmarks/latency.py [--seconds 10] [--usage-only] [--usage-rounds 3]
+    python benchmarks/latency.py [--seconds 10] [--usage-only] [--usage-rounds 3] [--store-only]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.litellm_proxy import start_litellm  # noqa: E402
 from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
+from kimi_backend.config import usable_cpus  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -26,10 +27,13 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 MESSAGE = "hello sim:reasoning=0"
 
 # Each comparison: a label, our service's gunicorn environment, the same worker model for min_proxy.
+# The first is the one the /v1 route and LiteLLM are measured on too.
 SETUPS = [
-    ("gevent, 1 process (our default)", {}, ["-k", "gevent", "-w", "1", "--worker-connections", "2000"]),
-    ("gthread, 1 process x 16 threads", {"WORKER_CLASS": "gthread", "GUNICORN_THREADS": "16"},
+    ("gevent, 1 process", {"WEB_CONCURRENCY": "1"}, ["-k", "gevent", "-w", "1", "--worker-connections", "2000"]),
+    ("gthread, 1 process x 16 threads", {"WEB_CONCURRENCY": "1", "WORKER_CLASS": "gthread", "GUNICORN_THREADS": "16"},
      ["-k", "gthread", "-w", "1", "--threads", "16"]),
+    (f"gevent, {usable_cpus()} processes (our default: every core)", {},
+     ["-k", "gevent", "-w", str(usable_cpus()), "--worker-connections", "2000"]),
 ]
 
 
@@ -70,31 +74,61 @@ def measure(target, url: str, body: dict, seconds: int, headers: dict | None = N
 # Issue 13: the usage ledger (SQLite, the default) and token budgets (per client and for the
 # service, set far out of reach so every request is reserved and settled but none refused).
 USAGE_SETUPS = [
-    ("ledger + budgets off", {"USAGE_LEDGER": "false"}),
-    ("ledger + budgets on", {"TOKEN_BUDGET_PER_DAY": "1000000000000", "TOKEN_BUDGET_TOTAL_PER_DAY": "1000000000000"}),
+    ("ledger + budgets off", {"WEB_CONCURRENCY": "1", "USAGE_LEDGER": "false"}),
+    ("ledger + budgets on", {"WEB_CONCURRENCY": "1", "TOKEN_BUDGET_PER_DAY": "1000000000000",
+                             "TOKEN_BUDGET_TOTAL_PER_DAY": "1000000000000"}),
 ]
 
 
-def usage_overhead(simulator, direct: dict, seconds: int, rounds: int) -> None:
-    """Our service (default worker) with the ledger and budgets off and on, alternated
-    `rounds` times so drift on a shared machine hits both alike; medians of the rounds."""
-    print("\n## /api/chat/completion with the usage ledger and token budgets off and on (1 gevent worker)\n")
+# Issue 15: the store the workers of one host share their counts in (kimi_backend/shared_counts.py),
+# against in-process memory, at one worker (the store's cost alone) and at every core.
+STORE_SETUPS = [
+    ("1 worker, memory://", {"WEB_CONCURRENCY": "1"}),
+    ("1 worker, shared store", {"WEB_CONCURRENCY": "1", "RATE_LIMIT_STORAGE_URI": "sqlite://{counts}/counts.sqlite3"}),
+    (f"{usable_cpus()} workers, shared store (default)", {}),
+]
+
+
+def alternated(simulator, direct: dict, setups: list, seconds: int, rounds: int) -> dict[str, dict]:
+    """Our service in each setup, alternated `rounds` times so drift on a shared machine hits
+    every setup alike; prints and returns the medians of the rounds."""
     print("| setup | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | CPU ms/req | errors |")
     print("|---|---|---|---|---|---|---|")
-    results: dict[str, list[dict]] = {label: [] for label, _ in USAGE_SETUPS}
+    results: dict[str, list[dict]] = {label: [] for label, _ in setups}
     for _ in range(rounds):
-        for label, env in USAGE_SETUPS:
-            target = start_service(simulator.url, **env)
-            try:
-                results[label].append(measure(target, target.url + "/api/chat/completion", {"message": "hello"}, seconds))
-            finally:
-                target.stop()
+        for label, env in setups:
+            # `{counts}` in a setting: a fresh directory on tmpfs, as gunicorn.conf.py makes.
+            with tempfile.TemporaryDirectory(prefix="kimi-bench-counts-", dir="/dev/shm") as counts:
+                target = start_service(simulator.url, **{name: value.format(counts=counts) for name, value in env.items()})
+                try:
+                    results[label].append(measure(target, target.url + "/api/chat/completion", {"message": "hello"},
+                                                  seconds))
+                finally:
+                    target.stop()
     rows = {}
     for label, runs in results.items():
         rows[label] = r = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p99", "rps", "cpu_ms")}
         errors = sum(run["errors"] for run in runs)
         print(f"| {label} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | {r['rps']:.0f} | "
               f"{r['cpu_ms']:.2f} | {errors} |", flush=True)
+    return rows
+
+
+def store_cost(simulator, direct: dict, seconds: int, rounds: int) -> None:
+    """What counting in the host-shared store costs per request, against in-process memory."""
+    print("\n## /api/chat/completion with the limits counted in memory and in the host-shared store\n")
+    rows = alternated(simulator, direct, STORE_SETUPS, seconds, rounds)
+    memory, shared, default = (rows[label] for label, _ in STORE_SETUPS)
+    print(f"| **shared / memory, 1 worker** | | | | **{shared['rps'] / memory['rps']:.2f}x** | "
+          f"{shared['cpu_ms'] / memory['cpu_ms']:.2f}x (+{(shared['cpu_ms'] - memory['cpu_ms']) * 1000:.0f} us) | |")
+    print(f"| **default / 1 worker memory** | | | | **{default['rps'] / memory['rps']:.2f}x** | "
+          f"{default['cpu_ms'] / memory['cpu_ms']:.2f}x | |", flush=True)
+
+
+def usage_overhead(simulator, direct: dict, seconds: int, rounds: int) -> None:
+    """Our service (one gevent worker) with the ledger and budgets off and on."""
+    print("\n## /api/chat/completion with the usage ledger and token budgets off and on (1 gevent worker)\n")
+    rows = alternated(simulator, direct, USAGE_SETUPS, seconds, rounds)
     off, on = rows[USAGE_SETUPS[0][0]], rows[USAGE_SETUPS[1][0]]
     added = (on["p50"] - direct["p50"]) / max(1e-9, off["p50"] - direct["p50"])
     print(f"| **on / off** | | | **{added:.2f}x** | **{on['rps'] / off['rps']:.2f}x** | {on['cpu_ms'] / off['cpu_ms']:.2f}x | |",
@@ -106,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--usage-only", action="store_true", help="only the ledger and budgets off/on comparison")
     parser.add_argument("--usage-rounds", type=int, default=3, help="off/on alternations for that comparison")
+    parser.add_argument("--store-only", action="store_true", help="only the memory / shared store comparison")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -117,6 +152,9 @@ def main(argv=None) -> int:
                          args.seconds, {"Authorization": f"Bearer {BENCH_KEY}"})
         if args.usage_only:
             usage_overhead(simulator, direct, args.seconds, args.usage_rounds)
+            return 0
+        if args.store_only:
+            store_cost(simulator, direct, args.seconds, args.usage_rounds)
             return 0
         print("\n## /api/chat/completion: latency at 1 connection, throughput at 16\n")
         print("| setup | target | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | p99 ms (16 conn) | CPU ms/req | errors |")
@@ -138,12 +176,12 @@ def main(argv=None) -> int:
             added_ratio = (ours["p50"] - direct["p50"]) / max(1e-9, floor["p50"] - direct["p50"])
             print(f"| {label} | **ratio** | | | **{added_ratio:.2f}x** added latency | **{ours['rps'] / floor['rps']:.2f}x** throughput | | "
                   f"{ours['cpu_ms'] / floor['cpu_ms']:.2f}x | |", flush=True)
-            if service_env:
+            if label != SETUPS[0][0]:
                 continue
             # The OpenAI-compatible route on the same default setup, and LiteLLM's proxy on its
             # own /v1/chat/completions route, same upstream, same load.
             openai_body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE}]}
-            target = start_service(simulator.url)
+            target = start_service(simulator.url, **service_env)
             try:
                 rows["kimi-backend /v1"] = measure(target, target.url + "/v1/chat/completions", openai_body, args.seconds)
             finally:
@@ -165,6 +203,7 @@ def main(argv=None) -> int:
                       f"**{ours['rps'] / lite['rps']:.1f}x** (/api) throughput | | "
                       f"{rows['kimi-backend /v1']['cpu_ms'] / lite['cpu_ms']:.2f}x | |", flush=True)
         usage_overhead(simulator, direct, args.seconds, args.usage_rounds)
+        store_cost(simulator, direct, args.seconds, args.usage_rounds)
     finally:
         simulator.stop()
     return 0

@@ -104,7 +104,8 @@ def main(argv=None) -> int:
 
     simulator = start_simulator()
     floor = start_min_proxy(simulator.url, ["-k", "gevent", "-w", "1", "--worker-connections", "4000"])
-    service = start_service(simulator.url, WORKER_CONNECTIONS="4000")
+    # One process, as min_proxy runs (the default is now one worker per core).
+    service = start_service(simulator.url, WORKER_CONNECTIONS="4000", WEB_CONCURRENCY="1")
     chat = {"messages": DIRECTIVES, "model": DEFAULT_MODEL}
     targets = [
         Target("simulator direct (producing)", simulator, "/v1/chat/completions",

@@ -1,7 +1,8 @@
 """The API rate limit: one fixed-window budget per client (its browser token's subject, its
 valid key, else its IP), shared by every API route, plus the limits a browser token adds;
-counted by flask-limiter in its configured storage (`memory://` or Redis), with
-`RATE_LIMIT_FAIL_OPEN` deciding what happens while that storage is down."""
+counted by flask-limiter in its configured storage (`memory://` in one process, the host's
+shared `sqlite://` store of several workers, or Redis), with `RATE_LIMIT_FAIL_OPEN` deciding
+what happens while that storage is down."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,9 @@ from limits.errors import StorageError
 
 from .auth import client_identity, ip_identity, verified_token
 from .errors import HTTP_MESSAGES, ApiError, error_response
+# Imported for its side effect: defining the storage registers the `sqlite://` scheme with
+# `limits`, before flask-limiter looks RATE_LIMIT_STORAGE_URI up.
+from . import shared_counts  # noqa: F401
 from .tokens import TokenClaims
 
 log = logging.getLogger("kimi_backend")

@@ -77,7 +77,8 @@ class _ServiceWorkerMixin:
     def handle_exit(self, sig, frame):
         """SIGTERM: gunicorn's graceful stop, and the app's streams told how long they have."""
         super().handle_exit(sig, frame)
-        shutdown = getattr(self.wsgi, "extensions", {}).get("shutdown")
+        # A worker still loading the app (SIGTERM right after start) has no `wsgi` yet.
+        shutdown = getattr(getattr(self, "wsgi", None), "extensions", {}).get("shutdown")
         if shutdown is not None:
             shutdown.begin(self.cfg.graceful_timeout)
 

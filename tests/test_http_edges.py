@@ -70,8 +70,9 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], dict]:
 
 @pytest.fixture(scope="module")
 def service():
+    # One worker: the per-address connection cap is counted per worker process.
     svc = Service(KIMI_OFFLINE="1", REQUEST_BODY_TIMEOUT_S="1", MAX_BODY_BYTES="2048", MAX_CONNECTIONS_PER_IP="20",
-                  RATE_LIMIT_MAX_REQUESTS="100000")
+                  RATE_LIMIT_MAX_REQUESTS="100000", WEB_CONCURRENCY="1")
     yield svc
     svc.stop()
 

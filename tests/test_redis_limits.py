@@ -38,8 +38,9 @@ def test_one_limit_is_exact_across_two_instances_of_two_workers(redis_server, se
 
 
 def test_fail_open_keeps_answering_and_limiting_when_redis_stops(redis_server, served):
+    # One worker: the in-memory fallback counts per worker process.
     service = served(RATE_LIMIT_STORAGE_URI=redis_server.url, RATE_LIMIT_MAX_REQUESTS="3",
-                     RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS)
+                     RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS, WEB_CONCURRENCY="1")
     assert requests.get(service.url + "/api/info", timeout=10).status_code == 200
     redis_server.stop()
     # The in-memory fallback starts counting afresh, but it still counts.

@@ -61,7 +61,8 @@ def chat(url: str, key: str, message: str = "hi", **body) -> requests.Response:
 
 def test_sigterm_writes_every_queued_row(served, upstream_env, database_url):
     # The writer holds rows for up to ten minutes: only the shutdown can have written them.
-    service = served(**upstream_env, USAGE_DATABASE_URL=database_url, USAGE_FLUSH_INTERVAL_S="600")
+    # One worker, so the rows are in request order (each worker writes its own queue).
+    service = served(**upstream_env, USAGE_DATABASE_URL=database_url, USAGE_FLUSH_INTERVAL_S="600", WEB_CONCURRENCY="1")
     totals = [chat(service.url, KEY_A, f"question {i}").json()["data"]["usage"]["total_tokens"] for i in range(5)]
     stream = requests.post(service.url + "/api/chat/stream", json={"messages": "a story"}, timeout=10).text
     totals.append(json.loads([line for line in stream.splitlines() if '"usage"' in line][0][6:])["usage"]["total_tokens"])

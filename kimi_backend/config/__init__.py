@@ -84,6 +84,15 @@ def _joined(values: dict[str, Any]) -> dict[str, Any]:
         "offline": offline,
         "valid_api_keys": client_keys,
         "pool_size": values["UPSTREAM_POOL_SIZE"] or worker_concurrency,
+        "web_concurrency": values["WEB_CONCURRENCY"] or usable_cpus(),
         # TOKEN_BUDGETS wins over a budget in the key file for the same key.
         "token_budgets": file_budgets + values["TOKEN_BUDGETS"],
     }
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's limit,
+    not the host's count); the count of all CPUs where the platform has no affinity."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -63,7 +63,8 @@ class Settings:
         Variable("VALID_API_KEYS_FILE", None, secret_file, "a file of client keys, each with an optional budget"),))
     allowed_origins: tuple[str, ...] | None = setting("ALLOWED_ORIGINS", None, origins, "the CORS origins, or *")
     offline: bool = setting("KIMI_OFFLINE", "0", boolean, "forces the offline simulator")
-    rate_limit_storage_uri: str = setting("RATE_LIMIT_STORAGE_URI", "memory://", text, "the limiter storage")
+    rate_limit_storage_uri: str = setting("RATE_LIMIT_STORAGE_URI", "memory://", text,
+                                          "the limiter storage: memory://, sqlite:///file or redis://")
     trusted_proxy_count: int = setting("TRUSTED_PROXY_COUNT", "0", whole_number(0, 10),
                                        "reverse proxies whose forwarded headers are believed")
     # Unset: the model table's default (config is loaded on its own by gunicorn.conf.py, so it
@@ -90,7 +91,7 @@ class Settings:
     request_body_timeout_s: float = setting("REQUEST_BODY_TIMEOUT_S", "30", seconds,
                                             "how long a request body may take to arrive")
     max_connections_per_ip: int = setting("MAX_CONNECTIONS_PER_IP", "100", whole_number(0),
-                                          "open connections per client address (0: no cap)")
+                                          "open connections per client address, per worker (0: no cap)")
     max_reply_bytes: int = setting("UPSTREAM_MAX_REPLY_BYTES", "33554432", whole_number(1024),
                                    "the most of one upstream reply read")
     max_line_bytes: int = setting("UPSTREAM_MAX_LINE_BYTES", "1048576", whole_number(1024),
@@ -129,7 +130,8 @@ class Settings:
                                                "output tokens a request without max_tokens reserves")
     host: str = setting("HOST", "0.0.0.0", text, "the interface gunicorn binds")
     worker_class: str = setting("WORKER_CLASS", "gevent", choice(WORKER_CLASSES), "gunicorn's worker class")
-    web_concurrency: int = setting("WEB_CONCURRENCY", "1", whole_number(1), "gunicorn's worker processes")
+    # Unset: one per CPU this process may use (config/__init__.py fills it in).
+    web_concurrency: int = setting("WEB_CONCURRENCY", None, whole_number(1), "gunicorn's worker processes")
     worker_connections: int = setting("WORKER_CONNECTIONS", "2000", whole_number(1),
                                       "concurrent connections per gevent worker")
     gunicorn_threads: int = setting("GUNICORN_THREADS", "32", whole_number(1), "threads per gthread worker")

@@ -6,8 +6,9 @@ shares one count.
 Reserve, then settle: before the upstream call a request reserves its prompt estimate plus
 its output budget in every budget that applies, and is refused when one does not have that
 much left; when it ends, the reservation becomes what it really cost. Each step is one atomic
-increment per budget (Redis INCRBY, or the memory storage's lock), so concurrent requests can
-never together reserve more than a budget holds.
+increment per budget (Redis INCRBY, one SQLite statement in the store several workers share,
+or the memory storage's lock), so concurrent requests can never together reserve more than a
+budget holds.
 """
 from __future__ import annotations
 
