@@ -8,7 +8,6 @@ one sentence before any worker boots.
 import glob
 import importlib.util
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -44,11 +43,9 @@ except _config.ConfigError as exc:
     sys.exit(1)
 
 # Each open stream holds two sockets (client and upstream): raise the soft open-files limit
-# (often 1,024) as far as the hard limit allows, so the default 2,000 connections fit.
-_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-_wanted = 65536 if _hard == resource.RLIM_INFINITY else min(_hard, 65536)
-if _soft != resource.RLIM_INFINITY and _soft < _wanted:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (_wanted, _hard))
+# (often 1,024) as far as the hard limit allows, so the default 2,000 connections fit. A refusal
+# leaves the limit as it was rather than stopping the start.
+_load_alone("system").raise_open_files_limit()
 
 bind = f"{_settings.host}:{_settings.port}"
 # Not `sync`: it kills any response that outlives `timeout`, and so every long stream.
