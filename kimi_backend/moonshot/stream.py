@@ -138,6 +138,9 @@ class UpstreamStream:
         return data
 
     def _parse(self, data: bytes) -> dict:
+        chunk = replies.plain_chunk(data)
+        if chunk is not None:
+            return chunk
         try:
             chunk = json.loads(data)
             if replies.may_hold_surrogates(data):
