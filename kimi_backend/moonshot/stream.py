@@ -17,6 +17,7 @@ from .framing import BrokenFraming, CloseDelimitedBody, body_framing
 from .reading import READ_BLOCK, ReplyLimits
 from .sse import LineTooLong, iter_data_lines
 from .upstream_errors import error_message
+from .waiting import receiver
 
 # After `[DONE]`, how long to wait for the body's last bytes before giving up on reusing the
 # connection (an upstream that says [DONE] and then nothing must not hold it). This runs after
@@ -48,6 +49,7 @@ class UpstreamStream:
         self._framing = body_framing(self._headers)
         self._sock = _socket_of(response)
         self._pending = _read_ahead(self._headers, self._sock)
+        self._receiver = receiver(self._sock)
         self._received = 0
         self._heard_at = self._progress_at = time.monotonic()
         self._deadline = 0.0
@@ -116,10 +118,8 @@ class UpstreamStream:
             if now >= self._deadline:
                 return None
             # A timeout on the socket itself leaves nothing half-read, unlike one inside http.client.
-            self._sock.settimeout(min(self._deadline, silent_until) - now)
-            try:
-                block = self._sock.recv(READ_BLOCK)
-            except TimeoutError:
+            block = self._receiver.recv(min(self._deadline, silent_until) - now)
+            if block is None:
                 continue
             if not block:
                 if isinstance(self._framing, CloseDelimitedBody):
@@ -157,10 +157,13 @@ class UpstreamStream:
         (the chunked terminator) are read first, waiting at most DRAIN_TIMEOUT_S, so the
         connection can go back to the pool; any other end closes it, which also tells the
         upstream at once that nobody is listening."""
-        if self.complete and self._drained() and not self._headers.will_close:
-            self._headers.close()  # the body is read: http.client may send the next request
-            self._response.raw.release_conn()
-        self._response.close()
+        try:
+            if self.complete and self._drained() and not self._headers.will_close:
+                self._headers.close()  # the body is read: http.client may send the next request
+                self._response.raw.release_conn()
+        finally:
+            self._receiver.close()
+            self._response.close()
 
     def _drained(self) -> bool:
         if isinstance(self._framing, CloseDelimitedBody):
