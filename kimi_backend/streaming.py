@@ -97,7 +97,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
             # chunks and silence alike must not put off keep-alives or the client check.
             due = min(last_sent + keepalive_s, last_watch + watch_s)
             try:
-                chunks = stream.receive(max(0.0, due - time.monotonic()))
+                chunks = stream.receive(due - time.monotonic())
             except StreamBroken as exc:
                 outcome = exc.code
                 yield events.error(exc.code, exc.message, exchange.request_id)
@@ -105,9 +105,10 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
             now = time.monotonic()
             if chunks:
                 # Every chunk that came in one block goes out in one write.
+                out = b""
                 for chunk in chunks:
                     tally.add(chunk)
-                out = b"".join([events.chunk(chunk) for chunk in chunks])
+                    out += events.chunk(chunk)
                 if out:
                     yield out
                     last_sent = now

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kimi_backend.errors import ApiError
 from kimi_backend.moonshot import replies
 from kimi_backend.moonshot.redaction import FRAGMENT_CHARS, KeyRedactor
-from kimi_backend.moonshot.sse import LineTooLong, event, iter_data_lines, text_event
+from kimi_backend.moonshot.sse import DataLines, LineTooLong, event, text_event
 from kimi_backend.schemas import CompletionRequest, HistoryRequest, OpenAIChatRequest, StreamRequest, parse
 
 # Any JSON value, with any Unicode text (lone surrogates excluded: JSON text on the wire is
@@ -37,6 +37,14 @@ CHUNK = st.fixed_dictionaries({}, optional={"id": SCALAR, "object": SCALAR, "cre
                                             "error": JSON, "system_fingerprint": SCALAR})
 
 
+def data_lines(read, max_line_bytes: int = 1 << 20) -> list[bytes]:
+    """Every payload `DataLines` finds in what `read` hands out until b""."""
+    lines, payloads = DataLines(max_line_bytes), []
+    while block := read():
+        payloads += lines.feed(block)
+    return payloads
+
+
 def feed(data: bytes, cuts: list[int]):
     """A `read` callable handing out `data` in pieces cut at the given offsets, then b""."""
     bounds = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
@@ -54,7 +62,7 @@ def test_the_reader_yields_every_event_the_writer_wrote_however_the_bytes_are_sp
         written = event(payload)
         assert written.startswith(b"data: ") and written.endswith(b"\n\n") and written.count(b"\n") == 2
         stream += (written.replace(b"\n\n", b"\r\n\r\n") if crlf else written) + (noise[i] if i < len(noise) else b"")
-    read = list(iter_data_lines(feed(stream, cuts)))
+    read = data_lines(feed(stream, cuts))
     assert [json.loads(data) for data in read] == payloads
 
 
@@ -65,9 +73,15 @@ def test_a_line_longer_than_the_limit_is_refused_and_others_pass(line, limit, cu
     read = feed(data, cuts)
     if len(data.rstrip(b"\n")) > limit:
         with pytest.raises(LineTooLong):
-            list(iter_data_lines(read, limit))
+            data_lines(read, limit)
     else:
-        assert list(iter_data_lines(read, limit)) == ([line.strip()] if terminated else [])
+        assert data_lines(read, limit) == ([line.strip()] if terminated else [])
+
+
+def test_the_lines_before_a_line_too_long_in_the_same_block_come_with_the_refusal():
+    with pytest.raises(LineTooLong) as refused:
+        DataLines(50).feed(b"data: a\n: comment\ndata: b\ndata: " + b"x" * 100 + b"\ndata: c\n")
+    assert refused.value.payloads == [b"a", b"b"]
 
 
 def test_a_long_line_costs_linear_time():
@@ -76,9 +90,9 @@ def test_a_long_line_costs_linear_time():
     blocks = [b"x" * 4096] * 10_000
     reader = iter(blocks)
     with pytest.raises(LineTooLong):
-        list(iter_data_lines(lambda: next(reader, b""), max_line_bytes=1 << 20))
+        data_lines(lambda: next(reader, b""), max_line_bytes=1 << 20)
     reader = iter(blocks + [b"\n"])
-    assert list(iter_data_lines(lambda: next(reader, b""), max_line_bytes=1 << 30)) == []
+    assert data_lines(lambda: next(reader, b""), max_line_bytes=1 << 30) == []
 
 
 @given(TEXT)
