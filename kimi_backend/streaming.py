@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from .errors import error_body
 from .moonshot.replies import StreamTally, first_choice_texts
-from .moonshot.sse import DONE, KEEPALIVE, event
+from .moonshot.sse import DONE, KEEPALIVE, event, text_event
 from .moonshot.stream import StreamBroken, UpstreamStream
 from .observability.access_log import Exchange
 from .peer import peer_closed
@@ -27,6 +27,9 @@ OPENED = b": stream open\n\n"
 # How often a stream checks whether its client is still there (and whether the server is
 # stopping): a departed client's upstream is closed within this, plus the close itself.
 CLIENT_POLL_S = 0.2
+# The contract's text events up to their text: `{"content": text}`, `{"content": "", "reasoning": text}`.
+_CONTENT = b'{"content":'
+_REASONING = b'{"content":"","reasoning":'
 SHUTTING_DOWN = "The server is restarting, so this stream was ended early; send the request again."
 
 
@@ -61,7 +64,7 @@ class ContractEvents:
         """Our events for one upstream chunk (choice 0 only)."""
         out = b""
         for kind, text in first_choice_texts(chunk):
-            out += event({"content": "", "reasoning": text} if kind == "reasoning" else {"content": text})
+            out += text_event(_REASONING if kind == "reasoning" else _CONTENT, text)
         return out
 
     def end(self, finish_reason: str | None, usage: dict | None) -> bytes:
@@ -94,7 +97,7 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
             # chunks and silence alike must not put off keep-alives or the client check.
             due = min(last_sent + keepalive_s, last_watch + watch_s)
             try:
-                chunks = stream.receive(max(0.0, due - time.monotonic()))
+                chunks = stream.receive(due - time.monotonic())
             except StreamBroken as exc:
                 outcome = exc.code
                 yield events.error(exc.code, exc.message, exchange.request_id)
@@ -102,9 +105,10 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
             now = time.monotonic()
             if chunks:
                 # Every chunk that came in one block goes out in one write.
+                out = b""
                 for chunk in chunks:
                     tally.add(chunk)
-                out = b"".join([events.chunk(chunk) for chunk in chunks])
+                    out += events.chunk(chunk)
                 if out:
                     yield out
                     last_sent = now

@@ -1,5 +1,6 @@
 """Property tests (hypothesis): the SSE reader and writer for any text, split at any byte, with
-long lines; upstream text made encodable; the key redacted in any surrounding; request
+long lines; the text events the same as the general ones; the plain reading of a stream chunk
+the same as the general one; upstream text made encodable; the key redacted in any surrounding; request
 validation that answers every body with a model or a 400 naming a real field."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from kimi_backend.errors import ApiError
 from kimi_backend.moonshot import replies
 from kimi_backend.moonshot.redaction import FRAGMENT_CHARS, KeyRedactor
-from kimi_backend.moonshot.sse import LineTooLong, event, iter_data_lines
+from kimi_backend.moonshot.sse import DataLines, LineTooLong, event, text_event
 from kimi_backend.schemas import CompletionRequest, HistoryRequest, OpenAIChatRequest, StreamRequest, parse
 
 # Any JSON value, with any Unicode text (lone surrogates excluded: JSON text on the wire is
@@ -23,6 +24,25 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
 # What else may sit between events in a valid SSE stream, which the reader must skip.
 NOISE = st.sampled_from([b": keep-alive\n\n", b"event: ping\n", b"id: 7\r\n", b"retry: 100\n", b"\n", b"\r\n",
                          b": \xff\xfe not utf-8\n"])
+
+
+# Stream chunks, usual and not: any member may be missing or of another type, integers reach
+# past 64 bits (which orjson reads as floats), and members the plain reading does not know appear.
+SCALAR = st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats(allow_nan=False) | TEXT
+DELTA = st.dictionaries(st.sampled_from(["role", "content", "reasoning_content", "tool_calls"]), SCALAR | JSON, max_size=3)
+CHOICE = st.fixed_dictionaries({}, optional={"index": SCALAR, "delta": DELTA | SCALAR, "finish_reason": SCALAR,
+                                             "usage": JSON, "logprobs": JSON})
+CHUNK = st.fixed_dictionaries({}, optional={"id": SCALAR, "object": SCALAR, "created": SCALAR, "model": SCALAR,
+                                            "choices": st.lists(CHOICE, max_size=2) | SCALAR, "usage": JSON,
+                                            "error": JSON, "system_fingerprint": SCALAR})
+
+
+def data_lines(read, max_line_bytes: int = 1 << 20) -> list[bytes]:
+    """Every payload `DataLines` finds in what `read` hands out until b""."""
+    lines, payloads = DataLines(max_line_bytes), []
+    while block := read():
+        payloads += lines.feed(block)
+    return payloads
 
 
 def feed(data: bytes, cuts: list[int]):
@@ -42,7 +62,7 @@ def test_the_reader_yields_every_event_the_writer_wrote_however_the_bytes_are_sp
         written = event(payload)
         assert written.startswith(b"data: ") and written.endswith(b"\n\n") and written.count(b"\n") == 2
         stream += (written.replace(b"\n\n", b"\r\n\r\n") if crlf else written) + (noise[i] if i < len(noise) else b"")
-    read = list(iter_data_lines(feed(stream, cuts)))
+    read = data_lines(feed(stream, cuts))
     assert [json.loads(data) for data in read] == payloads
 
 
@@ -53,9 +73,15 @@ def test_a_line_longer_than_the_limit_is_refused_and_others_pass(line, limit, cu
     read = feed(data, cuts)
     if len(data.rstrip(b"\n")) > limit:
         with pytest.raises(LineTooLong):
-            list(iter_data_lines(read, limit))
+            data_lines(read, limit)
     else:
-        assert list(iter_data_lines(read, limit)) == ([line.strip()] if terminated else [])
+        assert data_lines(read, limit) == ([line.strip()] if terminated else [])
+
+
+def test_the_lines_before_a_line_too_long_in_the_same_block_come_with_the_refusal():
+    with pytest.raises(LineTooLong) as refused:
+        DataLines(50).feed(b"data: a\n: comment\ndata: b\ndata: " + b"x" * 100 + b"\ndata: c\n")
+    assert refused.value.payloads == [b"a", b"b"]
 
 
 def test_a_long_line_costs_linear_time():
@@ -64,9 +90,40 @@ def test_a_long_line_costs_linear_time():
     blocks = [b"x" * 4096] * 10_000
     reader = iter(blocks)
     with pytest.raises(LineTooLong):
-        list(iter_data_lines(lambda: next(reader, b""), max_line_bytes=1 << 20))
+        data_lines(lambda: next(reader, b""), max_line_bytes=1 << 20)
     reader = iter(blocks + [b"\n"])
-    assert list(iter_data_lines(lambda: next(reader, b""), max_line_bytes=1 << 30)) == []
+    assert data_lines(lambda: next(reader, b""), max_line_bytes=1 << 30) == []
+
+
+@given(TEXT)
+def test_a_text_event_is_the_event_of_its_object(text):
+    assert text_event(b'{"content":', text) == event({"content": text})
+    assert text_event(b'{"content":"","reasoning":', text) == event({"content": "", "reasoning": text})
+
+
+@given(body=CHUNK, ascii_only=st.booleans())
+@settings(max_examples=500)
+def test_the_plain_reading_of_a_chunk_is_the_general_one(body, ascii_only):
+    data = json.dumps(body, ensure_ascii=ascii_only).encode()
+    plain = replies.plain_chunk(data)
+    if plain is None:
+        return
+    assert "error" not in body  # an upstream error is the general path's to report
+    general = replies.chunk(replies.encodable(json.loads(data)))
+    # Compared as JSON text, so an integer read as a float (or 1 as True) would differ.
+    assert json.dumps(plain) == json.dumps(general)
+
+
+def test_the_usual_chunk_is_read_plainly_and_others_generally():
+    usual = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1796280547, "model": "kimi-k2.6",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi \u00e9 \U0001f600"},
+                          "finish_reason": None}], "usage": None}
+    assert replies.plain_chunk(json.dumps(usual).encode()) == usual
+    for unusual in (dict(usual, created=2 ** 65), dict(usual, usage={"total_tokens": 3}), dict(usual, error={}),
+                    dict(usual, choices=[{"index": 0, "delta": {"content": 1.5}}])):
+        assert replies.plain_chunk(json.dumps(unusual).encode()) is None
+    for raw in (b'{"choices": [{"delta": {"content": "\\ud800"}}]}', b'{"created": NaN}', b"[" * 2000, b"{"):
+        assert replies.plain_chunk(raw) is None
 
 
 @given(st.text())

@@ -62,6 +62,12 @@ class ChunkedBody:
                 self._line = b""
                 pos = newline + 1
                 self._framing_line(line.rstrip(b"\r"))
+                after = pos + self._left
+                if self._left and block[after:after + 2] == b"\r\n":
+                    # The whole chunk is in this block (the usual case): take it in one step.
+                    pieces.append(block[pos:after])
+                    pos = after + 2
+                    self._left = 0
         if len(pieces) == 1:
             return pieces[0]
         return b"".join(pieces)

@@ -10,10 +10,19 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import orjson
+
 # More tokens than any model's window many times over: a count past this is not a count.
 MAX_TOKEN_COUNT = 10 ** 12
 USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:/\-]{1,128}$")
+# The common stream chunk (see `plain_chunk`): these fields with scalar values, and choices of
+# these members whose deltas carry these, as text or null.
+_PLAIN_FIELDS = frozenset({"id", "object", "created", "model", "system_fingerprint", "choices", "usage"})
+_PLAIN_CHOICE = frozenset({"index", "delta", "finish_reason"})
+_PLAIN_DELTA = frozenset({"role", "content", "reasoning_content"})
+# No float: orjson reads an integer past 64 bits as a float where json keeps it exact.
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 class UnusableReply(ValueError):
@@ -107,6 +116,41 @@ def chunk(body: Any) -> dict:
     if "model" in body:
         body["model"] = model(body["model"])
     return body
+
+
+def plain_chunk(data: bytes) -> dict | None:
+    """`chunk(json.loads(data))` for the common chunk (scalar fields, no usage object, and
+    choices whose deltas carry only text), read for a third of the cost; None for any other
+    JSON, or none, which the general path reads (and refuses when it is not a chunk)."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:  # also what orjson reads differently: NaN, lone surrogates, deep nesting
+        return None
+    if type(body) is not dict or not _PLAIN_FIELDS.issuperset(body):
+        return None
+    for name, value in body.items():
+        if type(value) not in _PLAIN_SCALARS and name != "choices":
+            return None
+    choices = body.get("choices")
+    if choices is not None:
+        if type(choices) is not list:
+            return None
+        for choice in choices:
+            if type(choice) is not dict or not _PLAIN_CHOICE.issuperset(choice) \
+                    or type(choice.get("index", 0)) is not int or not _is_text(choice.get("finish_reason")):
+                return None
+            delta = choice.get("delta")
+            if type(delta) is not dict or not _PLAIN_DELTA.issuperset(delta) or not all(map(_is_text, delta.values())):
+                return None
+    if "usage" in body:
+        body["usage"] = None  # a scalar: not a usage object
+    if "model" in body:
+        body["model"] = model(body["model"])
+    return body
+
+
+def _is_text(value: Any) -> bool:
+    return value is None or type(value) is str
 
 
 def _clean_turn(message: dict, choice: dict) -> None:

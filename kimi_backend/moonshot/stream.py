@@ -15,8 +15,9 @@ import requests
 from . import replies
 from .framing import BrokenFraming, CloseDelimitedBody, body_framing
 from .reading import READ_BLOCK, ReplyLimits
-from .sse import LineTooLong, iter_data_lines
+from .sse import DataLines, LineTooLong
 from .upstream_errors import error_message
+from .waiting import receiver
 
 # After `[DONE]`, how long to wait for the body's last bytes before giving up on reusing the
 # connection (an upstream that says [DONE] and then nothing must not hold it). This runs after
@@ -48,11 +49,10 @@ class UpstreamStream:
         self._framing = body_framing(self._headers)
         self._sock = _socket_of(response)
         self._pending = _read_ahead(self._headers, self._sock)
+        self._receiver = receiver(self._sock)
         self._received = 0
         self._heard_at = self._progress_at = time.monotonic()
-        self._deadline = 0.0
-        self._may_read = False
-        self._lines = iter_data_lines(self._read, limits.max_line_bytes)
+        self._lines = DataLines(limits.max_line_bytes)
         self._failure: StreamBroken | None = None
         self.complete = False
 
@@ -65,45 +65,47 @@ class UpstreamStream:
         (the timeout bounds silence, and empty chunks say nothing)."""
         if self._failure is not None:
             raise self._failure
-        self._deadline = time.monotonic() + wait_s
-        self._may_read = True
         chunks: list[dict] = []
         try:
-            self._take(chunks)
+            self._take(chunks, time.monotonic() + wait_s)
         except StreamBroken as exc:
             if not chunks:
                 raise
             self._failure = exc  # the chunks before the failure are relayed first
         return chunks
 
-    def _take(self, chunks: list[dict]) -> None:
+    def _take(self, chunks: list[dict], deadline: float) -> None:
         try:
-            for data in self._lines:
-                if data is None:
-                    return
-                if data == b"[DONE]":
-                    self.complete = True
-                    return
-                chunk = self._parse(data)
-                if replies.carries_something(chunk):
-                    self._progress_at = time.monotonic()
-                elif time.monotonic() - self._progress_at > self._read_timeout_s:
-                    raise StreamBroken("upstream_timeout", "The upstream sent only empty chunks for longer than the read timeout.")
-                chunks.append(chunk)
-        except LineTooLong:
-            raise StreamBroken("upstream_reply_too_large", f"The upstream sent a stream line longer than "
-                               f"UPSTREAM_MAX_LINE_BYTES ({self._limits.max_line_bytes} bytes).") from None
+            data = self._next_data(deadline)
+            if data is None:
+                return
+            if not data:
+                raise StreamBroken("upstream_incomplete", "The upstream stream ended before it was complete.")
+            try:
+                payloads = self._lines.feed(data)
+            except LineTooLong as exc:
+                self._parse_into(chunks, exc.payloads)
+                raise StreamBroken("upstream_reply_too_large", f"The upstream sent a stream line longer than "
+                                   f"UPSTREAM_MAX_LINE_BYTES ({self._limits.max_line_bytes} bytes).") from None
+            self._parse_into(chunks, payloads)
         except (BrokenFraming, OSError):
             raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
-        raise StreamBroken("upstream_incomplete", "The upstream stream ended before it was complete.")
 
-    def _read(self) -> bytes | None:
-        """For `iter_data_lines`: the body's next data, b"" at its end, or None when nothing
-        came by the deadline or when this `receive` has had its block (the caller relays
-        what it has before waiting again)."""
-        if not self._may_read:
-            return None
-        self._may_read = False
+    def _parse_into(self, chunks: list[dict], payloads: list[bytes]) -> None:
+        for data in payloads:
+            if data == b"[DONE]":
+                self.complete = True
+                return
+            chunk = self._parse(data)
+            if replies.carries_something(chunk):
+                self._progress_at = time.monotonic()
+            elif time.monotonic() - self._progress_at > self._read_timeout_s:
+                raise StreamBroken("upstream_timeout", "The upstream sent only empty chunks for longer than the read timeout.")
+            chunks.append(chunk)
+
+    def _next_data(self, deadline: float) -> bytes | None:
+        """The body's next data (one block's), b"" at its end, or None when nothing came by
+        `deadline`."""
         if self._pending:
             data, self._pending = self._framing.decode(self._pending), b""
             if data:
@@ -113,13 +115,11 @@ class UpstreamStream:
             silent_until = self._heard_at + self._read_timeout_s
             if now >= silent_until:
                 raise StreamBroken("upstream_timeout", "The upstream stopped sending for longer than the read timeout.")
-            if now >= self._deadline:
+            if now >= deadline:
                 return None
             # A timeout on the socket itself leaves nothing half-read, unlike one inside http.client.
-            self._sock.settimeout(min(self._deadline, silent_until) - now)
-            try:
-                block = self._sock.recv(READ_BLOCK)
-            except TimeoutError:
+            block = self._receiver.recv(min(deadline, silent_until) - now)
+            if block is None:
                 continue
             if not block:
                 if isinstance(self._framing, CloseDelimitedBody):
@@ -138,6 +138,9 @@ class UpstreamStream:
         return data
 
     def _parse(self, data: bytes) -> dict:
+        chunk = replies.plain_chunk(data)
+        if chunk is not None:
+            return chunk
         try:
             chunk = json.loads(data)
             if replies.may_hold_surrogates(data):
@@ -154,19 +157,21 @@ class UpstreamStream:
         (the chunked terminator) are read first, waiting at most DRAIN_TIMEOUT_S, so the
         connection can go back to the pool; any other end closes it, which also tells the
         upstream at once that nobody is listening."""
-        if self.complete and self._drained() and not self._headers.will_close:
-            self._headers.close()  # the body is read: http.client may send the next request
-            self._response.raw.release_conn()
-        self._response.close()
+        try:
+            if self.complete and self._drained() and not self._headers.will_close:
+                self._headers.close()  # the body is read: http.client may send the next request
+                self._response.raw.release_conn()
+        finally:
+            self._receiver.close()
+            self._response.close()
 
     def _drained(self) -> bool:
         if isinstance(self._framing, CloseDelimitedBody):
             return False
-        self._deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
         try:
             while not self._framing.done:
-                self._may_read = True
-                if self._read() is None:
+                if self._next_data(deadline) is None:
                     return False
         except (StreamBroken, BrokenFraming, OSError):
             return False
