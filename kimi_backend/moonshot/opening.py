@@ -11,12 +11,15 @@ a tenth of what opening a stream cost in a burst of a thousand.
 from __future__ import annotations
 
 import contextvars
+import select
 import socket
 import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from gevent.monkey import get_original
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 # How often the watcher asks whether the client is still there.
@@ -92,6 +95,35 @@ class _Watcher:
 
 
 _WATCHER = _Watcher()
+# The operating system's poll, even under gevent's patching (see `_QuickDropCheck`).
+_poll = get_original("select", "poll") if hasattr(select, "poll") else None
+
+
+class _QuickDropCheck:
+    """urllib3's check that a pooled connection is still open (nothing to read: no close, no
+    stray bytes), asked each time one is taken from the pool, made with one non-blocking
+    `poll` system call. urllib3 asks `select.poll`, which under gevent is gevent's own: it
+    sets up watchers and switches through the event loop, a twentieth of a non-streamed
+    request's CPU for an answer that never needs to wait."""
+
+    @property
+    def is_connected(self) -> bool:
+        """Open, with nothing unread on it."""
+        if self.sock is None:
+            return False
+        if _poll is None:
+            return super().is_connected
+        poller = _poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
+
+
+class QuickCheckHTTPConnection(_QuickDropCheck, HTTPConnection):
+    """urllib3's HTTP connection with the quick drop check."""
+
+
+class QuickCheckHTTPSConnection(_QuickDropCheck, HTTPSConnection):
+    """urllib3's HTTPS connection with the quick drop check."""
 
 
 class _RecordingPool:
@@ -106,9 +138,13 @@ class _RecordingPool:
 class RecordingHTTPConnectionPool(_RecordingPool, HTTPConnectionPool):
     """urllib3's HTTP pool, telling the request being opened which connection it got."""
 
+    ConnectionCls = QuickCheckHTTPConnection
+
 
 class RecordingHTTPSConnectionPool(_RecordingPool, HTTPSConnectionPool):
     """urllib3's HTTPS pool, telling the request being opened which connection it got."""
+
+    ConnectionCls = QuickCheckHTTPSConnection
 
 
 def record_connections(adapter) -> None:
