@@ -6,7 +6,9 @@ import select
 import socket
 import time
 
-from kimi_backend.moonshot.opening import (WATCH_S, QuickCheckHTTPConnection, RecordingHTTPConnectionPool,
+import pytest
+
+from kimi_backend.moonshot.opening import (HOLD_MAX_BYTES, WATCH_S, LeanHTTPConnection, RecordingHTTPConnectionPool,
                                           abandon_when)
 from tests.helpers import wait_until
 
@@ -68,7 +70,7 @@ def test_a_pooled_connection_the_upstream_closed_is_not_reused():
     pool drops it (closes it, to connect afresh). Fails if urllib3 stops asking `is_connected`."""
     listener = socket.create_server(("127.0.0.1", 0))
     pool = RecordingHTTPConnectionPool("127.0.0.1", listener.getsockname()[1], maxsize=1)
-    assert pool.ConnectionCls is QuickCheckHTTPConnection
+    assert pool.ConnectionCls is LeanHTTPConnection
     with listener:
         connection, peer = _pooled(pool, listener)
         assert connection.is_connected
@@ -87,3 +89,36 @@ def test_a_pooled_connection_the_upstream_closed_is_not_reused():
         select.select([connection.sock], [], [], 5)
         assert pool._get_conn() is connection and connection.sock is None, "closed upstream: dropped"
         pool._put_conn(connection)
+
+
+class CountingSocket:
+    """A connected socket that records what each `sendall` sent."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.sent: list[bytes] = []
+
+    def sendall(self, data) -> None:
+        self.sent.append(bytes(data))
+        self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize("body,sends", [(b'{"model": "kimi"}', 1), (None, 1), (b"x" * (HOLD_MAX_BYTES + 1), 2)])
+def test_a_small_body_goes_out_with_its_headers(body, sends):
+    """One send for the headers and a small body; a large body, or none, as urllib3 sends it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        connection = LeanHTTPConnection("127.0.0.1", listener.getsockname()[1])
+        connection.connect()
+        peer, _ = listener.accept()
+        with peer:
+            connection.sock = counting = CountingSocket(connection.sock)
+            headers = {"Content-Length": str(len(body))} if body is not None else {}
+            connection.request("POST" if body is not None else "GET", "/chat/completions", body=body, headers=headers)
+            assert len(counting.sent) == sends
+            sent = b"".join(counting.sent)
+            assert sent.startswith(b"POST /chat/completions" if body else b"GET /chat/completions")
+            assert sent.endswith(b"\r\n\r\n" + body if body else b"\r\n\r\n")
+            connection.close()

@@ -95,16 +95,28 @@ class _Watcher:
 
 
 _WATCHER = _Watcher()
-# The operating system's poll, even under gevent's patching (see `_QuickDropCheck`).
+# The operating system's poll, even under gevent's patching (see `_LeanConnection`).
 _poll = get_original("select", "poll") if hasattr(select, "poll") else None
+# The largest request body sent in one piece with its headers (a copy of the body is made).
+HOLD_MAX_BYTES = 65536
 
 
-class _QuickDropCheck:
-    """urllib3's check that a pooled connection is still open (nothing to read: no close, no
-    stray bytes), asked each time one is taken from the pool, made with one non-blocking
-    `poll` system call. urllib3 asks `select.poll`, which under gevent is gevent's own: it
-    sets up watchers and switches through the event loop, a twentieth of a non-streamed
-    request's CPU for an answer that never needs to wait."""
+class _LeanConnection:
+    """Two changes to urllib3's connection, each saving a system call's worth of CPU on every
+    upstream request (together about a tenth of a non-streamed request's CPU under gevent).
+
+    - The check that a pooled connection is still open (nothing to read: no close, no stray
+      bytes), asked each time one is taken from the pool, is one non-blocking `poll` system
+      call. urllib3 asks `select.poll`, which under gevent is gevent's own: it sets up
+      watchers and switches through the event loop for an answer that never needs to wait.
+    - A request's headers and its body (when it is bytes of at most HOLD_MAX_BYTES) go out in
+      one send, not two: on loopback, or any fast link, each send is a packet the upstream's
+      kernel and ours both process.
+
+    `is_connected`, `request` and `send` are public members of urllib3's and http.client's
+    connections; tests/test_opening.py fails if urllib3 stops calling them this way."""
+
+    _held: bytes | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -117,13 +129,33 @@ class _QuickDropCheck:
         poller.register(self.sock.fileno(), select.POLLIN)
         return not poller.poll(0)
 
+    def request(self, method, url, body=None, headers=None, **options) -> None:
+        """urllib3's request; a small bytes body is sent with the headers."""
+        self._held = b"" if isinstance(body, bytes) and 0 < len(body) <= HOLD_MAX_BYTES else None
+        try:
+            super().request(method, url, body=body, headers=headers, **options)
+        finally:
+            self._held = None
 
-class QuickCheckHTTPConnection(_QuickDropCheck, HTTPConnection):
-    """urllib3's HTTP connection with the quick drop check."""
+    def send(self, data) -> None:
+        """http.client's send, except that while a request holds its headers (the first
+        send), they go out with the body (the second)."""
+        held = self._held
+        if held is None:
+            return super().send(data)
+        if not held:
+            self._held = data
+            return None
+        self._held = None
+        return super().send(held + data)
 
 
-class QuickCheckHTTPSConnection(_QuickDropCheck, HTTPSConnection):
-    """urllib3's HTTPS connection with the quick drop check."""
+class LeanHTTPConnection(_LeanConnection, HTTPConnection):
+    """urllib3's HTTP connection, leaner (see `_LeanConnection`)."""
+
+
+class LeanHTTPSConnection(_LeanConnection, HTTPSConnection):
+    """urllib3's HTTPS connection, leaner (see `_LeanConnection`)."""
 
 
 class _RecordingPool:
@@ -138,13 +170,13 @@ class _RecordingPool:
 class RecordingHTTPConnectionPool(_RecordingPool, HTTPConnectionPool):
     """urllib3's HTTP pool, telling the request being opened which connection it got."""
 
-    ConnectionCls = QuickCheckHTTPConnection
+    ConnectionCls = LeanHTTPConnection
 
 
 class RecordingHTTPSConnectionPool(_RecordingPool, HTTPSConnectionPool):
     """urllib3's HTTPS pool, telling the request being opened which connection it got."""
 
-    ConnectionCls = QuickCheckHTTPSConnection
+    ConnectionCls = LeanHTTPSConnection
 
 
 def record_connections(adapter) -> None:
