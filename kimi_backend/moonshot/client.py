@@ -93,7 +93,8 @@ class MoonshotClient:
         at once: `ApiError` 499 `client_closed`."""
         with abandon_when(client_gone) as opening:
             try:
-                response = self._as_response(self._send("POST", "/chat/completions", json_body=dict(payload, stream=True)))
+                answer = self._send("POST", "/chat/completions", json_body=dict(payload, stream=True))
+                response = self._as_response(answer, "POST", "/chat/completions")
             except UpstreamError:
                 if opening is not None and opening.abandoned:
                     raise _client_left() from None
@@ -114,7 +115,7 @@ class MoonshotClient:
         answer = self._send(method, path, json_body=json_body, timeout=timeout)
         try:
             if answer.status != 200:
-                raise map_error(self._as_response(answer), self._reader(deadline), self.redact)
+                raise map_error(self._as_response(answer, method, path), self._reader(deadline), self.redact)
             raw = read_body(answer, self.limits, deadline)
         finally:
             # What closing a `requests.Response` does: an unread body ends the connection, and the
@@ -149,7 +150,7 @@ class MoonshotClient:
             return pool.urlopen(method, url, body=body, headers=headers, redirect=False, assert_same_host=False,
                                 preload_content=False, decode_content=False, retries=self._adapter.max_retries,
                                 timeout=self._timeout(timeout or self.timeout))
-        except (ProtocolError, OSError, MaxRetryError, ClosedPoolError, HTTPError) as exc:
+        except (HTTPError, OSError) as exc:  # urllib3's errors all derive from HTTPError
             raise _failure(exc) from None
 
     def _target(self, path: str) -> tuple[HTTPConnectionPool, str]:
@@ -176,10 +177,10 @@ class MoonshotClient:
         request.headers = CaseInsensitiveDict(self._headers)
         return request
 
-    def _as_response(self, answer: urllib3.BaseHTTPResponse) -> requests.Response:
+    def _as_response(self, answer: urllib3.BaseHTTPResponse, method: str, path: str) -> requests.Response:
         """The `requests.Response` around an answer, for the readers that take one (a stream,
         an error's mapping)."""
-        return self._adapter.build_response(self._prepared("POST", "/chat/completions"), answer)
+        return self._adapter.build_response(self._prepared(method, path), answer)
 
 
 def _failure(exc: Exception) -> UpstreamError:
