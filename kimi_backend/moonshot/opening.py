@@ -2,11 +2,14 @@
 leaves then must not keep the upstream request open until the read timeout (tokens cost
 money from the moment the upstream accepted the request).
 
-The request blocks in `requests` until the headers arrive, so a watcher thread (a greenlet
+The request blocks in urllib3 until the headers arrive, so a watcher thread (a greenlet
 under gevent) checks the clients meanwhile, and on a departure shuts down the socket of the
 upstream connection that request uses, which the connection pools below record. One watcher
 serves every request of the process that is being opened: a thread started per request was
 a tenth of what opening a stream cost in a burst of a thousand.
+
+The connections in those pools are urllib3's with two system calls fewer per request (see
+`_LeanConnection`).
 """
 from __future__ import annotations
 
