@@ -2,14 +2,13 @@
 whose client leaves before the upstream's headers, and only while that request is opening."""
 from __future__ import annotations
 
-import select
 import socket
 import time
 
 import pytest
 
-from kimi_backend.moonshot.opening import (HOLD_MAX_BYTES, WATCH_S, LeanHTTPConnection, RecordingHTTPConnectionPool,
-                                          abandon_when)
+from kimi_backend.moonshot.opening import (HOLD_MAX_BYTES, WATCH_S, LeanHTTPConnection, LeanHTTPSConnection,
+                                          RecordingHTTPConnectionPool, RecordingHTTPSConnectionPool, abandon_when)
 from tests.helpers import wait_until
 
 
@@ -55,42 +54,6 @@ def test_no_check_no_opening():
 
 
 
-def _pooled(pool, listener) -> tuple:
-    """A connection of `pool`, connected and back in the pool, and the listener's end of it."""
-    connection = pool._get_conn()
-    connection.connect()
-    peer, _ = listener.accept()
-    pool._put_conn(connection)
-    return connection, peer
-
-
-def test_a_pooled_connection_the_upstream_closed_is_not_reused():
-    """The quick drop check (one real `poll`) as urllib3's pool uses it: an open, quiet
-    connection is reused; once the upstream closed it, or sent bytes nobody asked for, the
-    pool drops it (closes it, to connect afresh). Fails if urllib3 stops asking `is_connected`."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    pool = RecordingHTTPConnectionPool("127.0.0.1", listener.getsockname()[1], maxsize=1)
-    assert pool.ConnectionCls is LeanHTTPConnection
-    with listener:
-        connection, peer = _pooled(pool, listener)
-        assert connection.is_connected
-        assert pool._get_conn() is connection and connection.sock is not None, "a quiet connection is reused"
-        pool._put_conn(connection)
-
-        peer.sendall(b"stray")
-        select.select([connection.sock], [], [], 5)
-        assert not connection.is_connected
-        assert pool._get_conn() is connection and connection.sock is None, "dropped: closed by the pool"
-        pool._put_conn(connection)
-        peer.close()
-
-        connection, peer = _pooled(pool, listener)
-        peer.close()
-        select.select([connection.sock], [], [], 5)
-        assert pool._get_conn() is connection and connection.sock is None, "closed upstream: dropped"
-        pool._put_conn(connection)
-
-
 class CountingSocket:
     """A connected socket that records what each `sendall` sent."""
 
@@ -122,3 +85,8 @@ def test_a_small_body_goes_out_with_its_headers(body, sends):
             assert sent.startswith(b"POST /chat/completions" if body else b"GET /chat/completions")
             assert sent.endswith(b"\r\n\r\n" + body if body else b"\r\n\r\n")
             connection.close()
+
+
+def test_the_pools_make_lean_connections():
+    assert RecordingHTTPConnectionPool.ConnectionCls is LeanHTTPConnection
+    assert RecordingHTTPSConnectionPool.ConnectionCls is LeanHTTPSConnection
