@@ -6,7 +6,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flask import Flask, g, request, send_from_directory
 from limits import RateLimitItemPerSecond
@@ -33,6 +33,30 @@ ALLOWED_HEADERS = ["Content-Type", "x-api-key", "Authorization", "X-Request-ID"]
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+# The most functions whose sync form KimiFlask remembers: the app's hooks, views and error
+# handlers number a few dozen; past this, anything new is worked out each time, as by Flask.
+_SYNC_CACHE_MAX = 512
+
+
+class KimiFlask(Flask):
+    """Flask, remembering which functions are coroutines instead of asking `inspect` for each of
+    a request's twenty-odd hooks, views and handlers on every request (`ensure_sync` is Flask's
+    documented place to change how functions are run)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sync_forms: dict[Callable, Callable] = {}
+
+    def ensure_sync(self, func: Callable) -> Callable:
+        """Flask's `ensure_sync`, worked out once per function."""
+        sync = self._sync_forms.get(func)
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if len(self._sync_forms) < _SYNC_CACHE_MAX:
+                self._sync_forms[func] = sync
+        return sync
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Builds the app: settings → logging → upstream → usage (budgets, ledger) → request ids,
     access log and body intake → extensions → errors → routes.
@@ -40,7 +64,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     `test_config` overrides environment variables by name (same names, same parsing).
     """
     settings = load_settings(read_environment(os.environ, os.environ.get("DOTENV_PATH", ".env")), test_config)
-    app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app = KimiFlask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     configure_app(app, settings)
     configure_logging(settings.log_level, access_log.current_request_id)
     connect_upstream(app, settings)
@@ -120,8 +144,8 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.before_request
     def assign_request_id() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        incoming = request.headers.get("X-Request-ID")
+        g.request_id = incoming if incoming and _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
     @app.after_request
     def echo_request_id(response):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import flask
 from flask import Flask
 from flask_cors import CORS
 from flask_talisman import Talisman
@@ -25,14 +26,25 @@ cors = CORS()
 class SecurityHeaders(Talisman):
     """flask-talisman, parsing the content security policy once instead of on every response
     (it re-parses the policy string each time; that is the largest part of its per-request
-    cost here, the rest is left to the stock code). The cache is sound because no view sets
-    its own options and no nonce is used, so the parsed policy never varies. A test pins the
-    overridden member's signature (tests/test_security_headers.py)."""
+    cost here), and building each endpoint's options once. The caches are sound because no
+    view sets its own options and no nonce is used, so neither the options nor the parsed
+    policy ever vary. A test pins the overridden members (tests/test_security_headers.py)."""
 
     @functools.lru_cache(maxsize=8)
     def _parse_policy(self, policy):
         # Only strings reach here (dicts are unhashable and would raise): our policies are strings.
         return super()._parse_policy(policy)
+
+    def _get_local_options(self):
+        # Asked three times per request, each time building the options afresh from the same
+        # inputs: this Talisman's options and the view's own (none of our views has any). So
+        # they are built once per endpoint. Another private member: the same test pins it.
+        options_by_endpoint = self.__dict__.setdefault("_options_by_endpoint", {})
+        endpoint = flask.request.endpoint
+        options = options_by_endpoint.get(endpoint)
+        if options is None:
+            options = options_by_endpoint[endpoint] = super()._get_local_options()
+        return options
 
 
 def init_security_headers(app: Flask, force_https: bool) -> None:

@@ -7,6 +7,7 @@ headers (its `keepalive` setting) but not its body.
 """
 from __future__ import annotations
 
+import functools
 import io
 import socket
 import threading
@@ -43,7 +44,10 @@ def read_body() -> None:
             # werkzeug's view of the body: bounded by Content-Length (servers such as werkzeug's
             # own hand over the raw connection, which would block past the body's end).
             stream = get_input_stream(environ)
-            while block := stream.read(_READ_BLOCK):
+            # An announced length is read to its end and no further: one read, not a second
+            # one to find the end, for the usual body that arrived with its headers.
+            expected = request.content_length
+            while (expected is None or len(body) < expected) and (block := stream.read(_READ_BLOCK)):
                 body += block
                 if len(body) > settings.max_body_bytes:
                     raise _too_large(settings.max_body_bytes)
@@ -96,8 +100,10 @@ def _deadline(seconds: float, sock) -> Iterator[None]:
         raise BodyTimeout()
 
 
+@functools.cache
 def _gevent_timeout():
-    """gevent's Timeout class when this process runs under gevent (its sockets patched)."""
+    """gevent's Timeout class when this process runs under gevent (its sockets patched);
+    asked once per process (the app is loaded after gevent patches a worker)."""
     try:
         from gevent import monkey
     except ImportError:

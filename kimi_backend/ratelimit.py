@@ -18,9 +18,9 @@ from limits.errors import StorageError
 
 from .auth import client_identity, ip_identity, verified_token
 from .errors import HTTP_MESSAGES, ApiError, error_response
-# Imported for its side effect: defining the storage registers the `sqlite://` scheme with
-# `limits`, before flask-limiter looks RATE_LIMIT_STORAGE_URI up.
-from . import shared_counts  # noqa: F401
+# Imported for their side effect: defining the storages registers the `sqlite://` scheme and
+# our `memory://` with `limits`, before flask-limiter looks RATE_LIMIT_STORAGE_URI up.
+from . import memory_counts, shared_counts  # noqa: F401
 from .tokens import TokenClaims
 
 log = logging.getLogger("kimi_backend")

@@ -198,3 +198,18 @@ def test_a_body_that_never_arrives_is_408_under_the_gthread_worker_too():
         assert requests.get(svc.url + "/health", timeout=5).status_code == 200
     finally:
         svc.stop()
+
+
+
+def test_sync_forms_are_remembered_and_coroutines_still_converted(make_app):
+    """KimiFlask remembers each function's sync form; a coroutine function still goes through
+    Flask's own conversion every time (here it needs asgiref, not installed, so Flask refuses)."""
+    app = make_app()
+
+    async def probe():
+        return {}
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="async"):
+            app.ensure_sync(probe)
+    assert app.ensure_sync(len) is len and app.ensure_sync(len) is len

@@ -122,3 +122,33 @@ def test_the_overridden_flask_limiter_members_are_unchanged(app):
     assert limiter._check_request_limit in app.before_request_funcs[None]
     for name in ("_in_memory_fallback_enabled", "_storage_options", "_storage_dead", "_key_prefix"):
         assert name in vars(limiter), f"flask-limiter no longer keeps {name}"
+
+
+def test_memory_limits_count_in_our_memory_storage(app):
+    from kimi_backend.extensions import limiter
+    from kimi_backend.memory_counts import MemoryCounts
+    assert type(limiter.limiter.storage) is MemoryCounts
+
+
+def test_our_memory_storage_counts_exactly_as_the_stock_one():
+    """The same increments (new counters, repeated ones, negative amounts as budgets give back,
+    counters that expire at once) give the same values in both."""
+    from limits.storage import MemoryStorage
+    from kimi_backend.memory_counts import MemoryCounts
+    ours, stock = MemoryCounts(), MemoryStorage()
+    steps = [("a", 60, 1), ("a", 60, 1), ("b", 60, 5), ("a", 60, -2), ("b", 0, 3), ("b", 60, 1), ("c", 0, 1),
+             ("c", 0, 1), ("a", 60, 10), ("b", 60, -4), ("b", 60, 4), ("d", 60, 0), ("d", 60, 2)]
+    assert [ours.incr(*step) for step in steps] == [stock.incr(*step) for step in steps]
+    assert [ours.get(key) for key in "abcd"] == [stock.get(key) for key in "abcd"]
+
+
+def test_our_memory_storage_starts_no_timer_and_sweeps_expired_counters():
+    from kimi_backend.memory_counts import MemoryCounts
+    storage = MemoryCounts()
+    storage.timer.join()  # the stock constructor's own one-off timer
+    storage.incr("gone", 0)
+    storage.sweep_every_s = 0.0
+    storage.incr("kept", 60)
+    assert not storage.timer.is_alive(), "an increment started a timer"
+    assert "gone" not in storage.storage and "gone" not in storage.expirations
+    assert storage.get("kept") == 1

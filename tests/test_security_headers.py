@@ -4,6 +4,7 @@ proxy's forwarded scheme."""
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 from flask_talisman import Talisman
@@ -72,3 +73,22 @@ def test_the_overridden_talisman_member_is_unchanged():
     assert list(inspect.signature(Talisman._parse_policy).parameters) == ["self", "policy"]
     assert inspect.signature(SecurityHeaders._parse_policy.__wrapped__) == inspect.signature(Talisman._parse_policy)
     assert "self._parse_policy(" in inspect.getsource(Talisman._set_content_security_policy_headers)
+
+
+def test_the_cached_talisman_options_depend_only_on_the_endpoint():
+    # SecurityHeaders builds flask-talisman's private _get_local_options once per endpoint: sound
+    # while they come from the Talisman's own settings and the view's, and nothing writes to them.
+    source = inspect.getsource(Talisman._get_local_options)
+    assert list(inspect.signature(Talisman._get_local_options).parameters) == ["self"]
+    assert "flask.request.endpoint" in source and "talisman_view_options" in source
+    assert "flask.request." not in source.replace("flask.request.endpoint", "")
+    module = inspect.getsource(inspect.getmodule(Talisman))
+    assert not re.search(r"options\[[^\]]+\]\s*=[^=]", module), "flask-talisman now writes into the options"
+
+
+def test_every_endpoint_gets_its_own_headers(client):
+    # The page and the API differ in nothing Talisman sets, but each endpoint's options are its own.
+    for path in ("/", "/health", "/api/info", "/health"):
+        response = client.get(path)
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]

@@ -4,7 +4,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from urllib3.exceptions import (ClosedPoolError, ConnectTimeoutError, LocationParseError, MaxRetryError,
+                                NewConnectionError, ProtocolError, ProxyError, ReadTimeoutError, ResponseError, SSLError)
 
+from kimi_backend.moonshot.client import _failure
 from tests.helpers import assert_error
 
 MAPPINGS = [
@@ -130,3 +133,24 @@ def test_retry_waits_add_up_to_at_most_the_budget(make_app, simulator):
     assert response.headers["Retry-After"] == "1"
     assert simulator.stats()["chat_requests"] == 2
     assert time.monotonic() - started >= 1.0
+
+
+@pytest.mark.parametrize("failure,status,retryable", [
+    (MaxRetryError(None, "/", ConnectTimeoutError(None, "timed out")), 503, True),
+    (MaxRetryError(None, "/", NewConnectionError(None, "refused")), 503, True),
+    (MaxRetryError(None, "/", ProxyError("proxy", OSError())), 503, True),
+    (MaxRetryError(None, "/", ResponseError("too many")), 502, False),
+    (ProtocolError("Connection aborted.", ConnectionResetError()), 503, True),
+    (ConnectionResetError(), 503, True),
+    (ClosedPoolError(None, "closed"), 503, True),
+    (SSLError("bad certificate"), 503, True),
+    (ReadTimeoutError(None, "/", "read timed out"), 504, False),
+    (LocationParseError("http://["), 502, False),
+])
+def test_send_failures_map_as_requests_maps_them(failure, status, retryable):
+    """A failed send is what `requests`' adapter would make of it: a connect timeout or a broken
+    connection 503 (retried), a read timeout 504, anything else 502."""
+    error = _failure(failure)
+    assert (error.status, error.retryable) == (status, retryable)
+    if isinstance(failure, MaxRetryError) and type(failure.reason) is ConnectTimeoutError:
+        assert "connect timeout" in error.message

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import requests
 import urllib3
 
 from ..errors import UpstreamError
@@ -27,14 +26,14 @@ class ReplyLimits:
                 "and was refused.")
 
 
-def read_body(response: requests.Response, limits: ReplyLimits, deadline: float) -> bytes:
+def read_body(response: urllib3.BaseHTTPResponse, limits: ReplyLimits, deadline: float) -> bytes:
     """The whole body of a non-streamed answer, read as it arrives. It is read after the
     headers, so a reset, truncated or stalled body fails here, and is mapped like a failure
     before the headers; so are a body over UPSTREAM_MAX_REPLY_BYTES and one still arriving at
     the deadline."""
     body = bytearray()
     try:
-        while block := response.raw.read1(READ_BLOCK):
+        while block := response.read1(READ_BLOCK):
             body += block
             if len(body) > limits.max_reply_bytes:
                 raise UpstreamError(502, "upstream_reply_too_large", limits.too_large())

@@ -47,6 +47,20 @@ OTHER = "other"
 _model_labels: set[str] = {facts.id for facts in MODELS}
 
 
+_children: dict[tuple, object] = {}
+
+
+def child(metric, *labels: str):
+    """`metric.labels(*labels)`, looked up once per label set: prometheus-client checks the
+    labels and takes a lock on every `labels()` call. Every label set is bounded (see above),
+    and so is this cache."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
 def label_method(method: str) -> str:
     """The method, or "other" for anything but the standard ones."""
     return method if method in HTTP_METHODS else OTHER
@@ -66,28 +80,28 @@ def label_model(model: str | None) -> str:
 
 def request_answered(method: str, route: str, status: int, seconds: float, outcome: str | None) -> None:
     """Counts one answered request: its status, its duration and a rate-limit refusal."""
-    REQUESTS.labels(label_method(method), route, str(status)).inc()
-    REQUEST_SECONDS.labels(route).observe(seconds)
+    child(REQUESTS, label_method(method), route, str(status)).inc()
+    child(REQUEST_SECONDS, route).observe(seconds)
     if outcome == "rate_limited":
-        RATE_LIMITED.labels(route).inc()
+        child(RATE_LIMITED, route).inc()
 
 
 def upstream_called(endpoint: str, seconds: float) -> None:
     """Times one upstream call (to the whole reply, or to a stream's headers)."""
-    UPSTREAM_SECONDS.labels(endpoint).observe(seconds)
+    child(UPSTREAM_SECONDS, endpoint).observe(seconds)
 
 
 def upstream_failed(endpoint: str, error_type: str) -> None:
     """Counts a failed upstream call by Moonshot's error type, or our code."""
-    UPSTREAM_ERRORS.labels(endpoint, error_type).inc()
+    child(UPSTREAM_ERRORS, endpoint, error_type).inc()
 
 
 def tokens_used(model: str | None, tokens_in, tokens_out) -> None:
     """Counts a reply's tokens; a count that is not a whole number is not counted."""
     if isinstance(tokens_in, int):
-        TOKENS.labels(label_model(model), "in").inc(tokens_in)
+        child(TOKENS, label_model(model), "in").inc(tokens_in)
     if isinstance(tokens_out, int):
-        TOKENS.labels(label_model(model), "out").inc(tokens_out)
+        child(TOKENS, label_model(model), "out").inc(tokens_out)
 
 
 def stream_opened() -> None:
