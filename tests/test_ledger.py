@@ -7,16 +7,18 @@ import csv
 import io
 import logging
 import sqlite3
+import time
 import uuid
 from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 
 from kimi_backend import create_app
 from kimi_backend.config.parsers import ConfigError, key_id
-from kimi_backend.usage.schema import schema_version, usage
+from kimi_backend.usage.ledger import Ledger
+from kimi_backend.usage.schema import make_engine, migrate, schema_version, usage
 from tests.conftest import base_config, close_app
 from tests.servers import PostgresServer
 
@@ -248,3 +250,32 @@ def test_a_database_failure_at_run_time_is_logged_and_counted(ledger_app, postgr
     # Once the database is back, rows are written again.
     assert client.post("/api/chat/completion", json={"message": "after"}).status_code == 200
     assert [row["status"] for row in rows_of(app)] == [200, 200]
+
+
+def test_the_writer_wakes_once_per_batch_not_once_per_row(tmp_path):
+    # Rows gather in the queue while the writer sleeps; a blocking get per row woke it for every
+    # chat request. Closing wakes a gathering writer at once (here, 30 s before its flush).
+    engine = make_engine(f"sqlite:///{tmp_path / 'usage.sqlite3'}")
+    migrate(engine)
+    ledger = Ledger(engine, queue_size=1000, flush_interval_s=30)
+    waits = []
+    real_get = ledger._queue.get
+
+    def counting_get(block=True, timeout=None):
+        if block:
+            waits.append(timeout)
+        return real_get(block, timeout)
+    ledger._queue.get = counting_get
+    now = datetime.now(timezone.utc)
+    for i in range(200):
+        ledger.record({"at": now, "day": now.date(), "request_id": f"r{i}", "client": "ip:127.0.0.1",
+                       "route": "/api/chat/completion", "model_requested": None, "model_served": "kimi-k2.6",
+                       "prompt_tokens": 3, "completion_tokens": 2, "cached_tokens": 0, "total_tokens": 5,
+                       "estimated": False, "status": 200, "outcome": "ok", "duration_ms": 1.0, "stream": False,
+                       "cut_short": False})
+    began = time.monotonic()
+    ledger.close()
+    assert time.monotonic() - began < 10
+    assert len(waits) <= 2  # the first row's, and perhaps the stop mark's
+    with create_engine(f"sqlite:///{tmp_path / 'usage.sqlite3'}").connect() as conn:
+        assert conn.execute(select(func.count()).select_from(usage)).scalar_one() == 200
