@@ -20,6 +20,7 @@ from kimi_backend.config.parsers import ConfigError, key_id
 from kimi_backend.usage.ledger import Ledger
 from kimi_backend.usage.schema import make_engine, migrate, schema_version, usage
 from tests.conftest import base_config, close_app
+from tests.helpers import wait_until
 from tests.servers import PostgresServer
 
 ADMIN_KEY = "admin-secret-for-tests"
@@ -252,12 +253,35 @@ def test_a_database_failure_at_run_time_is_logged_and_counted(ledger_app, postgr
     assert [row["status"] for row in rows_of(app)] == [200, 200]
 
 
+def ledger_row(i: int) -> dict:
+    now = datetime.now(timezone.utc)
+    return {"at": now, "day": now.date(), "request_id": f"r{i}", "client": "ip:127.0.0.1",
+            "route": "/api/chat/completion", "model_requested": None, "model_served": "kimi-k2.6",
+            "prompt_tokens": 3, "completion_tokens": 2, "cached_tokens": 0, "total_tokens": 5,
+            "estimated": False, "status": 200, "outcome": "ok", "duration_ms": 1.0, "stream": False,
+            "cut_short": False}
+
+
+def count_rows(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(usage)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def a_ledger(tmp_path, queue_size: int) -> tuple[Ledger, str]:
+    url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    engine = make_engine(url)
+    migrate(engine)
+    return Ledger(engine, queue_size=queue_size, flush_interval_s=30), url
+
+
 def test_the_writer_wakes_once_per_batch_not_once_per_row(tmp_path):
     # Rows gather in the queue while the writer sleeps; a blocking get per row woke it for every
     # chat request. Closing wakes a gathering writer at once (here, 30 s before its flush).
-    engine = make_engine(f"sqlite:///{tmp_path / 'usage.sqlite3'}")
-    migrate(engine)
-    ledger = Ledger(engine, queue_size=1000, flush_interval_s=30)
+    ledger, url = a_ledger(tmp_path, queue_size=1000)
     waits = []
     real_get = ledger._queue.get
 
@@ -266,16 +290,21 @@ def test_the_writer_wakes_once_per_batch_not_once_per_row(tmp_path):
             waits.append(timeout)
         return real_get(block, timeout)
     ledger._queue.get = counting_get
-    now = datetime.now(timezone.utc)
     for i in range(200):
-        ledger.record({"at": now, "day": now.date(), "request_id": f"r{i}", "client": "ip:127.0.0.1",
-                       "route": "/api/chat/completion", "model_requested": None, "model_served": "kimi-k2.6",
-                       "prompt_tokens": 3, "completion_tokens": 2, "cached_tokens": 0, "total_tokens": 5,
-                       "estimated": False, "status": 200, "outcome": "ok", "duration_ms": 1.0, "stream": False,
-                       "cut_short": False})
+        ledger.record(ledger_row(i))
     began = time.monotonic()
     ledger.close()
     assert time.monotonic() - began < 10
     assert len(waits) <= 2  # the first row's, and perhaps the stop mark's
-    with create_engine(f"sqlite:///{tmp_path / 'usage.sqlite3'}").connect() as conn:
-        assert conn.execute(select(func.count()).select_from(usage)).scalar_one() == 200
+    assert count_rows(url) == 200
+
+
+def test_a_half_full_queue_is_written_without_waiting_for_the_flush(tmp_path):
+    # A small USAGE_QUEUE_SIZE must not overflow while the writer sleeps out its 30 s.
+    ledger, url = a_ledger(tmp_path, queue_size=10)
+    try:
+        for i in range(5):
+            ledger.record(ledger_row(i))
+        wait_until(lambda: count_rows(url) == 5, timeout=10)
+    finally:
+        ledger.close()

@@ -87,7 +87,10 @@ class Ledger:
         self._start_lock = threading.Lock()
         self._warned_at = float("-inf")
         self._closed = False
-        self._stopping = threading.Event()  # wakes a writer gathering rows, to write them now
+        # Set to wake a writer gathering rows: by close(), or when the queue is half full (or
+        # holds a batch), so a small USAGE_QUEUE_SIZE is drained before it overflows.
+        self._wake = threading.Event()
+        self._wake_at = max(1, min(BATCH_SIZE, queue_size // 2))
 
     def record(self, row: dict) -> None:
         """Queues a row for the writer; never blocks."""
@@ -95,6 +98,8 @@ class Ledger:
             self._start_writer()
         try:
             self._queue.put_nowait(row)
+            if self._queue.qsize() >= self._wake_at:
+                self._wake.set()
         except queue.Full:
             LEDGER_ROWS.labels("lost_queue_full").inc()
             now = time.monotonic()
@@ -113,7 +118,7 @@ class Ledger:
             return
         self._closed = True
         if self._writer is not None:
-            self._stopping.set()
+            self._wake.set()
             try:
                 self._queue.put(_STOP, timeout=timeout_s)
             except queue.Full:
@@ -140,9 +145,9 @@ class Ledger:
                 self._queue.task_done()
 
     def _next_batch(self) -> tuple[list[dict], bool]:
-        """Waits for a row, lets more gather for up to USAGE_FLUSH_INTERVAL_S unless a whole
-        batch is waiting already, then takes up to BATCH_SIZE rows; True as well when the stop
-        mark came."""
+        """Waits for a row, lets more gather for up to USAGE_FLUSH_INTERVAL_S or until the queue
+        is half full (or holds a batch), then takes up to BATCH_SIZE rows; True as well when the
+        stop mark came."""
         item = self._queue.get()
         batch: list[dict] = []
         if item is _STOP:
@@ -150,9 +155,11 @@ class Ledger:
         batch.append(item)
         # The rows gather in the queue while the writer sleeps: a blocking get per row woke
         # the writer for every chat request (under gevent a switch and a timer each, more CPU
-        # than the row's insert). A backlog of a batch or more is written without waiting.
-        if self._queue.qsize() < BATCH_SIZE - 1:
-            self._stopping.wait(self.flush_interval_s)
+        # than the row's insert). record() wakes it early when the queue fills up.
+        if self._queue.qsize() + 1 < self._wake_at and not self._closed:
+            self._wake.wait(self.flush_interval_s)
+        if not self._closed:
+            self._wake.clear()
         while len(batch) < BATCH_SIZE:
             try:
                 item = self._queue.get_nowait()
