@@ -17,7 +17,7 @@ import requests
 from kimi_backend.config import usable_cpus
 from kimi_backend.config.parsers import key_id
 from tests.conftest import UPSTREAM_KEY
-from tests.helpers import LONG_WINDOW_MS, ROOT, free_port
+from tests.helpers import LONG_WINDOW_MS, ROOT, free_port, wait_until
 from tests.servers import Service, clean_env, fetch_all
 
 KEY = "shared-counts-key"
@@ -50,6 +50,10 @@ def test_the_default_is_one_worker_per_usable_cpu(served):
 def test_the_rate_limit_is_exact_across_two_workers(served, runtime_dir):
     service = served(KIMI_OFFLINE="1", WEB_CONCURRENCY="2", RATE_LIMIT_MAX_REQUESTS="60",
                      RATE_LIMIT_WINDOW_MS=LONG_WINDOW_MS, RUNTIME_DIRECTORY=str(runtime_dir))
+    # Both workers answering before anything is counted: on a busy machine the second may still
+    # be loading the app while the first takes every request of the rate limit.
+    wait_until(lambda: fetch_all([service.url + "/health"] * 12) and len(worker_pids(service, "/health")) == 2,
+               timeout=60, message="both workers answering /health")
     url = service.url + "/api/chat/models"
     responses = []
     # Concurrent batches, each request on its own connection, until both workers have counted.
