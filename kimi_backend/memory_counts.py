@@ -35,10 +35,7 @@ class MemoryCounts(MemoryStorage):
         now = time.time()
         if now - self._swept_at >= self.sweep_every_s:
             self._sweep(now)
-        if self.expirations.get(key, 0) <= now:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
+        self.get(key)  # the stock reset of a counter past its expiry
         with self.locks[key]:
             self.storage[key] += amount
             if self.storage[key] == amount:
@@ -48,6 +45,4 @@ class MemoryCounts(MemoryStorage):
     def _sweep(self, now: float) -> None:
         self._swept_at = now
         for key in [key for key, expires in list(self.expirations.items()) if expires <= now]:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
+            self.get(key)  # drops the expired counter, as the stock timer would
