@@ -117,7 +117,8 @@ class UpstreamStream:
                 raise StreamBroken("upstream_timeout", "The upstream stopped sending for longer than the read timeout.")
             if now >= deadline:
                 return None
-            # A timeout on the socket itself leaves nothing half-read, unlike one inside http.client.
+            # A bounded wait on the socket itself (waiting.py) leaves nothing half-read, unlike a
+            # timeout inside http.client.
             block = self._receiver.recv(min(deadline, silent_until) - now)
             if block is None:
                 continue
