@@ -1,0 +1,138 @@
+"""kimi_backend/workers.py's OneSendResponse: the head and the first body bytes leave in one
+send, and the bytes on the wire are exactly what gunicorn's own Response writes, for every
+way a response can end (a sized body, a chunked stream, HEAD, 204, a body past its
+Content-Length, sendfile, an error before any body)."""
+from __future__ import annotations
+
+import tempfile
+from types import SimpleNamespace
+
+import pytest
+from gunicorn import util
+from gunicorn.http import wsgi
+
+from kimi_backend.workers import OneSendResponse, _ServiceWorkerMixin
+
+
+class RecordingSocket:
+    """Keeps each sendall (and sendfile) as one entry, in order."""
+
+    def __init__(self):
+        self.sends: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sends.append(bytes(data))
+
+    def sendfile(self, file, offset: int = 0, count: int | None = None) -> None:
+        file.seek(offset)
+        self.sends.append(file.read(count))
+
+
+def request(method: str = "GET", version: tuple[int, int] = (1, 1)):
+    return SimpleNamespace(method=method, version=version, should_close=lambda: False)
+
+
+CONFIG = SimpleNamespace(sendfile=True, is_ssl=False, protocol="http")
+
+
+@pytest.fixture(autouse=True)
+def fixed_date(monkeypatch):
+    """Both writers stamp the same Date, so their bytes can be compared."""
+    monkeypatch.setattr(util, "http_date", lambda: "Thu, 03 Dec 2026 09:00:00 GMT")
+
+
+def play(response_class, method, status, headers, writes, version=(1, 1)):
+    """Runs one response the way gunicorn's workers do (start_response, each write, close);
+    returns the sends its socket saw."""
+    sock = RecordingSocket()
+    response = response_class(request(method, version), sock, CONFIG)
+    response.start_response(status, headers)
+    for data in writes:
+        response.write(data)
+    response.close()
+    return sock.sends
+
+
+CASES = {
+    "a sized JSON body": ("POST", "200 OK", [("Content-Type", "application/json"), ("Content-Length", "11")],
+                          [b'{"ok":true}']),
+    "a chunked stream": ("POST", "200 OK", [("Content-Type", "text/event-stream")],
+                         [b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"]),
+    "an empty first block of a stream": ("POST", "200 OK", [("Content-Type", "text/event-stream")],
+                                         [b"", b"data: 1\n\n"]),
+    "HEAD": ("HEAD", "200 OK", [("Content-Length", "5")], [b"hello"]),
+    "204": ("DELETE", "204 No Content", [], [b""]),
+    "a body longer than its Content-Length": ("GET", "200 OK", [("Content-Length", "3")], [b"abcdef", b"gh"]),
+    "no body at all": ("GET", "200 OK", [("Content-Length", "0")], []),
+    "HTTP/1.0": ("GET", "200 OK", [], [b"old"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_bytes_on_the_wire_are_gunicorns_own(case):
+    method, status, headers, writes = CASES[case]
+    version = (1, 0) if case == "HTTP/1.0" else (1, 1)
+    ours = play(OneSendResponse, method, status, headers, writes, version)
+    theirs = play(wsgi.Response, method, status, headers, writes, version)
+    assert b"".join(ours) == b"".join(theirs)
+    assert ours[0].startswith(b"HTTP/1.")
+
+
+def test_a_sized_body_leaves_with_its_head_in_one_send():
+    sends = play(OneSendResponse, *CASES["a sized JSON body"])
+    assert len(sends) == 1 and sends[0].endswith(b'\r\n\r\n{"ok":true}')
+    assert len(play(wsgi.Response, *CASES["a sized JSON body"])) == 2  # what this saves
+
+
+def test_a_stream_sends_its_head_with_the_first_event_then_one_send_per_event():
+    sends = play(OneSendResponse, *CASES["a chunked stream"])
+    assert len(sends) == 4  # head + first event, two more events, the last chunk
+    assert sends[0].endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n")
+    assert sends[-1] == b"0\r\n\r\n"
+
+
+def test_a_response_without_body_bytes_still_sends_its_head():
+    for case in ("HEAD", "204", "no body at all"):
+        sends = play(OneSendResponse, *CASES[case])
+        assert sends and sends[0].startswith(b"HTTP/1.1 ") and sends[0].endswith(b"\r\n\r\n"), case
+
+
+def test_a_write_that_fails_still_sends_the_head_first():
+    """A non-bytes block is gunicorn's TypeError, after the head went out (as before)."""
+    sock = RecordingSocket()
+    response = OneSendResponse(request(), sock, CONFIG)
+    response.start_response("200 OK", [("Content-Type", "text/plain")])
+    with pytest.raises(TypeError):
+        response.write("not bytes")
+    assert len(sock.sends) == 1 and sock.sends[0].endswith(b"\r\n\r\n")
+    response.write(b"after")
+    assert sock.sends[1] == b"5\r\nafter\r\n"
+
+
+def test_sendfile_sends_its_head_alone_then_the_file():
+    with tempfile.TemporaryFile() as file:
+        file.write(b"static bytes")
+        file.seek(0)
+        sock = RecordingSocket()
+        response = OneSendResponse(request(), sock, CONFIG)
+        response.start_response("200 OK", [("Content-Length", "12")])
+        response.write_file(SimpleNamespace(filelike=file))
+        response.close()
+    assert len(sock.sends) == 2 and sock.sends[0].endswith(b"\r\n\r\n") and sock.sends[1] == b"static bytes"
+
+
+def test_the_service_workers_build_their_responses_with_it(monkeypatch):
+    """The worker mixin installs it where gunicorn's workers look their Response class up."""
+    monkeypatch.setattr(wsgi, "Response", wsgi.Response)
+    monkeypatch.setattr(util, "write_error", util.write_error)
+
+    class Base:
+        def init_process(self):
+            self.started = True
+
+    class Worker(_ServiceWorkerMixin, Base):
+        pass
+
+    worker = Worker()
+    worker.init_process()
+    assert worker.started and wsgi.Response is OneSendResponse
