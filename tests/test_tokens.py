@@ -354,6 +354,52 @@ def test_refused_tokens_spend_the_callers_address_not_the_subject(token_app):
     assert client.get("/api/chat/models", headers=using(token)).status_code == 429  # the address's budget is spent
 
 
+# --- Budgets -----------------------------------------------------------------------------
+
+def spend(client, token: str, origin: str | None = SITE):
+    """A completion on `token` that reserves a little (thinking off: its cost is its text's)."""
+    return client.post("/api/chat/completion", json={"message": "hi", "thinking": False, "max_tokens": 20},
+                       headers=using(token, origin))
+
+
+def until_refused(call, most: int = 10):
+    """The first answer of `call()` that is not a 200, within `most` calls."""
+    for _ in range(most):
+        response = call()
+        if response.status_code != 200:
+            return response
+    raise AssertionError(f"still answered 200 after {most} calls")
+
+
+def test_a_tokens_own_budget_is_its_subjects_across_its_tokens(token_app):
+    client = token_app().test_client()
+    one, two = (mint(client, subject="user-1", token_budget=60)["token"] for _ in range(2))
+    stranger = mint(client, subject="user-2", token_budget=60)["token"]
+    spent = 0
+    for token in (one, two):  # a refresh (a new token for the subject) does not reset the budget
+        response = spend(client, token)
+        assert response.status_code == 200, response.get_json()
+        spent += response.get_json()["data"]["usage"]["total_tokens"]
+        assert response.headers["X-Budget-Remaining"] == str(60 - spent)
+    response = until_refused(lambda: spend(client, one))
+    assert_error(response, 429, "token_budget_exceeded")
+    assert response.get_json()["error"].startswith("This token's daily budget is used up")
+    assert_error(spend(client, two), 429, "token_budget_exceeded")
+    fresh = spend(client, stranger)  # another subject's budget is untouched
+    assert fresh.headers["X-Budget-Remaining"] == str(60 - fresh.get_json()["data"]["usage"]["total_tokens"])
+
+
+def test_the_daily_client_budget_counts_per_subject(token_app):
+    client = token_app(TOKEN_BUDGET_PER_DAY="60").test_client()
+    one, two = (mint(client, subject="user-1")["token"] for _ in range(2))
+    assert spend(client, one).status_code == 200
+    response = until_refused(lambda: spend(client, two, OTHER_SITE))
+    assert_error(response, 429, "token_budget_exceeded")
+    assert response.get_json()["error"].startswith("Your daily token budget is used up")
+    assert_error(spend(client, one), 429, "token_budget_exceeded")  # the subject's, from any of its tokens
+    assert spend(client, mint(client, subject="user-2")["token"]).status_code == 200
+
+
 # --- What other parts read, and what never leaks -----------------------------------------
 
 def test_the_tokens_budget_is_on_g_for_the_budget_ledger(app):
