@@ -15,6 +15,7 @@ import pytest
 from flask import g
 
 from kimi_backend.auth import require_client_key
+from kimi_backend.moonshot.models import DEFAULT_MODEL
 from kimi_backend.config.parsers import ConfigError
 from tests.helpers import CHAT_CALLS, LONG_WINDOW_MS, assert_error, call, free_port
 from tests.token_support import ADMIN, NEW_SECRET, OTHER_SITE, SECRET, SITE, T0, Clock, claims_of, mint, using
@@ -134,6 +135,34 @@ def test_a_token_goes_wherever_a_client_key_goes(token_app, method, path, body, 
         assert response.get_data(as_text=True).rstrip().endswith("data: [DONE]")
     # The static keys keep working beside tokens.
     assert call(client, method, path, body, {"x-api-key": "static-key"}).status_code == 200
+
+
+OPENAI_CALLS = [
+    ("post", "/v1/chat/completions", {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+    ("post", "/v1/chat/completions", {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}),
+    ("get", "/v1/models", None),
+]
+
+
+@pytest.mark.parametrize("style", ["bearer", "x-api-key"])
+@pytest.mark.parametrize("method,path,body", OPENAI_CALLS)
+def test_a_token_is_a_key_on_the_openai_surface_too(token_app, method, path, body, style):
+    app = token_app(REQUIRE_API_KEY="true", VALID_API_KEYS="static-key")
+    client = app.test_client()
+    token = mint(client, subject="user-1", origins=[SITE], ttl_s=60)["token"]
+    response = call(client, method, path, body, using(token, style=style))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    if body and body.get("stream"):
+        assert response.get_data(as_text=True).rstrip().endswith("data: [DONE]")
+    # Its refusals keep their codes, in OpenAI's error shape.
+    refusals = [(using(token, OTHER_SITE, style), 403, "origin_not_allowed"),
+                (using(token[:-2] + ("AA" if not token.endswith("AA") else "BB"), style=style), 401, "invalid_api_key")]
+    for headers, status, code in refusals:
+        refused = call(client, method, path, body, headers)
+        assert (refused.status_code, refused.get_json()["error"]["code"]) == (status, code)
+    app.extensions["tokens"].clock.now = T0 + 60
+    expired = call(client, method, path, body, using(token, style=style))
+    assert (expired.status_code, expired.get_json()["error"]["code"]) == (401, "token_expired")
 
 
 def test_a_presented_token_is_verified_even_when_keys_are_not_required(client):
