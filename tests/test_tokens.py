@@ -473,8 +473,13 @@ def test_api_info_says_whether_tokens_and_anonymous_sessions_are_on(make_app, to
 
 def test_the_token_routes_are_in_the_api_document(client):
     document = client.get("/api/openapi.json").get_json()
-    assert document["paths"]["/api/tokens"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"] \
-        == "#/components/schemas/TokenRequest"
+    mint_operation = document["paths"]["/api/tokens"]["post"]
+    assert mint_operation["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/TokenRequest"
+    assert mint_operation["requestBody"]["required"] is False  # an empty body mints with the defaults
+    assert mint_operation["security"] == document["paths"]["/api/tokens/{subject}"]["delete"]["security"] \
+        == [{"AdminKey": []}]
+    assert "security" not in document["paths"]["/api/session"]["post"]
+    assert "(needs the admin key, x-admin-key)" in client.get("/api/docs").get_data(as_text=True)
     assert set(document["components"]["schemas"]["TokenRequest"]["properties"]) == {
         "subject", "origins", "ttl_s", "token_budget", "rate_limit"}
     assert "delete" in document["paths"]["/api/tokens/{subject}"]
