@@ -107,3 +107,11 @@ def test_the_readmes_flask_example_hands_a_logged_in_user_a_working_token(served
     chat = requests.post(service.url + "/api/chat/completion", json={"message": "hi"}, headers=headers(data["token"]),
                          timeout=10)
     assert chat.status_code == 200 and chat.json()["data"]["message"].endswith("You said: hi")
+
+
+@pytest.mark.parametrize("readme", ["README.md", "README.zh-CN.md"])
+def test_the_readmes_pages_ask_the_route_its_site_backends_define(readme):
+    text = (ROOT / readme).read_text()
+    defined = set(re.findall(r"""app\.post\(["'](/[^"']+)["']""", text))
+    fetched = set(re.findall(r"""fetch\(['"](/[^'"]+)['"]""", text))
+    assert defined == {"/chat-token"} and fetched == defined
