@@ -50,7 +50,7 @@ class TokenRequest(BaseModel):
                                                   "[\"*\"] for any. Default: ALLOWED_ORIGINS.")
     ttl_s: int | None = Field(default=None, ge=1, description="Lifetime in seconds, capped at TOKEN_MAX_TTL_S "
                                                               "(also the default).")
-    token_budget: int | None = Field(default=None, ge=1, description="Model tokens the holder may spend.")
+    token_budget: int | None = Field(default=None, ge=1, description="Model tokens the subject may spend per UTC day (its tokens share them).")
     rate_limit: RateLimitRequest | None = None
 
     @field_validator("origins")
