@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
 
 from playwright.sync_api import expect
 
 from tests.browser import open_page
 from tests.conftest import CLIENT_KEY
+from tests.helpers import wait_until
+from tests.servers import Service
+from tests.token_support import claims_of, token_config
 
 OFFLINE = "[offline simulator]"
 RATE_LIMITED = "sim:status=429 sim:type=rate_limit_reached_error sim:retry_after=7"
@@ -180,43 +182,47 @@ def test_the_thinking_switch_shows_for_models_that_let_it_be_turned_off(browser,
     page.context.close()
 
 
-def test_the_page_runs_on_an_anonymous_session_token_when_the_service_offers_one(browser, scripted_service, simulator):
-    """The service's token routes are built on another branch: here /api/info says what a service
-    with ANONYMOUS_TOKENS=true says, and POST /api/session answers as API.md specifies. The chat
-    calls go to the real service (which requires no key here) and are checked for the token."""
+def stream_lines(service) -> list[dict]:
+    """The service's access-log lines for POST /api/chat/stream."""
+    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "kimi_backend.access" and line.get("route") == "/api/chat/stream"]
+
+
+def test_the_page_runs_on_an_anonymous_session_token_when_the_service_offers_one(browser):
+    """A service with ANONYMOUS_TOKENS=true that requires a client key: the page, served by the
+    service itself, starts one real session (POST /api/session, no credentials) and chats on its
+    signed token, which the service verifies (only a valid key or token gets through)."""
+    service = Service(REQUIRE_API_KEY="true", VALID_API_KEYS=CLIENT_KEY, **token_config(ANONYMOUS_TOKENS="true"))
     sessions = []
 
-    def with_sessions(route):
-        response = route.fetch()
-        body = response.json()
-        body["data"]["auth"].update(tokens=True, anonymousSessions=True)
-        route.fulfill(response=response, json=body)
+    def count_sessions(page):
+        page.on("request", lambda request: sessions.append(request.headers.get("authorization"))
+                if request.url.endswith("/api/session") else None)
 
-    def session(route):
-        sessions.append(route.request.headers.get("authorization"))
-        expires = (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat(timespec="seconds").replace("+00:00", "Z")
-        route.fulfill(json={"success": True, "data": {"token": f"anon-token-{len(sessions)}", "expires_at": expires,
-                                                      "subject": "anon:test"}})
+    try:
+        page, problems = open_page(browser, service.url, locale="en-US", before_load=count_sessions)
+        expect(page.locator("#session-note")).to_be_visible()
+        for text in ("one", "two"):
+            with page.expect_request("**/api/chat/stream") as request:
+                send(page, text)
+            expect(reply(page).locator(".text")).to_have_text(f"{OFFLINE} You said: {text}")
+            scheme, _, token = request.value.headers["authorization"].partition(" ")
+            assert scheme == "Bearer" and claims_of(token)["sub"].startswith("anon:")
+            assert claims_of(token)["origins"] == [service.url]  # bound to the page that asked
+        assert sessions == [None], "one session, asked for without credentials"
+        streams = wait_until(lambda: len(lines := stream_lines(service)) == 2 and lines, timeout=10,
+                             message="both streams in the access log")
+        assert [(line["status"], line["client"].startswith("sub:anon:")) for line in streams] == [(200, True)] * 2
 
-    def routes(page):
-        page.route("**/api/info", with_sessions)
-        page.route("**/api/session", session)
-
-    page, problems = open_page(browser, scripted_service.url, locale="en-US", before_load=routes)
-    expect(page.locator("#session-note")).to_be_visible()
-    for text in ("one", "two"):
+        # A key typed in is used instead.
+        page.fill("#api-key", CLIENT_KEY)
+        page.press("#api-key", "Tab")
         with page.expect_request("**/api/chat/stream") as request:
-            send(page, text)
-        assert request.value.headers["authorization"] == "Bearer anon-token-1"
-        expect(reply(page).locator(".text")).to_have_text(f"{OFFLINE} You said: {text}")
-    assert sessions == [None], "one session, asked for without credentials"
-
-    # A key typed in is used instead.
-    page.fill("#api-key", "a-client-key")
-    page.press("#api-key", "Tab")
-    with page.expect_request("**/api/chat/stream") as request:
-        send(page, "three")
-    assert request.value.headers["x-api-key"] == "a-client-key"
-    assert "authorization" not in request.value.headers
-    problems.assert_none()
-    page.context.close()
+            send(page, "three")
+        assert request.value.headers["x-api-key"] == CLIENT_KEY
+        assert "authorization" not in request.value.headers
+        expect(reply(page).locator(".text")).to_have_text(f"{OFFLINE} You said: three")
+        problems.assert_none()
+        page.context.close()
+    finally:
+        service.stop()

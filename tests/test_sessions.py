@@ -109,3 +109,34 @@ def test_the_preflight_of_a_json_session_request_is_allowed(anonymous):
         "Origin": SITE, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == SITE
+
+
+def spend(client, token: str, address: str = "127.0.0.1"):
+    """A completion on `token` from `address` (thinking off: its cost is its text's)."""
+    return client.post("/api/chat/completion", json={"message": "hi", "thinking": False, "max_tokens": 20},
+                       headers=using(token), environ_base={"REMOTE_ADDR": address})
+
+
+def test_an_anonymous_token_has_the_anonymous_budget(anonymous):
+    client = anonymous(ANON_TOKEN_BUDGET="60").test_client()
+    token = start(client).get_json()["data"]["token"]
+    first = spend(client, token)
+    assert first.headers["X-Budget-Remaining"] == str(60 - first.get_json()["data"]["usage"]["total_tokens"])
+    refused = next(response for response in (spend(client, token) for _ in range(10)) if response.status_code != 200)
+    assert_error(refused, 429, "token_budget_exceeded")
+    assert refused.get_json()["error"].startswith("This token's daily budget is used up")
+
+
+def test_anonymous_tokens_also_spend_the_callers_address_daily_budget(anonymous):
+    # A fresh session is a fresh subject: without the address's budget, sessions would multiply it.
+    client = anonymous(TOKEN_BUDGET_PER_DAY="60", ANON_TOKEN_BUDGET="1000").test_client()
+    tokens = [start(client).get_json()["data"]["token"] for _ in range(4)]
+    statuses = [spend(client, token).status_code for token in tokens]
+    assert statuses[0] == 200 and statuses[-1] == 429
+    refused = spend(client, tokens[0])
+    assert_error(refused, 429, "token_budget_exceeded")
+    assert refused.get_json()["error"].startswith("Your daily token budget is used up")
+    # The address's keyless requests share that budget; another address's session does not.
+    assert_error(client.post("/api/chat/completion", json={"message": "hi", "max_tokens": 20}), 429, "token_budget_exceeded")
+    elsewhere = start(client, address="203.0.113.70").get_json()["data"]["token"]
+    assert spend(client, elsewhere, address="203.0.113.70").status_code == 200

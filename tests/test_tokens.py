@@ -15,6 +15,7 @@ import pytest
 from flask import g
 
 from kimi_backend.auth import require_client_key
+from kimi_backend.moonshot.models import DEFAULT_MODEL
 from kimi_backend.config.parsers import ConfigError
 from tests.helpers import CHAT_CALLS, LONG_WINDOW_MS, assert_error, call, free_port
 from tests.token_support import ADMIN, NEW_SECRET, OTHER_SITE, SECRET, SITE, T0, Clock, claims_of, mint, using
@@ -134,6 +135,34 @@ def test_a_token_goes_wherever_a_client_key_goes(token_app, method, path, body, 
         assert response.get_data(as_text=True).rstrip().endswith("data: [DONE]")
     # The static keys keep working beside tokens.
     assert call(client, method, path, body, {"x-api-key": "static-key"}).status_code == 200
+
+
+OPENAI_CALLS = [
+    ("post", "/v1/chat/completions", {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+    ("post", "/v1/chat/completions", {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}),
+    ("get", "/v1/models", None),
+]
+
+
+@pytest.mark.parametrize("style", ["bearer", "x-api-key"])
+@pytest.mark.parametrize("method,path,body", OPENAI_CALLS)
+def test_a_token_is_a_key_on_the_openai_surface_too(token_app, method, path, body, style):
+    app = token_app(REQUIRE_API_KEY="true", VALID_API_KEYS="static-key")
+    client = app.test_client()
+    token = mint(client, subject="user-1", origins=[SITE], ttl_s=60)["token"]
+    response = call(client, method, path, body, using(token, style=style))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    if body and body.get("stream"):
+        assert response.get_data(as_text=True).rstrip().endswith("data: [DONE]")
+    # Its refusals keep their codes, in OpenAI's error shape.
+    refusals = [(using(token, OTHER_SITE, style), 403, "origin_not_allowed"),
+                (using(token[:-2] + ("AA" if not token.endswith("AA") else "BB"), style=style), 401, "invalid_api_key")]
+    for headers, status, code in refusals:
+        refused = call(client, method, path, body, headers)
+        assert (refused.status_code, refused.get_json()["error"]["code"]) == (status, code)
+    app.extensions["tokens"].clock.now = T0 + 60
+    expired = call(client, method, path, body, using(token, style=style))
+    assert (expired.status_code, expired.get_json()["error"]["code"]) == (401, "token_expired")
 
 
 def test_a_presented_token_is_verified_even_when_keys_are_not_required(client):
@@ -354,6 +383,52 @@ def test_refused_tokens_spend_the_callers_address_not_the_subject(token_app):
     assert client.get("/api/chat/models", headers=using(token)).status_code == 429  # the address's budget is spent
 
 
+# --- Budgets -----------------------------------------------------------------------------
+
+def spend(client, token: str, origin: str | None = SITE):
+    """A completion on `token` that reserves a little (thinking off: its cost is its text's)."""
+    return client.post("/api/chat/completion", json={"message": "hi", "thinking": False, "max_tokens": 20},
+                       headers=using(token, origin))
+
+
+def until_refused(call, most: int = 10):
+    """The first answer of `call()` that is not a 200, within `most` calls."""
+    for _ in range(most):
+        response = call()
+        if response.status_code != 200:
+            return response
+    raise AssertionError(f"still answered 200 after {most} calls")
+
+
+def test_a_tokens_own_budget_is_its_subjects_across_its_tokens(token_app):
+    client = token_app().test_client()
+    one, two = (mint(client, subject="user-1", token_budget=60)["token"] for _ in range(2))
+    stranger = mint(client, subject="user-2", token_budget=60)["token"]
+    spent = 0
+    for token in (one, two):  # a refresh (a new token for the subject) does not reset the budget
+        response = spend(client, token)
+        assert response.status_code == 200, response.get_json()
+        spent += response.get_json()["data"]["usage"]["total_tokens"]
+        assert response.headers["X-Budget-Remaining"] == str(60 - spent)
+    response = until_refused(lambda: spend(client, one))
+    assert_error(response, 429, "token_budget_exceeded")
+    assert response.get_json()["error"].startswith("This token's daily budget is used up")
+    assert_error(spend(client, two), 429, "token_budget_exceeded")
+    fresh = spend(client, stranger)  # another subject's budget is untouched
+    assert fresh.headers["X-Budget-Remaining"] == str(60 - fresh.get_json()["data"]["usage"]["total_tokens"])
+
+
+def test_the_daily_client_budget_counts_per_subject(token_app):
+    client = token_app(TOKEN_BUDGET_PER_DAY="60").test_client()
+    one, two = (mint(client, subject="user-1")["token"] for _ in range(2))
+    assert spend(client, one).status_code == 200
+    response = until_refused(lambda: spend(client, two, OTHER_SITE))
+    assert_error(response, 429, "token_budget_exceeded")
+    assert response.get_json()["error"].startswith("Your daily token budget is used up")
+    assert_error(spend(client, one), 429, "token_budget_exceeded")  # the subject's, from any of its tokens
+    assert spend(client, mint(client, subject="user-2")["token"]).status_code == 200
+
+
 # --- What other parts read, and what never leaks -----------------------------------------
 
 def test_the_tokens_budget_is_on_g_for_the_budget_ledger(app):
@@ -398,8 +473,13 @@ def test_api_info_says_whether_tokens_and_anonymous_sessions_are_on(make_app, to
 
 def test_the_token_routes_are_in_the_api_document(client):
     document = client.get("/api/openapi.json").get_json()
-    assert document["paths"]["/api/tokens"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"] \
-        == "#/components/schemas/TokenRequest"
+    mint_operation = document["paths"]["/api/tokens"]["post"]
+    assert mint_operation["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/TokenRequest"
+    assert mint_operation["requestBody"]["required"] is False  # an empty body mints with the defaults
+    assert mint_operation["security"] == document["paths"]["/api/tokens/{subject}"]["delete"]["security"] \
+        == [{"AdminKey": []}]
+    assert "security" not in document["paths"]["/api/session"]["post"]
+    assert "(needs the admin key, x-admin-key)" in client.get("/api/docs").get_data(as_text=True)
     assert set(document["components"]["schemas"]["TokenRequest"]["properties"]) == {
         "subject", "origins", "ttl_s", "token_budget", "rate_limit"}
     assert "delete" in document["paths"]["/api/tokens/{subject}"]

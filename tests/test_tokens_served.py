@@ -1,11 +1,13 @@
 """Browser tokens as `make run` serves them (gunicorn): the README's site-backend example run
-against it (its JavaScript examples at least parsed by Node), and with a real redis-server shared by two instances of two workers each, a
-revocation on one instance holding on every worker of both and a token's own limit exact
-across them."""
+against it (its JavaScript examples at least parsed by Node); a revocation holding on every
+worker with the default storage; and with a real redis-server shared by two instances of two
+workers each, a revocation on one instance holding on every worker of both and a token's own
+limit exact across them."""
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import sys
 import pytest
 import requests
 
-from tests.helpers import LONG_WINDOW_MS, ROOT, require_binary
+from tests.helpers import LONG_WINDOW_MS, ROOT, require_binary, wait_until
 from tests.servers import RedisServer, fetch_all
 from tests.token_support import ADMIN, SITE, token_config
 
@@ -67,6 +69,27 @@ def test_a_tokens_own_limit_is_exact_across_instances(two_instances):
     assert {r.url.split("/api")[0] for r in responses if r.status_code == 200} == {first.url, second.url}
 
 
+def worker_pids(service, route: str) -> set[int]:
+    """The workers that wrote an access line for `route`."""
+    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    return {line["pid"] for line in lines if line.get("route") == route}
+
+
+def test_with_the_default_storage_a_revocation_holds_on_every_worker(served, tmp_path):
+    # memory:// under two workers: revocations live in the host's shared counter store.
+    service = served(**token_config(WEB_CONCURRENCY="2", RUNTIME_DIRECTORY=str(tmp_path)))
+    wait_until(lambda: fetch_all([service.url + "/health"] * 12) and len(worker_pids(service, "/health")) == 2,
+               timeout=60, message="both workers answering /health")
+    token = mint(service, subject="user-1")
+    response = requests.delete(service.url + "/api/tokens/user-1", headers={"x-admin-key": ADMIN}, timeout=10)
+    assert response.status_code == 200
+    refused = []
+    while len(worker_pids(service, "/api/chat/models")) < 2 and len(refused) < 120:
+        refused += fetch_all([service.url + "/api/chat/models"] * 12, headers(token))
+    assert len(worker_pids(service, "/api/chat/models")) == 2, "both workers should have answered"
+    assert {(r.status_code, r.json().get("code")) for r in refused} == {(401, "token_revoked")}
+
+
 def readme_example(heading: str, language: str) -> str:
     """The first `language` code block after `heading` in the README."""
     readme = (ROOT / "README.md").read_text()
@@ -107,3 +130,11 @@ def test_the_readmes_flask_example_hands_a_logged_in_user_a_working_token(served
     chat = requests.post(service.url + "/api/chat/completion", json={"message": "hi"}, headers=headers(data["token"]),
                          timeout=10)
     assert chat.status_code == 200 and chat.json()["data"]["message"].endswith("You said: hi")
+
+
+@pytest.mark.parametrize("readme", ["README.md", "README.zh-CN.md"])
+def test_the_readmes_pages_ask_the_route_its_site_backends_define(readme):
+    text = (ROOT / readme).read_text()
+    defined = set(re.findall(r"""app\.post\(["'](/[^"']+)["']""", text))
+    fetched = set(re.findall(r"""fetch\(['"](/[^'"]+)['"]""", text))
+    assert defined == {"/chat-token"} and fetched == defined

@@ -136,7 +136,8 @@ def _operation(app: Flask, rule, method: str, view: Callable) -> dict:
         operation["parameters"] = parameters
     schema = getattr(view, "request_schema", None)
     if schema is not None:
-        operation["requestBody"] = {"required": True, "content": {
+        # A view that reads an empty body as `{}` (its fields all optional) marks itself.
+        operation["requestBody"] = {"required": not getattr(view, "empty_body_allowed", False), "content": {
             "application/json": {"schema": {"$ref": _REF.format(model=schema.__name__)}}}}
     blueprint = rule.endpoint.rpartition(".")[0]
     if app.config["SETTINGS"].require_api_key and require_client_key in app.before_request_funcs.get(blueprint, ()):
@@ -166,8 +167,8 @@ DOCS_PAGE = """<!doctype html>
 <body><h1>{{ doc.info.title }} {{ doc.info.version }}</h1><p>{{ doc.info.description }}
 Machine-readable: <a href="/api/openapi.json">/api/openapi.json</a>.</p>
 {% for path, operations in doc.paths.items() %}{% for method, op in operations.items() %}
-<h2><code>{{ method.upper() }} {{ path }}</code></h2><p>{{ op.summary }}{% if op.security %}
-(needs a client key when REQUIRE_API_KEY is on){% endif %}</p>
+<h2><code>{{ method.upper() }} {{ path }}</code></h2><p>{{ op.summary }}{% if op.security == [{"AdminKey": []}] %}
+(needs the admin key, x-admin-key){% elif op.security %} (needs a client key when REQUIRE_API_KEY is on){% endif %}</p>
 {% set body = op.requestBody and op.requestBody.content["application/json"].schema["$ref"].rpartition("/")[2] %}
 {% if body %}<table border="1"><tr><th>field</th><th>required</th><th>schema</th><th>description</th></tr>
 {% for name, field in doc.components.schemas[body].properties.items() %}<tr><td><code>{{ name }}</code></td>

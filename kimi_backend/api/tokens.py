@@ -21,6 +21,7 @@ from .openapi import listed
 
 admin_bp = Blueprint("tokens", __name__, url_prefix="/api")
 session_bp = Blueprint("session", __name__, url_prefix="/api")
+admin_bp.before_request(require_admin_key)
 limiter.limit_api(session_bp)
 
 SUBJECT_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
@@ -49,7 +50,7 @@ class TokenRequest(BaseModel):
                                                   "[\"*\"] for any. Default: ALLOWED_ORIGINS.")
     ttl_s: int | None = Field(default=None, ge=1, description="Lifetime in seconds, capped at TOKEN_MAX_TTL_S "
                                                               "(also the default).")
-    token_budget: int | None = Field(default=None, ge=1, description="Model tokens the holder may spend.")
+    token_budget: int | None = Field(default=None, ge=1, description="Model tokens the subject may spend per UTC day (its tokens share them).")
     rate_limit: RateLimitRequest | None = None
 
     @field_validator("origins")
@@ -63,9 +64,8 @@ class TokenRequest(BaseModel):
 
 @admin_bp.before_request
 def require_tokens() -> None:
-    """The admin key first (404 while ADMIN_API_KEY is unset, 401 without it), then 503
+    """After the admin key (404 while ADMIN_API_KEY is unset, 401 without it): 503
     `tokens_disabled` while TOKEN_SECRET is unset."""
-    require_admin_key()
     if request.method != "OPTIONS" and get_tokens() is None:
         raise ApiError(503, "tokens_disabled", "Browser tokens are disabled: set TOKEN_SECRET to enable them.")
 
@@ -92,7 +92,8 @@ def mint():
     return _issued(token, claims)
 
 
-mint.request_schema = TokenRequest  # for the OpenAPI document (the body may also be empty)
+mint.request_schema = TokenRequest  # for the OpenAPI document
+mint.empty_body_allowed = True
 
 
 @admin_bp.delete("/tokens/<subject>")

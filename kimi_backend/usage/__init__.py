@@ -13,7 +13,7 @@ from flask import Flask, Response, current_app, g
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import make_url
 
-from ..auth import client_identity
+from ..auth import client_identity, ip_identity, verified_token
 from ..config.parsers import ConfigError
 from ..config.settings import Settings
 from ..extensions import limiter
@@ -55,7 +55,11 @@ def reserve_tokens(payload: dict) -> None:
     `token_budget_exceeded` when one cannot hold them), and arranges for the request, once
     finished, to settle that reservation to its real cost and be written to the ledger."""
     budgets: Budgets = current_app.extensions["token_budgets"]
-    charge = budgets.reserve(client_identity(), payload, g.get("token_budget"))
+    # Anyone can start a fresh anonymous session, but not from a fresh address: an anonymous
+    # token also spends its caller's address's client budget (as it does its rate limit).
+    token = verified_token()
+    address = ip_identity() if token is not None and token.anonymous else None
+    charge = budgets.reserve(client_identity(), payload, g.get("token_budget"), address)
     g.token_charge = charge
     current_exchange().on_finish(functools.partial(_settle, charge, current_app.extensions["usage_ledger"]))
     if charge.refused is not None:

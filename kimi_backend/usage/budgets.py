@@ -117,27 +117,31 @@ class Budgets:
             return self.per_key.get(identity[4:], self.per_client)
         return self.per_client
 
-    def applicable(self, identity: str, day: date, token_budget: int | None) -> list[Budget]:
-        """The budgets a request of `identity` on `day` counts against."""
+    def applicable(self, identity: str, day: date, token_budget: int | None, address: str | None = None) -> list[Budget]:
+        """The budgets a request of `identity` on `day` counts against; with `address` (an
+        anonymous token's caller), that address's client budget too."""
         stamp = day.isoformat()
         budgets = []
         limit = self.client_limit(identity)
         if limit is not None:
             budgets.append(Budget("client", limit, f"{KEY_PREFIX}:{stamp}:client:{identity}"))
+        if address is not None and self.per_client is not None:
+            budgets.append(Budget("client", self.per_client, f"{KEY_PREFIX}:{stamp}:client:{address}"))
         if token_budget is not None:
             budgets.append(Budget("token", token_budget, f"{KEY_PREFIX}:{stamp}:token:{identity}"))
         if self.total is not None:
             budgets.append(Budget("service", self.total, f"{KEY_PREFIX}:{stamp}:service"))
         return budgets
 
-    def reserve(self, identity: str, payload: dict, token_budget: int | None = None) -> Charge:
+    def reserve(self, identity: str, payload: dict, token_budget: int | None = None,
+                address: str | None = None) -> Charge:
         """Reserves the payload's prompt estimate plus its output budget in every budget that
         applies. When one cannot hold it, whatever was reserved is given back and the charge
         comes back `refused` (the caller answers 429 with `refusal()`)."""
         now = self.clock()
         prompt = estimate.prompt_tokens(payload)
         amount = prompt + estimate.output_budget(payload, self.output_reserve)
-        budgets = self.applicable(identity, now.date(), token_budget)
+        budgets = self.applicable(identity, now.date(), token_budget, address)
         charge = Charge(identity, now, prompt, amount)
         if not budgets:
             return charge

@@ -1,8 +1,8 @@
 // Browser tokens in the SDK (`token`, `getToken`, `createSession`) against a small Node HTTP
 // server in this file that speaks exactly the contract of ../shared/API.md: `POST /api/session`
 // answers {success, data: {token, expires_at, subject}}; chat calls take the token as
-// `Authorization: Bearer`; an expired token is a 401 with code `token_expired`. The service's
-// own token routes are built on another branch; the end-to-end test comes with them.
+// `Authorization: Bearer`; an expired token is a 401 with code `token_expired`. The same renewal
+// against the service itself, in Chromium, is tests/test_sdk_tokens_browser.py.
 // Time is node:test's mocked Date (an injectable clock), shared by this server and the SDK.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
