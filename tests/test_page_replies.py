@@ -4,6 +4,8 @@ reader hears, and a layout that holds at 200% zoom. The service runs under gunic
 session's simulator as its upstream, which the tests script with replies over many lines."""
 from __future__ import annotations
 
+import json
+
 from playwright.sync_api import expect
 
 from tests.browser import open_page
@@ -40,6 +42,29 @@ LONG = "\n\n" + "\n\n".join(f"Paragraph {n}: the story goes on, a little more ea
 # Wider than any phone or zoomed window.
 WIDE = "\n\n| " + " | ".join(f"column number {n}" for n in range(1, 9)) + " |\n|" + "---|" * 8 + "\n| " + \
     " | ".join(f"a rather long value {n}" for n in range(1, 9)) + " |\n\n```\n" + "x = 1; " * 60 + "\n```\n"
+
+
+# Records, from now on, every piece of text the page gives the Markdown lexer (the page's own
+# marked module: the same URL is the same module instance) and every element drawn into a
+# reply: into its kept blocks, or into the tail that holds the block still growing.
+RECORD_RENDERING = """async () => {
+  window.__lexed = [];
+  window.__drawn = { kept: [], tail: [] };
+  const { Marked } = await import(new URL('static/vendor/marked.esm.js', document.baseURI).href);
+  const lexer = Marked.prototype.lexer;
+  Marked.prototype.lexer = function (source, options) {
+    window.__lexed.push(source);
+    return lexer.call(this, source, options);
+  };
+  new MutationObserver((records) => {
+    for (const record of records) {
+      const where = record.target.classList.contains('tail') ? 'tail' : record.target.classList.contains('text') ? 'kept' : null;
+      for (const node of where ? record.addedNodes : []) {
+        if (node.nodeType === Node.ELEMENT_NODE) window.__drawn[where].push(node.textContent);
+      }
+    }
+  }).observe(document.getElementById('conversation'), { childList: true, subtree: true });
+}"""
 
 
 def reply(page):
@@ -97,6 +122,7 @@ def test_markdown_is_rendered_and_nothing_in_it_runs_or_loads(browser, scripted_
 
 def test_a_long_reply_streams_without_redrawing_what_is_done(browser, scripted_service, simulator):
     page, problems = open_page(browser, scripted_service.url, locale="en-US")
+    page.evaluate(RECORD_RENDERING)
     simulator.script([{"reply": LONG, "chunks": 400, "interval": 0.01}])
     send(page, "a long story")
 
@@ -115,9 +141,22 @@ def test_a_long_reply_streams_without_redrawing_what_is_done(browser, scripted_s
     assert first.evaluate("node => node.isConnected"), "a finished paragraph was rendered again"
     expect(reply(page).locator(".tail")).to_be_empty()
     expect(reply(page)).not_to_have_attribute("aria-busy", "true")
+
+    # The work per update does not grow with the reply (which would make a long one quadratic),
+    # counted rather than timed: each finished block is drawn once, in order; each redraw of the
+    # tail holds the one open block; and each update lexes what arrived since the last one plus,
+    # again, at most the block (and blank line) that one left open.
+    paragraphs = [f"Paragraph {n}: the story goes on, a little more each time." for n in range(1, 61)]
+    block = max(map(len, paragraphs))
+    drawn = page.evaluate("window.__drawn")
+    assert drawn["kept"] == [f"{OFFLINE} ", *paragraphs]
+    assert len(drawn["tail"]) > 5 and max(map(len, drawn["tail"])) <= block, max(drawn["tail"], key=len)
+    lexed = page.evaluate("window.__lexed")
+    whole = json.loads(page.evaluate("localStorage.getItem('kimi-test-page.conversations')"))[0]["conversation"]["messages"][1]["content"]
+    assert len(lexed) > 5
+    assert sum(map(len, lexed)) <= len(whole) + len(lexed) * (block + 2), f"{len(lexed)} updates lexed {sum(map(len, lexed))} characters"
     # Announced once, whole, when it ended.
-    expect(page.locator("#announcer")).to_have_text(f"Kimi replied: {OFFLINE} " + " ".join(
-        f"Paragraph {n}: the story goes on, a little more each time." for n in range(1, 61)))
+    expect(page.locator("#announcer")).to_have_text(f"Kimi replied: {OFFLINE} " + " ".join(paragraphs))
     problems.assert_none()
     page.context.close()
 
