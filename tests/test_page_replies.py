@@ -155,8 +155,10 @@ def test_a_long_reply_streams_without_redrawing_what_is_done(browser, scripted_s
     whole = json.loads(page.evaluate("localStorage.getItem('kimi-test-page.conversations')"))[0]["conversation"]["messages"][1]["content"]
     assert len(lexed) > 5
     assert sum(map(len, lexed)) <= len(whole) + len(lexed) * (block + 2), f"{len(lexed)} updates lexed {sum(map(len, lexed))} characters"
-    # Announced once, whole, when it ended.
+    # Announced once, whole, when it ended, by a polite live region; the growing reply is in none.
     expect(page.locator("#announcer")).to_have_text(f"Kimi replied: {OFFLINE} " + " ".join(paragraphs))
+    expect(page.locator("#announcer")).to_have_attribute("aria-live", "polite")
+    assert not reply(page).evaluate("item => Boolean(item.closest('[aria-live]'))"), "every token of the reply would be read out"
     problems.assert_none()
     page.context.close()
 
