@@ -134,3 +134,19 @@ def test_explains_key_and_network_errors_in_english(browser, keyed_service):
     problems.assert_none("401", "ERR_CONNECTION_REFUSED")
     page.context.close()
 
+
+def test_every_label_the_page_uses_is_in_both_languages():
+    """A label missing from one language throws where the page uses it (the Chinese page would
+    break only on the path that needs it), and one with other placeholders shows them raw."""
+    source = (ROOT / "static" / "i18n.js").read_text()
+    english, chinese = ({key: set(re.findall(r"\{(\w+)\}", text)) for key, text in re.findall(r"^    (\w+): '(.*)',$", block, re.M)}
+                        for block in source.split("\n  zh: {"))
+    assert len(english) > 40
+    assert english == chinese, {key for key in english.keys() | chinese.keys() if english.get(key) != chinese.get(key)}
+    page = (ROOT / "static" / "index.html").read_text()
+    used = set(re.findall(r'data-i18n(?:-placeholder|-aria-label)?="(\w+)"', page))
+    for script in (ROOT / "static").glob("*.js"):
+        for call in re.findall(r"\b(?:t|around)\(([^{)]*)", script.read_text()):
+            # The label, or each label a condition picks (`t(busy ? 'sending' : 'send')`).
+            used.update(re.findall(r"(?:^|[?:])\s*'(\w+)'", call.split(",")[0]))
+    assert len(used) > 30 and used <= set(english), used - set(english)
