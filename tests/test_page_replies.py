@@ -4,7 +4,9 @@ reader hears, and a layout that holds at 200% zoom. The service runs under gunic
 session's simulator as its upstream, which the tests script with replies over many lines."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 from playwright.sync_api import expect
 
@@ -77,9 +79,10 @@ def send(page, text: str) -> None:
 
 
 def test_markdown_is_rendered_and_nothing_in_it_runs_or_loads(browser, scripted_service, simulator):
-    page, problems = open_page(browser, scripted_service.url, locale="en-US", permissions=["clipboard-read", "clipboard-write"])
     requested: list[str] = []
-    page.on("request", lambda request: requested.append(request.url))
+    page, problems = open_page(browser, scripted_service.url, locale="en-US", permissions=["clipboard-read", "clipboard-write"],
+                               before_load=lambda page: page.on("request", lambda request: requested.append(request.url)))
+    assert any(url.endswith("/static/vendor/purify.es.mjs") for url in requested)
     simulator.script([{"reply": MARKDOWN, "chunks": 40, "interval": 0.01}])
     send(page, "show me some Markdown")
 
@@ -105,6 +108,10 @@ def test_markdown_is_rendered_and_nothing_in_it_runs_or_loads(browser, scripted_
     tracker = text.locator("a[href='https://tracker.example/pixel.png']")
     expect(tracker).to_have_text("a tracker")
     assert not [url for url in requested if "tracker.example" in url]
+    # Nothing at all came from elsewhere (the libraries are the service's own files, no CDN), and
+    # the reply loaded nothing: every request is the page's files or an API call.
+    own = (scripted_service.url + "/static/", scripted_service.url + "/api/")
+    assert [url for url in requested if not url.startswith(own)] == [scripted_service.url + "/"], requested
     # Links leave the page safely.
     for link in (text.locator("a[href='https://example.com/docs']"), tracker):
         expect(link).to_have_attribute("target", "_blank")
@@ -118,6 +125,21 @@ def test_markdown_is_rendered_and_nothing_in_it_runs_or_loads(browser, scripted_
     assert page.evaluate("navigator.clipboard.readText()") == 'print("hi")\n'
     problems.assert_none()
     page.context.close()
+
+
+def test_the_markdown_libraries_are_vendored_unchanged_with_their_licences():
+    """static/vendor/ holds the files its README names, as copied from their packages (the
+    SHA-256 it gives), with the licence files it names."""
+    vendor = ROOT / "static" / "vendor"
+    readme = (vendor / "README.md").read_text()
+    hashes = dict(re.findall(r"`([\w.]+\.m?js)`\s+([0-9a-f]{64})", readme))
+    assert set(hashes) == {"marked.esm.js", "purify.es.mjs"}
+    for name, digest in hashes.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, f"{name} is not the file README.md names"
+    licences = set(re.findall(r"`(\w+\.LICENSE(?:-MPL)?)`", readme))
+    assert licences == {"marked.LICENSE", "purify.LICENSE", "purify.LICENSE-MPL"}
+    for name in licences:
+        assert "licen" in (vendor / name).read_text().lower()
 
 
 def test_a_long_reply_streams_without_redrawing_what_is_done(browser, scripted_service, simulator):
