@@ -196,6 +196,8 @@ export interface SavedConversation extends ConversationOptions {
   messages: ConversationMessage[];
 }
 
+/** The options of one send; `model`, `thinking` and the other chat options default to the
+ *  conversation's (an option given as `undefined` too). */
 export interface SendOptions extends Omit<StreamOptions, 'onComplete'> {
   /** `stream` (the default), `history`, or `completion` (the text alone, without the conversation). */
   via?: 'stream' | 'history' | 'completion';

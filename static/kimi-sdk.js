@@ -378,6 +378,11 @@ function restoredMessage(message) {
   return message.state === 'streaming' ? { ...message, state: 'stopped' } : { ...message };
 }
 
+/** `options` without those left undefined, which would hide the conversation's own when spread over them. */
+function given(options) {
+  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+}
+
 /** Token counts added up, field by field. */
 function addUsage(total, usage) {
   if (!usage) return total;
@@ -434,10 +439,10 @@ export class Conversation {
   /**
    * Sends `text` as the next user message with the conversation so far and adds the reply.
    * Options: `via` (`stream`, the default; `history`; or `completion`, which sends the text
-   * alone), `model`, `thinking` and the other chat options (defaulting to the conversation's),
-   * `signal`, `timeout`, and the chatStream callbacks. Resolves to `{content, reasoning, usage,
-   * finishReason, aborted, error?}`; a failed call is in `error` (and `this.error`), not thrown
-   * (an exception from one of the callbacks is: it stops the reply).
+   * alone), `model`, `thinking` and the other chat options (defaulting to the conversation's,
+   * also when given as undefined), `signal`, `timeout`, and the chatStream callbacks. Resolves
+   * to `{content, reasoning, usage, finishReason, aborted, error?}`; a failed call is in `error`
+   * (and `this.error`), not thrown (an exception from one of the callbacks is: it stops the reply).
    */
   send(text, options = {}) {
     if (this.#turn) return Promise.reject(new KimiError('A reply is still in progress: wait for it or stop() it.', { code: 'busy' }));
@@ -511,7 +516,7 @@ export class Conversation {
     if (signal) signal.addEventListener('abort', stopOnCallerAbort, { once: true });
     this.#turn = turn;
     const current = () => this.#turn === turn; // false once clear() dropped this reply
-    const callOptions = { model: this.model, thinking: this.thinking, ...rest, signal: controller.signal };
+    const callOptions = { model: this.model, thinking: this.thinking, ...given(rest), signal: controller.signal };
     let outcome;
     try {
       if (via === 'stream') {

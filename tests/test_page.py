@@ -20,12 +20,23 @@ def last_reply(page):
     return page.locator(".message.assistant").last
 
 
+def assert_controls_named(page, model: str, key: str, message: str, conversation: str, recent: str) -> None:
+    """Each control and landmark has the name its label gives it in the page's language: what a
+    screen reader says, and what a speech user says to reach it."""
+    expect(page.get_by_role("combobox", name=model, exact=True)).to_have_id("model")
+    expect(page.get_by_label(key, exact=True)).to_have_id("api-key")
+    expect(page.get_by_role("textbox", name=message, exact=True)).to_have_id("message")
+    expect(page.get_by_role("region", name=conversation, exact=True)).to_have_id("conversation")
+    expect(page.get_by_role("navigation", name=recent, exact=True)).to_be_visible()
+
+
 def test_streams_stops_and_keeps_context_on_a_phone_in_chinese(browser, keyed_service):
     page, problems = open_page(browser, keyed_service.url, locale="zh-CN", viewport={"width": 390, "height": 844},
                                device_scale_factor=2, is_mobile=True, has_touch=True)
     expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
     expect(page.locator("h1")).to_have_text("Kimi API 测试页")
     expect(page.locator("#upstream")).to_have_text("离线模拟器")
+    assert_controls_named(page, "模型", "API 密钥（服务器要求时填写）", "消息", "对话", "最近的对话")
     # The model list needs the key this service requires: the page says so until it has one.
     expect(page.locator("#notice")).to_contain_text("此服务器需要 API 密钥")
     page.fill("#api-key", CLIENT_KEY)
@@ -91,6 +102,7 @@ def test_streams_stops_and_keeps_context_on_a_phone_in_chinese(browser, keyed_se
 def test_explains_key_and_network_errors_in_english(browser, keyed_service):
     page, problems = open_page(browser, keyed_service.url, locale="en-US", viewport={"width": 1280, "height": 800})
     expect(page.locator("#send")).to_have_text("Send")
+    assert_controls_named(page, "Model", "API key (if the server requires one)", "Message", "Conversation", "Recent conversations")
     page.get_by_label("Single turn").check()
     notice = page.locator("#notice")
 
@@ -121,3 +133,20 @@ def test_explains_key_and_network_errors_in_english(browser, keyed_service):
     expect(notice).to_be_hidden()
     problems.assert_none("401", "ERR_CONNECTION_REFUSED")
     page.context.close()
+
+
+def test_every_label_the_page_uses_is_in_both_languages():
+    """A label missing from one language throws where the page uses it (the Chinese page would
+    break only on the path that needs it), and one with other placeholders shows them raw."""
+    source = (ROOT / "static" / "i18n.js").read_text()
+    english, chinese = ({key: set(re.findall(r"\{(\w+)\}", text)) for key, text in re.findall(r"^    (\w+): '(.*)',$", block, re.M)}
+                        for block in source.split("\n  zh: {"))
+    assert len(english) > 40
+    assert english == chinese, {key for key in english.keys() | chinese.keys() if english.get(key) != chinese.get(key)}
+    page = (ROOT / "static" / "index.html").read_text()
+    used = set(re.findall(r'data-i18n(?:-placeholder|-aria-label)?="(\w+)"', page))
+    for script in (ROOT / "static").glob("*.js"):
+        for call in re.findall(r"\b(?:t|around)\(([^{)]*)", script.read_text()):
+            # The label, or each label a condition picks (`t(busy ? 'sending' : 'send')`).
+            used.update(re.findall(r"(?:^|[?:])\s*'(\w+)'", call.split(",")[0]))
+    assert len(used) > 30 and used <= set(english), used - set(english)

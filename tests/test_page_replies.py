@@ -4,6 +4,10 @@ reader hears, and a layout that holds at 200% zoom. The service runs under gunic
 session's simulator as its upstream, which the tests script with replies over many lines."""
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+
 from playwright.sync_api import expect
 
 from tests.browser import open_page
@@ -42,6 +46,29 @@ WIDE = "\n\n| " + " | ".join(f"column number {n}" for n in range(1, 9)) + " |\n|
     " | ".join(f"a rather long value {n}" for n in range(1, 9)) + " |\n\n```\n" + "x = 1; " * 60 + "\n```\n"
 
 
+# Records, from now on, every piece of text the page gives the Markdown lexer (the page's own
+# marked module: the same URL is the same module instance) and every element drawn into a
+# reply: into its kept blocks, or into the tail that holds the block still growing.
+RECORD_RENDERING = """async () => {
+  window.__lexed = [];
+  window.__drawn = { kept: [], tail: [] };
+  const { Marked } = await import(new URL('static/vendor/marked.esm.js', document.baseURI).href);
+  const lexer = Marked.prototype.lexer;
+  Marked.prototype.lexer = function (source, options) {
+    window.__lexed.push(source);
+    return lexer.call(this, source, options);
+  };
+  new MutationObserver((records) => {
+    for (const record of records) {
+      const where = record.target.classList.contains('tail') ? 'tail' : record.target.classList.contains('text') ? 'kept' : null;
+      for (const node of where ? record.addedNodes : []) {
+        if (node.nodeType === Node.ELEMENT_NODE) window.__drawn[where].push(node.textContent);
+      }
+    }
+  }).observe(document.getElementById('conversation'), { childList: true, subtree: true });
+}"""
+
+
 def reply(page):
     return page.locator(".message.assistant").last
 
@@ -52,9 +79,10 @@ def send(page, text: str) -> None:
 
 
 def test_markdown_is_rendered_and_nothing_in_it_runs_or_loads(browser, scripted_service, simulator):
-    page, problems = open_page(browser, scripted_service.url, locale="en-US", permissions=["clipboard-read", "clipboard-write"])
     requested: list[str] = []
-    page.on("request", lambda request: requested.append(request.url))
+    page, problems = open_page(browser, scripted_service.url, locale="en-US", permissions=["clipboard-read", "clipboard-write"],
+                               before_load=lambda page: page.on("request", lambda request: requested.append(request.url)))
+    assert any(url.endswith("/static/vendor/purify.es.mjs") for url in requested)
     simulator.script([{"reply": MARKDOWN, "chunks": 40, "interval": 0.01}])
     send(page, "show me some Markdown")
 
@@ -80,6 +108,10 @@ def test_markdown_is_rendered_and_nothing_in_it_runs_or_loads(browser, scripted_
     tracker = text.locator("a[href='https://tracker.example/pixel.png']")
     expect(tracker).to_have_text("a tracker")
     assert not [url for url in requested if "tracker.example" in url]
+    # Nothing at all came from elsewhere (the libraries are the service's own files, no CDN), and
+    # the reply loaded nothing: every request is the page's files or an API call.
+    own = (scripted_service.url + "/static/", scripted_service.url + "/api/")
+    assert [url for url in requested if not url.startswith(own)] == [scripted_service.url + "/"], requested
     # Links leave the page safely.
     for link in (text.locator("a[href='https://example.com/docs']"), tracker):
         expect(link).to_have_attribute("target", "_blank")
@@ -95,8 +127,24 @@ def test_markdown_is_rendered_and_nothing_in_it_runs_or_loads(browser, scripted_
     page.context.close()
 
 
+def test_the_markdown_libraries_are_vendored_unchanged_with_their_licences():
+    """static/vendor/ holds the files its README names, as copied from their packages (the
+    SHA-256 it gives), with the licence files it names."""
+    vendor = ROOT / "static" / "vendor"
+    readme = (vendor / "README.md").read_text()
+    hashes = dict(re.findall(r"`([\w.]+\.m?js)`\s+([0-9a-f]{64})", readme))
+    assert set(hashes) == {"marked.esm.js", "purify.es.mjs"}
+    for name, digest in hashes.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, f"{name} is not the file README.md names"
+    licences = set(re.findall(r"`(\w+\.LICENSE(?:-MPL)?)`", readme))
+    assert licences == {"marked.LICENSE", "purify.LICENSE", "purify.LICENSE-MPL"}
+    for name in licences:
+        assert "licen" in (vendor / name).read_text().lower()
+
+
 def test_a_long_reply_streams_without_redrawing_what_is_done(browser, scripted_service, simulator):
     page, problems = open_page(browser, scripted_service.url, locale="en-US")
+    page.evaluate(RECORD_RENDERING)
     simulator.script([{"reply": LONG, "chunks": 400, "interval": 0.01}])
     send(page, "a long story")
 
@@ -115,9 +163,24 @@ def test_a_long_reply_streams_without_redrawing_what_is_done(browser, scripted_s
     assert first.evaluate("node => node.isConnected"), "a finished paragraph was rendered again"
     expect(reply(page).locator(".tail")).to_be_empty()
     expect(reply(page)).not_to_have_attribute("aria-busy", "true")
-    # Announced once, whole, when it ended.
-    expect(page.locator("#announcer")).to_have_text(f"Kimi replied: {OFFLINE} " + " ".join(
-        f"Paragraph {n}: the story goes on, a little more each time." for n in range(1, 61)))
+
+    # The work per update does not grow with the reply (which would make a long one quadratic),
+    # counted rather than timed: each finished block is drawn once, in order; each redraw of the
+    # tail holds the one open block; and each update lexes what arrived since the last one plus,
+    # again, at most the block (and blank line) that one left open.
+    paragraphs = [f"Paragraph {n}: the story goes on, a little more each time." for n in range(1, 61)]
+    block = max(map(len, paragraphs))
+    drawn = page.evaluate("window.__drawn")
+    assert drawn["kept"] == [f"{OFFLINE} ", *paragraphs]
+    assert len(drawn["tail"]) > 5 and max(map(len, drawn["tail"])) <= block, max(drawn["tail"], key=len)
+    lexed = page.evaluate("window.__lexed")
+    whole = json.loads(page.evaluate("localStorage.getItem('kimi-test-page.conversations')"))[0]["conversation"]["messages"][1]["content"]
+    assert len(lexed) > 5
+    assert sum(map(len, lexed)) <= len(whole) + len(lexed) * (block + 2), f"{len(lexed)} updates lexed {sum(map(len, lexed))} characters"
+    # Announced once, whole, when it ended, by a polite live region; the growing reply is in none.
+    expect(page.locator("#announcer")).to_have_text(f"Kimi replied: {OFFLINE} " + " ".join(paragraphs))
+    expect(page.locator("#announcer")).to_have_attribute("aria-live", "polite")
+    assert not reply(page).evaluate("item => Boolean(item.closest('[aria-live]'))"), "every token of the reply would be read out"
     problems.assert_none()
     page.context.close()
 

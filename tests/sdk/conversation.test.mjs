@@ -78,6 +78,18 @@ test('the next turn sends the earlier reply back with its reasoning, and the usa
   assert.equal(conversation.usage.prompt_tokens, a.prompt_tokens + b.prompt_tokens);
 });
 
+test('send options left undefined keep the conversation\'s model and thinking', async () => {
+  assert.ok(optional, 'the service lists a model whose thinking is optional');
+  const conversation = client.conversation({ model: optional.id, thinking: false });
+  // As the hook passes them for an app that picks nothing: `useKimiChat({ client, model: picked || undefined })`.
+  await conversation.send('hi', { model: undefined, thinking: undefined });
+  await conversation.send('again', { model: undefined, thinking: true });
+  assert.equal(sent[0].body.model, optional.id);
+  assert.equal(sent[0].body.thinking, false);
+  assert.equal(sent[1].body.model, optional.id);
+  assert.equal(sent[1].body.thinking, true);
+});
+
 test('via history and via completion fill the reply at once, reasoning included', async () => {
   const conversation = client.conversation();
   await conversation.send('one sim:reasoning=2', { via: 'history' });
