@@ -22,8 +22,6 @@ limiter.limit_api(info_bp)
 # Its own blueprint, registered after the chat routes: /api/info lists routes in that order.
 ready_bp = Blueprint("ready", __name__)
 
-# Upstream answers that still mean "reachable, with our key accepted": it is only busy.
-_BUSY_CODES = {"upstream_rate_limited", "upstream_overloaded"}
 # Check results that still mean "ready": the limiter storage is down but RATE_LIMIT_FAIL_OPEN
 # serves on with in-memory limits, which is what fail-open promises.
 FALLBACK = "in_memory_fallback"
@@ -88,7 +86,7 @@ class UpstreamProbe:
         try:
             self._client.probe(self._timeout_s)
         except UpstreamError as exc:
-            return "ok" if exc.code in _BUSY_CODES else exc.code
+            return exc.code
         return "ok"
 
 
