@@ -185,6 +185,15 @@ def test_bad_request(client, simulator):
     assert simulator.stats()["chat_requests"] == 0
 
 
+@pytest.mark.parametrize("model", [DEFAULT_MODEL, "kimi-k2.7-code-highspeed"])  # sampling fixed, and free
+@pytest.mark.parametrize("option", [{"presence_penalty": 2.5}, {"frequency_penalty": -3}])
+def test_out_of_range_penalties_are_ours_to_refuse(client, simulator, model, option):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **option)
+    assert raised.value.code == "invalid_request" and next(iter(option)) in raised.value.message
+    assert simulator.stats()["chat_requests"] == 0
+
+
 def test_rate_limit_error_carries_retry_after(simulator_server, simulator):
     limited = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, RATE_LIMIT_MAX_REQUESTS="1")
     try:
