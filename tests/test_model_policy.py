@@ -197,6 +197,8 @@ def test_an_env_naming_a_retired_default_model_keeps_working(make_app, simulator
         assert response.status_code == 200, response.get_json()
         assert response.get_json()["data"]["model"] == DEFAULT_MODEL
         assert sent(simulator)["model"] == DEFAULT_MODEL
+    # What a frontend is told is the default is a model it can pick from the list.
+    assert client.get("/api/info").get_json()["data"]["defaultModel"] == DEFAULT_MODEL
 
 
 def test_an_alias_does_not_apply_to_an_id_the_upstream_serves(make_app, simulator):

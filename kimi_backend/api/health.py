@@ -46,14 +46,16 @@ def health():
 def info():
     """What this service offers, for a frontend to discover."""
     settings = current_app.config["SETTINGS"]
-    models, _ = get_service().models()
+    service = get_service()
+    models, _ = service.models()
     return jsonify(success=True, data={
         "name": "Kimi API Backend",
         "version": __version__,
         "description": "A safe backend between web frontends and Moonshot AI's Kimi chat API.",
         "endpoints": listed_endpoints(current_app),
         "models": [model["id"] for model in models],
-        "defaultModel": get_service().policy.default_model,
+        # The model that answers a request naming none (a retired DEFAULT_MODEL's replacement).
+        "defaultModel": service.policy.resolve(service.policy.default_model),
         "defaultThinking": settings.default_thinking,
         "auth": {"required": settings.require_api_key, "headers": ["x-api-key", "Authorization: Bearer <key>"],
                  "tokens": bool(settings.token_secrets), "anonymousSessions": settings.anonymous_tokens},
