@@ -148,6 +148,15 @@ def test_thinking_in_moonshots_form_through_extra_body(client, simulator):
     assert "reasoning_content" not in (completion.choices[0].message.model_extra or {})
 
 
+def test_thinking_in_moonshots_form_is_not_sent_to_a_model_that_always_thinks(client, simulator):
+    client.chat.completions.create(model="kimi-k2.6", messages=[{"role": "user", "content": "hi"}],
+                                   extra_body={"thinking": {"type": "enabled", "keep": "all"}})
+    assert sent(simulator)["thinking"] == {"type": "enabled", "keep": "all"}
+    client.chat.completions.create(model="kimi-k3", messages=[{"role": "user", "content": "hi"}],
+                                   extra_body={"thinking": {"type": "enabled", "keep": "all"}})
+    assert "thinking" not in sent(simulator)
+
+
 def test_a_retired_model_id_is_answered_through_its_alias(client, simulator):
     completion = client.chat.completions.create(model="moonshot-v1-8k", messages=[{"role": "user", "content": "hi"}])
     assert completion.model == DEFAULT_MODEL
