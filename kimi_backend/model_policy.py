@@ -30,7 +30,12 @@ class ModelPolicy:
     def __init__(self, default_model: str | None, aliases: dict[str, str], allowed: tuple[str, ...],
                  default_thinking: str, served_ids: Callable[[], frozenset[str] | None]):
         self.default_model = default_model or DEFAULT_MODEL
-        self.aliases = builtin_aliases(self.default_model) | aliases
+        # An .env written before the model line changed may name a retired id (ours once shipped
+        # DEFAULT_MODEL=moonshot-v1-8k): it is then answered like any retired id, by the table's
+        # default, never by itself.
+        default_facts = facts_for(self.default_model)
+        replacement = DEFAULT_MODEL if default_facts is not None and default_facts.retired else self.default_model
+        self.aliases = builtin_aliases(replacement) | aliases
         self.allowed = frozenset(allowed)
         self.default_thinking = default_thinking
         self._served_ids = served_ids

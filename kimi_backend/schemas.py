@@ -129,6 +129,8 @@ class OpenAIChatRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=1, description="0 to 1 (Moonshot's range).")
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: whole(1, 5) | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, description="-2 to 2.")
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, description="-2 to 2.")
     max_tokens: TokenBudget | None = None
     max_completion_tokens: TokenBudget | None = None
     thinking: bool | Thinking | None = Field(default=None, description=(

@@ -75,8 +75,14 @@ export interface Model {
   id: string;
   context_length?: number;
   supports_reasoning?: boolean;
+  supports_image_in?: boolean;
+  supports_video_in?: boolean;
   /** `always` thinks, `optional` thinks by default and can be turned off, `none` never thinks. */
   thinking?: 'always' | 'optional' | 'none';
+  /** The model refuses sampling values but its own: the server drops them (header `X-Kimi-Dropped-Params`). */
+  fixed_sampling?: boolean;
+  /** `retired` ids are answered by their replacement. */
+  status?: 'current' | 'retired';
   [field: string]: unknown;
 }
 
@@ -103,9 +109,12 @@ export interface InfoResponse {
     endpoints: { method: string; path: string; description: string }[];
     models: string[];
     defaultModel: string;
+    /** The server's DEFAULT_THINKING: `model` (each model's own default), `on` or `off`. */
+    defaultThinking: 'model' | 'on' | 'off';
     auth: { required: boolean; headers: string[]; tokens?: boolean; anonymousSessions?: boolean };
     rateLimit: { windowMs: number; maxRequests: number };
     upstream: { mode: 'live' | 'offline' };
+    budgets: { enabled: boolean; perClientPerDay: number | null; totalPerDay: number | null };
   };
 }
 

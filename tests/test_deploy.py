@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from kimi_backend.config import load_settings
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import ROOT, free_port, require_binary, wait_until
 from tests.servers import Process, Service, clean_env
@@ -73,6 +74,14 @@ def test_systemd_unit_verifies(tmp_path):
     path.write_text(unit)
     result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+def test_nginx_waits_longer_than_the_service_for_a_non_streamed_reply():
+    """A non-streamed call on a thinking model is silent for minutes: nginx must not answer it
+    with its own HTML 504 before the service has had UPSTREAM_COMPLETION_TIMEOUT_S."""
+    site = (ROOT / "deploy" / "nginx.conf").read_text()
+    read_timeout = int(re.search(r"^\s*proxy_read_timeout (\d+)s;$", site, flags=re.M).group(1))
+    assert read_timeout > load_settings({"KIMI_OFFLINE": "1"}).completion_timeout_s
 
 
 # ---------------------------------------------------------------- nginx for real

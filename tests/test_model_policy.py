@@ -189,6 +189,18 @@ def test_model_aliases_override_the_builtin_map(make_app, simulator):
     assert client.post("/api/chat/completion", json={"message": "hi", "model": "kimi-latest"}).get_json()["data"]["model"] == DEFAULT_MODEL
 
 
+def test_an_env_naming_a_retired_default_model_keeps_working(make_app, simulator):
+    # The .env.example shipped before the model line changed had DEFAULT_MODEL=moonshot-v1-8k.
+    client = make_app(DEFAULT_MODEL="moonshot-v1-8k").test_client()
+    for body in ({"message": "hi"}, {"message": "hi", "model": "moonshot-v1-32k"}):
+        response = client.post("/api/chat/completion", json=body)
+        assert response.status_code == 200, response.get_json()
+        assert response.get_json()["data"]["model"] == DEFAULT_MODEL
+        assert sent(simulator)["model"] == DEFAULT_MODEL
+    # What a frontend is told is the default is a model it can pick from the list.
+    assert client.get("/api/info").get_json()["data"]["defaultModel"] == DEFAULT_MODEL
+
+
 def test_an_alias_does_not_apply_to_an_id_the_upstream_serves(make_app, simulator):
     client = make_app(MODEL_ALIASES="kimi-k3=kimi-k2.7-code").test_client()
     data = client.post("/api/chat/completion", json={"message": "hi", "model": "kimi-k3"}).get_json()["data"]

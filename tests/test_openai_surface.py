@@ -148,6 +148,15 @@ def test_thinking_in_moonshots_form_through_extra_body(client, simulator):
     assert "reasoning_content" not in (completion.choices[0].message.model_extra or {})
 
 
+def test_thinking_in_moonshots_form_is_not_sent_to_a_model_that_always_thinks(client, simulator):
+    client.chat.completions.create(model="kimi-k2.6", messages=[{"role": "user", "content": "hi"}],
+                                   extra_body={"thinking": {"type": "enabled", "keep": "all"}})
+    assert sent(simulator)["thinking"] == {"type": "enabled", "keep": "all"}
+    client.chat.completions.create(model="kimi-k3", messages=[{"role": "user", "content": "hi"}],
+                                   extra_body={"thinking": {"type": "enabled", "keep": "all"}})
+    assert "thinking" not in sent(simulator)
+
+
 def test_a_retired_model_id_is_answered_through_its_alias(client, simulator):
     completion = client.chat.completions.create(model="moonshot-v1-8k", messages=[{"role": "user", "content": "hi"}])
     assert completion.model == DEFAULT_MODEL
@@ -182,6 +191,15 @@ def test_bad_request(client, simulator):
         client.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi"}],
                                        temperature=1.5)
     assert raised.value.code == "invalid_request" and "temperature" in raised.value.message
+    assert simulator.stats()["chat_requests"] == 0
+
+
+@pytest.mark.parametrize("model", [DEFAULT_MODEL, "kimi-k2.7-code-highspeed"])  # sampling fixed, and free
+@pytest.mark.parametrize("option", [{"presence_penalty": 2.5}, {"frequency_penalty": -3}])
+def test_out_of_range_penalties_are_ours_to_refuse(client, simulator, model, option):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **option)
+    assert raised.value.code == "invalid_request" and next(iter(option)) in raised.value.message
     assert simulator.stats()["chat_requests"] == 0
 
 

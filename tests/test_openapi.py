@@ -40,6 +40,13 @@ def test_request_bodies_are_the_validating_schemas(client):
     assert "text/event-stream" in document["paths"]["/api/chat/stream"]["post"]["responses"]["200"]["content"]
 
 
+def test_chat_routes_document_the_dropped_params_header(client):
+    paths = client.get("/api/openapi.json").get_json()["paths"]
+    for path in ("/api/chat/completion", "/api/chat/history", "/api/chat/stream", "/v1/chat/completions"):
+        assert "X-Kimi-Dropped-Params" in paths[path]["post"]["responses"]["200"]["headers"], path
+    assert "headers" not in paths["/health"]["get"]["responses"]["200"]
+
+
 def test_client_key_routes_declare_security_only_when_keys_are_required(make_app):
     keyed = make_app(REQUIRE_API_KEY="true", VALID_API_KEYS="k").test_client()
     paths = keyed.get("/api/openapi.json").get_json()["paths"]

@@ -1,6 +1,8 @@
 """`GET /health/ready`: the upstream (probed, cached) and the rate-limit storage."""
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import free_port, wait_until
 
 
@@ -59,3 +61,25 @@ def test_unreachable_rate_limit_storage_is_still_ready_when_failing_open(make_ap
     assert response.status_code == 200
     assert response.get_json()["checks"] == {"upstream": "ok", "rate_limit_storage": "in_memory_fallback"}
     assert client.post("/api/chat/completion", json={"message": "hi"}).status_code == 200
+
+
+@pytest.mark.parametrize("answer", [
+    {"status": 405}, {"status": 400}, {"status": 410},  # no /models route of the kind we ask for
+    {"status": 429, "type": "rate_limit_reached_error"}, {"status": 429, "type": "engine_overloaded_error"},
+    {"status": 429, "type": "exceeded_current_quota_error"},
+])
+def test_an_upstream_that_answers_and_accepts_our_key_is_ready(make_app, simulator, answer):
+    """Only connection failures, timeouts, 5xx and auth failures make the upstream not ready."""
+    simulator.script_models([answer])
+    response = make_app().test_client().get("/health/ready")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["checks"]["upstream"] == "ok"
+    assert simulator.stats()["models_requests"] == 1
+
+
+@pytest.mark.parametrize("answer,code", [({"status": 503}, "upstream_error"),
+                                         ({"status": 403, "type": "permission_denied_error"}, "upstream_auth_failed")])
+def test_an_upstream_that_fails_or_refuses_our_key_is_not_ready(make_app, simulator, answer, code):
+    simulator.script_models([answer])
+    response = make_app().test_client().get("/health/ready")
+    assert response.status_code == 503 and response.get_json()["checks"]["upstream"] == code

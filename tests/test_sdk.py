@@ -22,6 +22,21 @@ def test_sdk_under_node_test_runner(keyed_service):
     assert "# fail 0" in result.stdout
 
 
+def declared_fields(interface: str) -> set[str]:
+    """The field names an interface of kimi-sdk.d.ts declares (nested objects' included)."""
+    body = re.search(rf"^export interface {interface} \{{\n(.*?)^\}}", (ROOT / "static" / "kimi-sdk.d.ts").read_text(),
+                     flags=re.M | re.S).group(1)
+    return set(re.findall(r"(\w+)\??:", body))
+
+
+def test_the_types_declare_what_info_and_the_model_list_send(client):
+    """The SDK's types follow the model table and /api/info (what issue 9 added included)."""
+    info = client.get("/api/info").get_json()["data"]
+    assert set(info) <= declared_fields("InfoResponse")
+    for model in client.get("/api/chat/models").get_json()["data"]:
+        assert set(model) - {"object", "created", "owned_by"} <= declared_fields("Model"), model
+
+
 def test_readme_sdk_example_runs(keyed_service, tmp_path):
     """The README's first JavaScript example, pointed at the test service, runs as written."""
     node = require_binary("node")

@@ -47,7 +47,11 @@ def test_fixed_sampling_is_refused_in_moonshots_words(simulator_url):
     r = chat(simulator_url, "hi", temperature=0.3, thinking={"type": "enabled"})
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "invalid temperature: only 1 is allowed for this model"
-    assert chat(simulator_url, "hi", temperature=0.6).status_code == 200  # k2.6's own value with thinking off
+    # k2.6's own value with thinking off, from the model table
+    assert BY_ID[MODEL].fixed_without_thinking == {"temperature": 0.6}
+    assert chat(simulator_url, "hi", temperature=0.6).status_code == 200
+    r = chat(simulator_url, "hi", temperature=1.0)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "invalid temperature: only 0.6 is allowed for this model"
     r = chat(simulator_url, "hi", model="kimi-k2.7-code-highspeed", temperature=0.3, thinking=None)
     assert r.status_code == 200  # not on the vendor's fixed-sampling list
 

@@ -22,8 +22,6 @@ limiter.limit_api(info_bp)
 # Its own blueprint, registered after the chat routes: /api/info lists routes in that order.
 ready_bp = Blueprint("ready", __name__)
 
-# Upstream answers that still mean "reachable, with our key accepted": it is only busy.
-_BUSY_CODES = {"upstream_rate_limited", "upstream_overloaded"}
 # Check results that still mean "ready": the limiter storage is down but RATE_LIMIT_FAIL_OPEN
 # serves on with in-memory limits, which is what fail-open promises.
 FALLBACK = "in_memory_fallback"
@@ -48,14 +46,16 @@ def health():
 def info():
     """What this service offers, for a frontend to discover."""
     settings = current_app.config["SETTINGS"]
-    models, _ = get_service().models()
+    service = get_service()
+    models, _ = service.models()
     return jsonify(success=True, data={
         "name": "Kimi API Backend",
         "version": __version__,
         "description": "A safe backend between web frontends and Moonshot AI's Kimi chat API.",
         "endpoints": listed_endpoints(current_app),
         "models": [model["id"] for model in models],
-        "defaultModel": get_service().policy.default_model,
+        # The model that answers a request naming none (a retired DEFAULT_MODEL's replacement).
+        "defaultModel": service.policy.resolve(service.policy.default_model),
         "defaultThinking": settings.default_thinking,
         "auth": {"required": settings.require_api_key, "headers": ["x-api-key", "Authorization: Bearer <key>"],
                  "tokens": bool(settings.token_secrets), "anonymousSessions": settings.anonymous_tokens},
@@ -88,7 +88,7 @@ class UpstreamProbe:
         try:
             self._client.probe(self._timeout_s)
         except UpstreamError as exc:
-            return "ok" if exc.code in _BUSY_CODES else exc.code
+            return exc.code
         return "ok"
 
 

@@ -59,9 +59,10 @@ def chat_completions(body: OpenAIChatRequest):
     service = get_service()
     fitted = service.fit(payload, thinking if isinstance(thinking, bool) or thinking is None
                          else thinking["type"] == "enabled")
-    if isinstance(thinking, dict):
-        # Moonshot's own form was sent: keep its other keys wherever the model takes the switch.
-        fitted["thinking"] = thinking | fitted.get("thinking", {})
+    if isinstance(thinking, dict) and "thinking" in fitted:
+        # Moonshot's own form was sent: keep its other keys wherever the model takes the switch
+        # (a model that always thinks is sent none, as on /api/chat).
+        fitted["thinking"] = thinking | fitted["thinking"]
     if not body.stream:
         return jsonify(service.chat(fitted))
     options = payload.get("stream_options")

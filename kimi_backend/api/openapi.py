@@ -13,6 +13,8 @@ from pydantic.json_schema import models_json_schema
 from ..version import __version__
 from ..admin import ADMIN_HEADER, require_admin_key
 from ..auth import require_client_key
+from ..model_policy import DROPPED_HEADER
+from ..service import dropped_params_header
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
 
@@ -42,6 +44,9 @@ OPENAI_SUCCESS = {"application/json": {"schema": {"type": "object", "description
                   # With stream: true. No schema: tools that check responses would read each SSE
                   # event (an object of `data`, `event`, ...) against it.
                   "text/event-stream": {}}
+DROPPED_PARAMS = {"description": "The sampling parameters dropped because the model fixes them (e.g. "
+                                 "`temperature, top_p`): why a value had no effect. Absent when none were.",
+                  "schema": {"type": "string"}}
 
 
 def produces(media_type: str) -> Callable:
@@ -140,6 +145,8 @@ def _operation(app: Flask, rule, method: str, view: Callable) -> dict:
         operation["requestBody"] = {"required": not getattr(view, "empty_body_allowed", False), "content": {
             "application/json": {"schema": {"$ref": _REF.format(model=schema.__name__)}}}}
     blueprint = rule.endpoint.rpartition(".")[0]
+    if dropped_params_header in app.after_request_funcs.get(blueprint, ()) and method == "POST":
+        success["headers"] = {DROPPED_HEADER: DROPPED_PARAMS}
     if app.config["SETTINGS"].require_api_key and require_client_key in app.before_request_funcs.get(blueprint, ()):
         operation["security"] = [{"ApiKeyHeader": []}, {"BearerKey": []}]
     if require_admin_key in app.before_request_funcs.get(blueprint, ()):

@@ -78,12 +78,14 @@ class MoonshotClient:
 
     def probe(self, timeout_s: float) -> None:
         """One quick `GET /models`, never retried, for readiness: returns when the upstream
-        answers and accepts our key, raises `UpstreamError` otherwise. A 404 means the upstream
-        has no model list, not that it cannot serve chat."""
+        answers and accepts our key; raises `UpstreamError` when it cannot be reached, times
+        out, fails (5xx, a broken body) or refuses our key. Any other answer means it is up: a
+        404 is an upstream with no model list, a 429 a busy one, another 4xx a route it lacks."""
         try:
             self._request("GET", "/models", timeout=(min(self.timeout[0], timeout_s), timeout_s))
         except UpstreamError as exc:
-            if exc.upstream_status != 404:
+            status = exc.upstream_status
+            if status is None or status >= 500 or exc.code == "upstream_auth_failed":
                 raise
 
     def open_stream(self, payload: dict, client_gone: Callable[[], bool] | None = None) -> UpstreamStream:

@@ -6,7 +6,7 @@ Moonshot retires or adds a model, this table is the one place to edit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
 Thinking = Literal["always", "optional", "none"]
@@ -28,6 +28,7 @@ class ModelFacts:
     context_length: int
     thinking: Thinking                      # always on / on by default, can be turned off / no thinking
     fixed_sampling: Mapping[str, float]     # parameter -> its only accepted value ({} = free)
+    fixed_without_thinking: Mapping[str, float] = field(default_factory=dict)  # what differs with thinking off
     vision: bool = False
     tool_choice_required: bool = False      # whether `tool_choice: "required"` is accepted
     output_param: str = "max_tokens"        # the name the model reads the output budget from
@@ -50,7 +51,8 @@ def _retired(model_id: str, context_length: int, replaced_by: str = DEFAULT, *, 
 
 MODELS: tuple[ModelFacts, ...] = (
     # Current models, the default first.
-    ModelFacts("kimi-k2.6", 262_144, "optional", _fixed(1.0), vision=True, output_param="max_completion_tokens"),
+    ModelFacts("kimi-k2.6", 262_144, "optional", _fixed(1.0), {"temperature": 0.6}, vision=True,
+               output_param="max_completion_tokens"),
     ModelFacts("kimi-k3", 1_048_576, "always", _fixed(1.0), vision=True, tool_choice_required=True,
                output_param="max_completion_tokens"),
     ModelFacts("kimi-k2.7-code", 262_144, "always", _fixed(1.0), output_param="max_completion_tokens"),

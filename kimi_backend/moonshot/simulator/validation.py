@@ -84,9 +84,7 @@ def _check_thinking(body: dict, facts) -> bool:
 
 def _check_fixed_sampling(body: dict, facts, thinking: bool) -> None:
     """Fixed-sampling models refuse any value but their own, in Moonshot's words."""
-    fixed = dict(facts.fixed_sampling)
-    if fixed and not thinking:
-        fixed["temperature"] = 0.6  # k2.6 with thinking off
+    fixed = dict(facts.fixed_sampling) | ({} if thinking else dict(facts.fixed_without_thinking))
     for name, value in fixed.items():
         if name in body and body[name] != value:
             shown = seconds(value)
