@@ -36,7 +36,10 @@ class ModelPolicy:
         default_facts = facts_for(self.default_model)
         replacement = DEFAULT_MODEL if default_facts is not None and default_facts.retired else self.default_model
         self.aliases = builtin_aliases(replacement) | aliases
-        self.allowed = frozenset(allowed)
+        # ALLOWED_MODELS is checked against the served id; an .env written for the original
+        # service lists retired ids (ALLOWED_MODELS=moonshot-v1-8k,...), and each stands for the
+        # model that now answers it, or that list would refuse every request it allowed.
+        self.allowed = frozenset(allowed) | {self.aliases[name] for name in allowed if name in self.aliases}
         self.default_thinking = default_thinking
         self._served_ids = served_ids
 

@@ -223,6 +223,16 @@ def test_allowed_models_is_checked_against_the_served_id(make_app, simulator):
     assert response.status_code == 400 and response.get_json()["code"] == "model_not_allowed"
 
 
+def test_an_allowlist_written_for_the_original_service_still_allows_its_models(make_app, simulator):
+    # The original's .env listed moonshot-v1 ids: each now stands for the model that answers it.
+    client = make_app(ALLOWED_MODELS="moonshot-v1-8k,moonshot-v1-32k").test_client()
+    response = client.post("/api/chat/completion", json={"message": "hi", "model": "moonshot-v1-8k", "temperature": 0.3})
+    assert response.status_code == 200, response.get_json()
+    assert sent(simulator)["model"] == DEFAULT_MODEL
+    response = client.post("/api/chat/completion", json={"message": "hi", "model": "kimi-k3"})
+    assert response.status_code == 400 and response.get_json()["code"] == "model_not_allowed"
+
+
 def test_an_unknown_id_is_passed_on_and_answered_as_not_found(client, simulator):
     response = client.post("/api/chat/completion", json={"message": "hi", "model": "gpt-4"})
     assert response.status_code == 400 and response.get_json()["code"] == "model_not_found"
