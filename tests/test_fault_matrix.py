@@ -147,6 +147,8 @@ FAULTS = [
     # The upstream quoting our key back, in every shape.
     *[Fault(f"key echoed {echo}", {"status": 400, "echo_key": echo}, {"error_after": 1, "echo_key": echo},
             (400, "upstream_rejected"), (200, "upstream_error")) for echo in ("plain", "glued", "bare", "tail")],
+    *[_both(f"key echoed in a 404 {echo}", {"status": 404, "echo_key": echo}, 400, "model_not_found")
+      for echo in ("plain", "glued", "bare", "tail")],
 ]
 
 
