@@ -1,6 +1,7 @@
 """The app's side of a graceful stop: on SIGTERM the worker (workers.py) calls `begin`, and
-open streams end themselves in-band, with a `shutting_down` event and `[DONE]`, before the
-graceful timeout runs out and gunicorn would cut them silently."""
+open streams end themselves in-band, with a `shutting_down` event and `[DONE]` (one still
+waiting for the upstream's headers with a 503 `shutting_down`), before the graceful timeout
+runs out and gunicorn would cut them silently."""
 from __future__ import annotations
 
 import time

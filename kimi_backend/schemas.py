@@ -124,7 +124,7 @@ class OpenAIChatRequest(BaseModel):
 
     model: str | None = Field(default=None, min_length=1, max_length=128,
                               description="Model id; the server's DEFAULT_MODEL when omitted.")
-    messages: list[OpenAIMessage] = Field(min_length=1, max_length=1000)
+    messages: list[OpenAIMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0, le=1, description="0 to 1 (Moonshot's range).")
     top_p: float | None = Field(default=None, ge=0, le=1)

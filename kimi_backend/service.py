@@ -8,13 +8,14 @@ from flask import Response, current_app, g
 
 from .catalog import ModelCatalog
 from .config.settings import Settings
+from .errors import ApiError
 from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient
 from .moonshot.replies import first_answer
 from .observability.access_log import current_exchange
 from .observability.metrics import label_models
 from .schemas import ChatOptions
-from .streaming import relay
+from .streaming import SHUTTING_DOWN, relay
 from .usage import reserve_tokens
 
 
@@ -74,11 +75,18 @@ class KimiService:
         payload = dict(payload, stream=True,
                        stream_options=dict(payload.get("stream_options") or {}, include_usage=True))
         exchange = current_exchange()
-        with exchange.upstream("chat_stream"):
-            upstream = self.client.open_stream(payload, client_gone)
+        shutting_down = current_app.extensions["shutdown"].streams_must_end
+        try:
+            with exchange.upstream("chat_stream"):
+                # The server's stop ends a stream still waiting for the upstream's headers too,
+                # before the graceful timeout would cut it with no answer at all.
+                upstream = self.client.open_stream(payload, _either(client_gone, shutting_down))
+        except ApiError as exc:
+            if exc.code == "client_closed" and shutting_down():
+                raise ApiError(503, "shutting_down", SHUTTING_DOWN, {"Retry-After": "1"}) from None
+            raise
         return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
-                     exchange=exchange.stream_handed_over(), events=events,
-                     shutting_down=current_app.extensions["shutdown"].streams_must_end)
+                     exchange=exchange.stream_handed_over(), events=events, shutting_down=shutting_down)
 
     def models(self) -> tuple[list[dict], str]:
         """The model list and its source ("upstream" or "fallback")."""
@@ -87,6 +95,13 @@ class KimiService:
     def _payload(self, messages: list[dict], options: ChatOptions) -> dict:
         return self.fit({"model": options.model, "messages": messages, **options.upstream_options()},
                         options.thinking)
+
+
+def _either(client_gone: Callable[[], bool] | None, shutting_down: Callable[[], bool]) -> Callable[[], bool]:
+    """A check that is true once the client has left or the server must end its streams."""
+    if client_gone is None:
+        return shutting_down
+    return lambda: client_gone() or shutting_down()
 
 
 def dropped_params_header(response: Response) -> Response:

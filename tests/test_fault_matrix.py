@@ -1,8 +1,9 @@
 """Nothing the upstream does can break a reply: every chat route, streamed and not, against
 every kind of upstream fault the simulator can play (its `script` controls), under the real
 gunicorn. For each: the documented status and code (or, once a stream has started, an in-band
-error event and then `[DONE]`), the upstream connection released, `/health` answering all
-the while, the active-streams gauge back to zero, and the key nowhere.
+error event and then `[DONE]`), the request's access line with that outcome, the upstream
+connection released, `/health` answering all the while, the active-streams gauge back to zero,
+and the key nowhere.
 
 A route is one `Surface`: adding one (another API surface) is one entry in SURFACES.
 """
@@ -147,6 +148,8 @@ FAULTS = [
     # The upstream quoting our key back, in every shape.
     *[Fault(f"key echoed {echo}", {"status": 400, "echo_key": echo}, {"error_after": 1, "echo_key": echo},
             (400, "upstream_rejected"), (200, "upstream_error")) for echo in ("plain", "glued", "bare", "tail")],
+    *[_both(f"key echoed in a 404 {echo}", {"status": 404, "echo_key": echo}, 400, "model_not_found")
+      for echo in ("plain", "glued", "bare", "tail")],
 ]
 
 
@@ -215,6 +218,16 @@ def active_streams(service: Service) -> float:
     return 0.0
 
 
+def access_line(service: Service, request_id: str) -> dict | None:
+    """The access line the service wrote for one request, once it is there."""
+    for line in service.log().splitlines():
+        if request_id in line:
+            record = json.loads(line)
+            if record.get("logger") == "kimi_backend.access":
+                return record
+    return None
+
+
 def check_outcome(surface: Surface, fault: Fault, status: int, headers, body) -> None:
     """The documented status and code, or the in-band error and [DONE]."""
     expected_status, expected_code = fault.stream_expect if surface.streamed else fault.plain_expect
@@ -248,6 +261,9 @@ def test_upstream_fault(service, simulator, surface, fault):
     with HealthWatch(service.url):
         status, headers, body, raw = call(service, surface)
     check_outcome(surface, fault, status, headers, body)
+    line = wait_until(lambda: access_line(service, headers["X-Request-ID"]), timeout=3, message="the access line")
+    expected_code = (fault.stream_expect if surface.streamed else fault.plain_expect)[1]
+    assert (line["status"], line["outcome"]) == (status, expected_code or "ok"), line
     text = raw.decode("utf-8") + str(headers)  # our bytes are always valid UTF-8
     assert not [form for form in KEY_FORMS if form in text], text[-500:]
     wait_until(lambda: simulator.stats()["in_flight"] == 0, timeout=3, message="the upstream connection to be released")

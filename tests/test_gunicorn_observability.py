@@ -167,3 +167,37 @@ def test_sigterm_ends_a_long_stream_in_band_inside_the_graceful_timeout(upstream
     access = [line for line in log_lines(service) if line.get("logger") == "kimi_backend.access"
               and line.get("route") == "/api/chat/stream"]
     assert [(line["status"], line["outcome"]) for line in access] == [(200, "shutting_down")]
+
+
+def test_sigterm_answers_a_stream_still_waiting_for_the_upstream_with_a_503(upstream_env, simulator):
+    """A stream whose upstream has not sent its headers when the graceful timeout nears (here
+    it would take 30 s) is answered 503 `shutting_down` in JSON before gunicorn would cut it
+    with no answer at all; its upstream request is ended and its access line written."""
+    service = Service(GRACEFUL_TIMEOUT_S="3", **upstream_env)
+    answers: list[requests.Response] = []
+
+    def ask():
+        answers.append(requests.post(service.url + "/api/chat/stream", json={"messages": "sim:delay=30"}, timeout=30))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        wait_until(lambda: simulator.stats()["chat_requests"] == 1, timeout=10, message="the upstream request to start")
+        signalled_at = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        asker.join(10)
+        ended_after = time.monotonic() - signalled_at
+        [answer] = answers
+        body = answer.json()
+        assert (answer.status_code, body["code"]) == (503, "shutting_down"), body
+        assert body["request_id"] == answer.headers["X-Request-ID"] and answer.headers["Retry-After"] == "1"
+        assert 1.0 < ended_after < 3.0, ended_after
+        assert service.proc.wait(10) == 0
+        wait_until(lambda: simulator.stats()["abandoned_before_headers"] == 1, timeout=5,
+                   message="the upstream request to be ended")
+    finally:
+        service.stop()
+        asker.join(5)
+    access = [line for line in log_lines(service) if line.get("logger") == "kimi_backend.access"
+              and line.get("route") == "/api/chat/stream"]
+    assert [(line["status"], line["outcome"]) for line in access] == [(503, "shutting_down")]

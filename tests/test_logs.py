@@ -7,6 +7,7 @@ import logging
 
 from kimi_backend.auth import key_fingerprint
 from kimi_backend.observability.logs import JsonFormatter
+from kimi_backend.streaming import ContractEvents
 from kimi_backend.moonshot.models import DEFAULT_MODEL
 from tests.conftest import UPSTREAM_KEY
 
@@ -76,6 +77,25 @@ def test_stream_closed_by_the_client_is_logged_as_such(client, caplog):
     response.close()
     [line] = access_lines(caplog)
     assert line["outcome"] == "client_closed"
+
+
+def test_a_bug_while_relaying_still_ends_the_stream_in_band_and_logs_it(client, caplog, monkeypatch):
+    """A failure inside the relay itself (a bug; here, turning a chunk into events raises)
+    ends the stream with an in-band `internal_error` and [DONE], not a cut response; the
+    exception is logged and so is the stream's access line."""
+    def broken(self, chunk):
+        raise RuntimeError("secret internal detail")
+    monkeypatch.setattr(ContractEvents, "chunk", broken)
+    caplog.set_level(logging.INFO)
+    response = client.post("/api/chat/stream", json={"messages": "hello"})
+    events = [part[6:] for part in response.get_data(as_text=True).split("\n\n") if part.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])
+    assert error["code"] == "internal_error" and "secret internal detail" not in error["error"]
+    assert error["request_id"] == response.headers["X-Request-ID"]
+    assert any(record.exc_info and "secret internal detail" in str(record.exc_info[1]) for record in caplog.records)
+    [line] = access_lines(caplog)
+    assert (line["route"], line["status"], line["outcome"]) == ("/api/chat/stream", 200, "internal_error")
 
 
 def test_upstream_failure_logs_moonshot_type_and_our_code(make_app, simulator, caplog):

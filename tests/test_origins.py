@@ -3,6 +3,8 @@
 Preflights are free: they carry no key and must not spend anyone's rate budget."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import assert_error
@@ -33,11 +35,14 @@ def test_a_simple_cross_site_post_cannot_spend_the_balance(make_app, simulator, 
     assert simulator.stats()["chat_requests"] == 0
 
 
+@pytest.mark.parametrize("path,body", CHAT_POSTS)
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
-def test_chat_bodies_must_be_json(client, simulator, content_type):
+def test_chat_bodies_must_be_json(client, simulator, content_type, path, body):
     headers = {"Content-Type": content_type} if content_type else {}
-    response = client.post("/api/chat/completion", data='{"message": "hi"}', headers=headers)
-    assert_error(response, 415, "unsupported_media_type")
+    response = client.post(path, data=json.dumps(body), headers=headers)
+    assert response.status_code == 415
+    error = response.get_json()
+    assert (error["error"]["code"] if isinstance(error["error"], dict) else error["code"]) == "unsupported_media_type"
     assert simulator.stats()["chat_requests"] == 0
 
 

@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from kimi_backend.moonshot.stream import DRAIN_TIMEOUT_S
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import post_by_hand, receive_until, wait_until
 from tests.servers import Service
@@ -164,6 +165,19 @@ def test_keepalives_keep_coming_while_the_upstream_sends_only_empty_chunks(servi
     assert max(b - a for a, b in zip(keepalives, keepalives[1:])) < 0.6
     payloads = data_events(events)
     assert payloads[-2]["code"] == "upstream_timeout" and payloads[-1] == "[DONE]"
+
+
+def test_done_then_silence_lets_the_upstream_go_long_before_the_read_timeout(service, simulator):
+    """An upstream that sends [DONE] and then neither ends its body nor says anything more:
+    the client has its [DONE] at once, and the upstream connection is let go within
+    DRAIN_TIMEOUT_S of it, not held until the read timeout (3 s here, 120 s by default)."""
+    simulator.script([{"done_then_silence": True}])
+    started = time.monotonic()
+    status, events = read_stream(service.url, "hi")
+    assert status == 200 and data_events(events)[-1] == "[DONE]"
+    done_at = started + next(t for t, kind, payload in events if payload == "[DONE]")
+    wait_until(lambda: simulator.stats()["in_flight"] == 0, timeout=5, message="the upstream connection to be let go")
+    assert time.monotonic() - done_at < DRAIN_TIMEOUT_S + 1.0
 
 
 def test_a_few_hundred_concurrent_streams(service, simulator):

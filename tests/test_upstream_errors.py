@@ -9,6 +9,7 @@ from urllib3.exceptions import (ClosedPoolError, ConnectTimeoutError, LocationPa
 
 from kimi_backend.moonshot.client import _failure
 from tests.helpers import assert_error
+from tests.simulator_support import simulator_of_its_own
 
 MAPPINGS = [
     # (directives in the message, our status, our code)
@@ -52,11 +53,14 @@ def test_unknown_model_is_400_naming_the_model(client, simulator):
     assert "kimi-nonexistent" in body["error"]
 
 
-def test_upstream_timeout_is_504(make_app, simulator):
-    client = make_app(UPSTREAM_READ_TIMEOUT_S="0.3", UPSTREAM_COMPLETION_TIMEOUT_S="0.3",
-                      UPSTREAM_MAX_RETRIES="0").test_client()
-    assert_error(client.post("/api/chat/completion", json={"message": "sim:hang"}), 504, "upstream_timeout")
-    assert_error(client.post("/api/chat/stream", json={"messages": "sim:hang"}), 504, "upstream_timeout")
+def test_upstream_timeout_is_504(make_app):
+    # A simulator of its own: a hung request stays in flight there until its server stops, and
+    # later tests read the session simulator's in_flight gauge (test_streaming waits for it).
+    with simulator_of_its_own() as upstream:
+        client = make_app(KIMI_BASE_URL=upstream.base_url, UPSTREAM_READ_TIMEOUT_S="0.3",
+                          UPSTREAM_COMPLETION_TIMEOUT_S="0.3", UPSTREAM_MAX_RETRIES="0").test_client()
+        assert_error(client.post("/api/chat/completion", json={"message": "sim:hang"}), 504, "upstream_timeout")
+        assert_error(client.post("/api/chat/stream", json={"messages": "sim:hang"}), 504, "upstream_timeout")
 
 
 def test_unreachable_upstream_is_503(make_app):

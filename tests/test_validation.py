@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from kimi_backend.schemas import MAX_MESSAGES
 from tests.helpers import assert_error
 
 BAD_BODIES = [
@@ -50,6 +51,21 @@ def test_invalid_fields_name_the_field(client, simulator, route, body, field):
 def test_non_json_or_non_object_body(client, route, raw, code):
     response = client.post(route, data=raw, content_type="application/json")
     assert_error(response, 400, code)
+
+
+@pytest.mark.parametrize("route", ["/api/chat/history", "/api/chat/stream", "/v1/chat/completions"])
+def test_every_route_takes_at_most_max_messages_turns(client, simulator, route):
+    """One cap on the turns of a conversation, the same on every chat route (and in the API
+    document): MAX_MESSAGES pass, one more is refused before any upstream call."""
+    turns = [{"role": "user", "content": "hi"}]
+    response = client.post(route, json={"messages": turns * (MAX_MESSAGES + 1)})
+    assert response.status_code == 400
+    body = response.get_json()
+    code = body["error"]["code"] if isinstance(body["error"], dict) else body["code"]
+    assert code == "invalid_request" and "'messages'" in str(body["error"])
+    assert simulator.stats()["chat_requests"] == 0
+    assert client.post(route, json={"messages": turns * MAX_MESSAGES}).status_code == 200
+    assert simulator.stats()["chat_requests"] == 1
 
 
 def test_oversize_body_is_413(make_app):
