@@ -4,7 +4,7 @@ clients over their rate limit, for a fixed time or a fixed number of requests, w
 first. Prints throughput, p50/p99 latency and statuses per kind (5xx of ours must be zero), and
 the service's memory at the start, the middle and the end (it must stay flat).
 
-    python benchmarks/soak.py [--seconds 100] [--requests 100000] [--concurrency 32]
+    python benchmarks/soak.py [--seconds 300] [--requests 100000] [--concurrency 32]
 
 Loopback only. Each simulated client has its own address through `X-Forwarded-For` (the
 service trusts one proxy hop here), so rate limits apply per client as they would behind nginx.
@@ -159,7 +159,7 @@ async def run(url: str, seconds: float, ceiling: int, concurrency: int, service)
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=100, help="stop after this long (default 100)")
+    parser.add_argument("--seconds", type=float, default=300, help="or after this long (default 300: a cap for slow machines)")
     parser.add_argument("--requests", type=int, default=100_000, help="or after this many requests (default 100,000)")
     parser.add_argument("--concurrency", type=int, default=32, help="clients at once (default 32)")
     args = parser.parse_args(argv)
