@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from limits.storage import Storage
 
 from .config.parsers import ConfigError
+from .sqlite_wal import use_wal
 
 SCHEME = "sqlite"
 # How long a worker waits for another's write before the call is a storage error (and
@@ -118,7 +119,7 @@ def _open(path: str) -> tuple[sqlite3.Connection, int]:
                           f"as in {SCHEME}:///dev/shm/kimi/counts.sqlite3.")
     try:
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
+        use_wal(connection, BUSY_TIMEOUT_S)
         connection.execute("PRAGMA synchronous=OFF")
         connection.execute(_SCHEMA)
         writers_turn = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)

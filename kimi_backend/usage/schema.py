@@ -9,6 +9,8 @@ from sqlalchemy import (BigInteger, Boolean, Column, Connection, Date, DateTime,
                         MetaData, String, Table, create_engine, event, func, insert, select, text)
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from ..sqlite_wal import use_wal
+
 metadata = MetaData()
 
 usage = Table(
@@ -52,6 +54,8 @@ def _create_usage_table(conn: Connection) -> None:
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _create_usage_table),
 ]
+# How long a SQLite connection waits for another process's write (or its switch to WAL).
+SQLITE_TIMEOUT_S = 5.0
 # Serialises migrations of several workers or hosts starting at once (PostgreSQL advisory lock).
 _PG_LOCK_ID = 0x6B696D69
 
@@ -62,15 +66,13 @@ def make_engine(url: str) -> Engine:
     so the migration's `BEGIN IMMEDIATE` can take the write lock before it reads."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
-    engine = create_engine(url, connect_args={"timeout": 5})
+    engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        use_wal(dbapi_connection, SQLITE_TIMEOUT_S)
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
