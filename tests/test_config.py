@@ -167,9 +167,7 @@ def test_gunicorn_master_imports_only_the_config_package():
     probe = ("import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
              "print(' '.join(sorted(name for name in sys.modules if name.split('.')[0] in "
              "('flask', 'requests', 'urllib3', 'kimi_backend', 'prometheus_client'))))")
-    result = _start({}, sys.executable, "-c", probe)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
+    assert _probe(probe).strip() == ""
 
 
 def test_each_worker_freezes_what_loading_the_app_made():
@@ -178,7 +176,13 @@ def test_each_worker_freezes_what_loading_the_app_made():
     probe = ("import gc, runpy; hooks = runpy.run_path('gunicorn.conf.py'); import wsgi; "
              "before = gc.get_freeze_count(); hooks['post_worker_init'](None); "
              "print(before, gc.get_freeze_count())")
-    result = _start({}, sys.executable, "-c", probe)
-    assert result.returncode == 0, result.stderr
-    before, after = map(int, result.stdout.split())
+    before, after = map(int, _probe(probe).split())
     assert before == 0 and after > 10_000
+
+
+def _probe(code: str) -> str:
+    """Runs `code` in a fresh interpreter in the repository, as gunicorn would start there;
+    returns what it printed."""
+    result = _start({}, sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
