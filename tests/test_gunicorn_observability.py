@@ -25,6 +25,12 @@ def log_lines(service: Service) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+def stream_access(service: Service) -> list[tuple[int, str]]:
+    """(status, outcome) of each access line the service wrote for /api/chat/stream."""
+    return [(line["status"], line["outcome"]) for line in log_lines(service)
+            if line.get("logger") == "kimi_backend.access" and line.get("route") == "/api/chat/stream"]
+
+
 def sample(metrics_text: str, name: str, **labels: str) -> float:
     """One sample's value in a Prometheus text exposition (0 when absent)."""
     for family in text_string_to_metric_families(metrics_text):
@@ -164,9 +170,7 @@ def test_sigterm_ends_a_long_stream_in_band_inside_the_graceful_timeout(upstream
     finally:
         service.stop()
         reader.join(5)
-    access = [line for line in log_lines(service) if line.get("logger") == "kimi_backend.access"
-              and line.get("route") == "/api/chat/stream"]
-    assert [(line["status"], line["outcome"]) for line in access] == [(200, "shutting_down")]
+    assert stream_access(service) == [(200, "shutting_down")]
 
 
 def test_sigterm_answers_a_stream_still_waiting_for_the_upstream_with_a_503(upstream_env, simulator):
@@ -198,6 +202,4 @@ def test_sigterm_answers_a_stream_still_waiting_for_the_upstream_with_a_503(upst
     finally:
         service.stop()
         asker.join(5)
-    access = [line for line in log_lines(service) if line.get("logger") == "kimi_backend.access"
-              and line.get("route") == "/api/chat/stream"]
-    assert [(line["status"], line["outcome"]) for line in access] == [(503, "shutting_down")]
+    assert stream_access(service) == [(503, "shutting_down")]
