@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, event, func, insert, select, text
 
 from kimi_backend import create_app
 from kimi_backend.config.parsers import ConfigError, key_id
@@ -308,3 +308,33 @@ def test_a_half_full_queue_is_written_without_waiting_for_the_flush(tmp_path):
         wait_until(lambda: count_rows(url) == 5, timeout=10)
     finally:
         ledger.close()
+
+
+def test_a_sqlite_batch_goes_out_as_a_few_multi_row_inserts_storing_what_core_would(tmp_path):
+    # One executemany let the driver drop and retake the GIL once per row, each time taken back
+    # from the busy event loop's thread: about 40 µs of CPU per row against 5 for the insert.
+    ledger, url = a_ledger(tmp_path, queue_size=1000)
+    statements = []
+    event.listen(ledger.engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, parameters, context, many: statements.append((sql, many)))
+    rows = [dict(ledger_row(i), client=f"sub:訪客-{i % 7}", model_requested=None if i % 2 else "moonshot-v1-8k",
+                 estimated=bool(i % 3), cut_short=i % 5 == 0, duration_ms=i / 3) for i in range(150)]
+    for row in rows:
+        ledger.record(row)
+    ledger.close()
+    inserts = [(sql, many) for sql, many in statements if sql.startswith("INSERT")]
+    assert len(inserts) == 3 and not any(many for _, many in inserts)  # 64 + 64 + 22 rows
+    core = make_engine(f"sqlite:///{tmp_path / 'core.sqlite3'}")
+    migrate(core)
+    with core.begin() as conn:
+        conn.execute(insert(usage), rows)
+
+    def stored(engine_url) -> list[tuple]:
+        engine = create_engine(engine_url)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row)[1:] for row in conn.execute(text("SELECT * FROM kimi_usage ORDER BY id"))]
+        finally:
+            engine.dispose()
+    assert stored(url) == stored(f"sqlite:///{tmp_path / 'core.sqlite3'}")
+    core.dispose()
