@@ -114,10 +114,11 @@ def start_simulator() -> Proc:
 def start_service(upstream: str, **env: str) -> Proc:
     """Our service, as `make run` starts it (gunicorn with gunicorn.conf.py), live against `upstream`.
     The rate limit is raised out of the way but stays active, so its cost is measured; the
-    per-address connection cap is off, since one load generator plays every client."""
+    per-address connection cap is off, since one load generator plays every client. It logs
+    at the default level, so each request's JSON line is written (to /dev/null) and counted."""
     port = free_port()
     settings = dict(KIMI_API_KEY=BENCH_KEY, KIMI_BASE_URL=upstream, PORT=str(port), HOST="127.0.0.1",
-                    RATE_LIMIT_MAX_REQUESTS="100000000", LOG_LEVEL="warning",
+                    RATE_LIMIT_MAX_REQUESTS="100000000",
                     USAGE_DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='kimi-bench-usage-')}/usage.sqlite3",
                     # One load generator plays every client from one address.
                     MAX_CONNECTIONS_PER_IP="0")

@@ -146,3 +146,24 @@ def test_every_line_logged_during_a_request_carries_its_id(app):
     assert all(line["request_id"] == "req-boom" for line in handler.lines)
     assert "RuntimeError" in handler.lines[1]["exc"]
     assert handler.lines[2]["outcome"] == "internal_error"
+
+
+def test_a_line_is_one_json_object_whatever_its_fields_hold():
+    # orjson writes the usual line; what it refuses (an integer past 64 bits, a lone surrogate
+    # in a text) is written by json instead, never lost, and anything else becomes its str().
+    formatter = JsonFormatter()
+
+    def line(fields: dict) -> dict:
+        record = logging.LogRecord("kimi_backend.access", logging.INFO, __file__, 1, "request", None, None)
+        record.fields = fields
+        text = formatter.format(record)
+        assert "\n" not in text
+        return json.loads(text)
+    usual = line({"client": "sub:訪客", "tokens_in": 3, "duration_ms": 1.5, "reply": "a\u2028b\x00"})
+    assert usual["client"] == "sub:訪客" and usual["tokens_in"] == 3 and usual["reply"] == "a\u2028b\x00"
+    assert usual["message"] == "request" and usual["level"] == "info" and usual["ts"].endswith("+00:00")
+    assert line({"tokens_in": 2 ** 70})["tokens_in"] == 2 ** 70
+    assert line({"reply": "x\ud800y"})["reply"] == "x\ud800y"
+    assert line({"odd": {1, 2}.__class__})["odd"] == "<class 'set'>"
+    assert '"client":"sub:訪客"' in formatter.format(
+        logging.makeLogRecord({"name": "n", "levelno": 20, "levelname": "INFO", "msg": "m", "fields": {"client": "sub:訪客"}}))
