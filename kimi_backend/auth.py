@@ -53,12 +53,17 @@ def request_origin() -> str | None:
     return None
 
 
+_UNCHECKED = object()
+
+
 def _checked_token() -> TokenClaims | ApiError | None:
     # Once per request (the limiter, the key check and the access log all ask): the presented
     # token's claims, the error it earns, or None when no token is presented.
-    if "token_outcome" not in g:
-        g.token_outcome = _check_presented_token()
-    return g.token_outcome
+    request_globals = g._get_current_object()  # one context lookup, not one per use of `g`
+    outcome = request_globals.get("token_outcome", _UNCHECKED)
+    if outcome is _UNCHECKED:
+        outcome = request_globals.token_outcome = _check_presented_token()
+    return outcome
 
 
 def _check_presented_token() -> TokenClaims | ApiError | None:
@@ -121,7 +126,8 @@ def client_identity() -> str:
     for a valid client key, otherwise the client IP. The limiter runs before
     `require_client_key`, so the credential is checked here too. Worked out once per request
     (the limiter and the access log both ask)."""
-    identity = g.get("client_identity")
+    request_globals = g._get_current_object()
+    identity = request_globals.get("client_identity")
     if identity is None:
         token = verified_token()
         key = presented_key() if token is None else None
@@ -131,5 +137,5 @@ def client_identity() -> str:
             identity = f"key:{key_fingerprint(key)}"
         else:
             identity = ip_identity()
-        g.client_identity = identity
+        request_globals.client_identity = identity
     return identity

@@ -30,12 +30,13 @@ class BodyTimeout(Exception):
 def read_body() -> None:
     """`before_request`: reads the whole body now, within the size and time limits, and hands
     it on in memory (so the views' own reading is instant). 413 or 408 otherwise."""
-    environ = request.environ
+    req = request._get_current_object()  # one context lookup, not one per use of `request`
+    environ = req.environ
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if not chunked and not request.content_length:
+    if not chunked and not req.content_length:
         return
     settings = current_app.config["SETTINGS"]
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+    if req.content_length is not None and req.content_length > settings.max_body_bytes:
         raise _too_large(settings.max_body_bytes)
     sock = environ.get("gunicorn.socket")
     body = bytearray()
@@ -46,7 +47,7 @@ def read_body() -> None:
             stream = get_input_stream(environ)
             # An announced length is read to its end and no further: one read, not a second
             # one to find the end, for the usual body that arrived with its headers.
-            expected = request.content_length
+            expected = req.content_length
             while (expected is None or len(body) < expected) and (block := stream.read(_READ_BLOCK)):
                 body += block
                 if len(body) > settings.max_body_bytes:

@@ -5,6 +5,7 @@ shared `sqlite://` store of several workers, or Redis), with `RATE_LIMIT_FAIL_OP
 what happens while that storage is down."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -47,7 +48,8 @@ class AppLimiter(Limiter):
       the cost of the direct count and a visible share of a whole request's CPU.
 
     Both replace private members of flask-limiter: requirements.txt pins its minor version and
-    tests/test_rate_limits.py fails if those members change.
+    tests/test_rate_limits.py fails if those members change. For the same reason the stock
+    per-request hooks that only the stock check needs are taken off the app.
     """
 
     def __init__(self, *args, **kwargs):
@@ -61,6 +63,15 @@ class AppLimiter(Limiter):
         self._storage_options = {}
         self._storage_dead = False
         super().init_app(app)
+        # The stock after_request hook (its headers, its conditional deductions) and teardown
+        # (resetting its per-request context) serve only the stock check and its decorators,
+        # which nothing here uses; yet each built that context on every request.
+        app.after_request_funcs[None] = [
+            hook for hook in app.after_request_funcs[None]
+            if not (isinstance(hook, functools.partial) and hook.func is Limiter._Limiter__inject_headers)]
+        app.teardown_request_funcs[None] = [
+            hook for hook in app.teardown_request_funcs[None]
+            if getattr(hook, "__func__", None) is not Limiter._Limiter__release_context]
 
     def limit_api(self, blueprint: Blueprint) -> Blueprint:
         """Puts every route of `blueprint` under the shared API budget."""
@@ -74,7 +85,8 @@ class AppLimiter(Limiter):
         (fail-open) until the storage answers again."""
         # Preflights carry no key and cost nothing upstream: counted, they would spend a keyed
         # browser user's IP budget (a NAT's) on every page load.
-        if not self.enabled or flask.request.method == "OPTIONS" or flask.request.blueprint not in self._api_blueprints:
+        request = flask.request._get_current_object()  # one context lookup for both questions
+        if not self.enabled or request.method == "OPTIONS" or request.blueprint not in self._api_blueprints:
             return
         states = self._with_fallback(self._count_request)
         # With a browser token there are several counts: the one nearest its limit speaks for

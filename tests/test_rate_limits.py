@@ -122,6 +122,13 @@ def test_the_overridden_flask_limiter_members_are_unchanged(app):
     assert limiter._check_request_limit in app.before_request_funcs[None]
     for name in ("_in_memory_fallback_enabled", "_storage_options", "_storage_dead", "_key_prefix"):
         assert name in vars(limiter), f"flask-limiter no longer keeps {name}"
+    # Its after_request and teardown hooks, which only its own check needs, are taken off (they
+    # built its per-request context on every request): under these names, and no other hook
+    # of flask-limiter's is left.
+    assert callable(Limiter._Limiter__inject_headers) and callable(Limiter._Limiter__release_context)
+    hooks = app.after_request_funcs[None] + app.teardown_request_funcs[None]
+    assert not [hook for hook in hooks
+                if "flask_limiter" in getattr(getattr(hook, "func", hook), "__module__", "")], hooks
 
 
 def test_memory_limits_count_in_our_memory_storage(app):

@@ -140,20 +140,23 @@ def current_exchange() -> Exchange:
 def begin_exchange() -> None:
     """`before_request`: opens the record (after the request id is assigned)."""
     settings = current_app.config["SETTINGS"]
-    g.exchange = Exchange(g.request_id, request.method, request.path, settings.log_bodies)
+    req, request_globals = request._get_current_object(), g._get_current_object()  # one lookup each
+    request_globals.exchange = Exchange(request_globals.request_id, req.method, req.path, settings.log_bodies)
 
 
 def end_exchange(response: Response) -> Response:
     """`after_request`: completes the record; finishes it unless a stream will."""
-    exchange = g.get("exchange")
+    request_globals = g._get_current_object()  # one context lookup, not one per use of `g`
+    exchange = request_globals.get("exchange")
     if exchange is None:
         return response
     exchange.status = response.status_code
-    exchange.route = request.url_rule.rule if request.url_rule else "unmatched"
+    rule = request.url_rule
+    exchange.route = rule.rule if rule else "unmatched"
     exchange.client = client_identity()
     if exchange.outcome is None:
         # Errors raised before any upstream call: the outcome is their code.
-        exchange.outcome = g.get("error_code") or ("ok" if response.status_code < 400 else "error")
+        exchange.outcome = request_globals.get("error_code") or ("ok" if response.status_code < 400 else "error")
     if not exchange.streaming:
         exchange.finish()
     return response

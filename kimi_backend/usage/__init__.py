@@ -54,14 +54,16 @@ def reserve_tokens(payload: dict) -> None:
     """Reserves the request's tokens in its budgets before the upstream call (429
     `token_budget_exceeded` when one cannot hold them), and arranges for the request, once
     finished, to settle that reservation to its real cost and be written to the ledger."""
-    budgets: Budgets = current_app.extensions["token_budgets"]
+    extensions = current_app.extensions
+    budgets: Budgets = extensions["token_budgets"]
     # Anyone can start a fresh anonymous session, but not from a fresh address: an anonymous
     # token also spends its caller's address's client budget (as it does its rate limit).
     token = verified_token()
     address = ip_identity() if token is not None and token.anonymous else None
-    charge = budgets.reserve(client_identity(), payload, g.get("token_budget"), address)
-    g.token_charge = charge
-    current_exchange().on_finish(functools.partial(_settle, charge, current_app.extensions["usage_ledger"]))
+    request_globals = g._get_current_object()  # one context lookup, not one per use of `g`
+    charge = budgets.reserve(client_identity(), payload, request_globals.get("token_budget"), address)
+    request_globals.token_charge = charge
+    current_exchange().on_finish(functools.partial(_settle, charge, extensions["usage_ledger"]))
     if charge.refused is not None:
         raise budgets.refusal(charge)
 
