@@ -90,3 +90,33 @@ def test_a_small_body_goes_out_with_its_headers(body, sends):
 def test_the_pools_make_lean_connections():
     assert RecordingHTTPConnectionPool.ConnectionCls is LeanHTTPConnection
     assert RecordingHTTPSConnectionPool.ConnectionCls is LeanHTTPSConnection
+
+
+def test_a_pooled_connection_is_checked_with_one_peek_under_gevent(monkeypatch):
+    """Open and quiet: reusable. Closed by the upstream, or holding bytes nobody asked for: not
+    (urllib3 then opens another). Under gevent the check is a non-blocking peek at the OS
+    socket, not gevent's poll and its trip through the event loop."""
+    import gevent.socket
+    import urllib3.connection
+
+    def no_poll(*args, **kwargs):
+        raise AssertionError("urllib3's poll was used")
+    monkeypatch.setattr(urllib3.connection, "wait_for_read", no_poll)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def connected():
+            connection = LeanHTTPConnection("127.0.0.1", listener.getsockname()[1])
+            connection.sock = gevent.socket.create_connection(listener.getsockname())
+            return connection, listener.accept()[0]
+        quiet, quiet_peer = connected()
+        chatty, chatty_peer = connected()
+        closed, closed_peer = connected()
+        with quiet_peer, chatty_peer:
+            chatty_peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            closed_peer.close()
+            wait_until(lambda: not chatty.is_connected, timeout=5, message="the stray bytes to be seen")
+            wait_until(lambda: not closed.is_connected, timeout=5, message="the close to be seen")
+            assert quiet.is_connected
+            assert chatty.sock.recv(100).startswith(b"HTTP/1.1 408")  # peeked, not taken
+        for connection in (quiet, chatty, closed):
+            connection.close()
+        assert not quiet.is_connected  # no socket at all
