@@ -2,7 +2,7 @@
 straight to the simulator, through the reference minimal proxy, and through our service,
 at the same number of processes. Uses wrk (Debian package `wrk`) as the load generator.
 
-    python benchmarks/latency.py [--seconds 10] [--usage-only] [--usage-rounds 3] [--store-only]
+    python benchmarks/latency.py [--seconds 10] [--usage-rounds 3] [--usage-only | --store-only | --litellm-only]
 """
 from __future__ import annotations
 
@@ -125,6 +125,43 @@ def store_cost(simulator, direct: dict, seconds: int, rounds: int) -> None:
           f"{default['cpu_ms'] / memory['cpu_ms']:.2f}x | |", flush=True)
 
 
+def litellm_comparison(simulator, direct: dict, seconds: int, rounds: int) -> None:
+    """Our service (one gevent worker) on both routes and LiteLLM's proxy (one worker) on its
+    `/v1/chat/completions`, same upstream and load, all three running and measured in turn
+    `rounds` times, so drift on a shared machine hits each alike; medians, and the median of
+    the rounds' throughput ratios."""
+    print("\n## Against LiteLLM's proxy (one process each, measured in turn)\n")
+    openai_body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE}]}
+    ours = start_service(simulator.url, **SETUPS[0][1])
+    litellm = start_litellm(simulator.url, DEFAULT_MODEL)
+    if litellm is None:
+        ours.stop()
+        return
+    targets = [("kimi-backend /api", ours, "/api/chat/completion", {"message": MESSAGE, "model": DEFAULT_MODEL}),
+               ("kimi-backend /v1", ours, "/v1/chat/completions", openai_body),
+               ("litellm /v1", litellm, "/v1/chat/completions", openai_body)]
+    results: dict[str, list[dict]] = {name: [] for name, *_ in targets}
+    try:
+        for round_ in range(rounds):
+            # Each round in another order, so no target always follows the same one.
+            for name, target, path, body in targets[round_ % 3:] + targets[:round_ % 3]:
+                results[name].append(measure(target, target.url + path, body, seconds))
+    finally:
+        ours.stop()
+        litellm.stop()
+    print("| target | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | p99 ms (16 conn) | CPU ms/req | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        r = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p99", "rps", "p99_16", "cpu_ms")}
+        print(f"| {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | {r['rps']:.0f} | "
+              f"{r['p99_16']:.2f} | {r['cpu_ms']:.2f} | {sum(run['errors'] for run in runs)} |")
+    lite = results["litellm /v1"]
+    for route in ("/v1", "/api"):
+        ratios = [run["rps"] / other["rps"] for run, other in zip(results[f"kimi-backend {route}"], lite)]
+        print(f"| **vs LiteLLM, {route}** | | | | **{statistics.median(ratios):.1f}x** throughput "
+              f"(rounds: {', '.join(f'{ratio:.1f}x' for ratio in ratios)}) | | | |", flush=True)
+
+
 def usage_overhead(simulator, direct: dict, seconds: int, rounds: int) -> None:
     """Our service (one gevent worker) with the ledger and budgets off and on."""
     print("\n## /api/chat/completion with the usage ledger and token budgets off and on (1 gevent worker)\n")
@@ -139,8 +176,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--usage-only", action="store_true", help="only the ledger and budgets off/on comparison")
-    parser.add_argument("--usage-rounds", type=int, default=3, help="off/on alternations for that comparison")
+    parser.add_argument("--usage-rounds", type=int, default=3,
+                        help="rounds of the LiteLLM, ledger off/on and store comparisons")
     parser.add_argument("--store-only", action="store_true", help="only the memory / shared store comparison")
+    parser.add_argument("--litellm-only", action="store_true", help="only the comparison with LiteLLM's proxy")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -155,6 +194,9 @@ def main(argv=None) -> int:
             return 0
         if args.store_only:
             store_cost(simulator, direct, args.seconds, args.usage_rounds)
+            return 0
+        if args.litellm_only:
+            litellm_comparison(simulator, direct, args.seconds, args.usage_rounds)
             return 0
         print("\n## /api/chat/completion: latency at 1 connection, throughput at 16\n")
         print("| setup | target | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | p99 ms (16 conn) | CPU ms/req | errors |")
@@ -176,32 +218,7 @@ def main(argv=None) -> int:
             added_ratio = (ours["p50"] - direct["p50"]) / max(1e-9, floor["p50"] - direct["p50"])
             print(f"| {label} | **ratio** | | | **{added_ratio:.2f}x** added latency | **{ours['rps'] / floor['rps']:.2f}x** throughput | | "
                   f"{ours['cpu_ms'] / floor['cpu_ms']:.2f}x | |", flush=True)
-            if label != SETUPS[0][0]:
-                continue
-            # The OpenAI-compatible route on the same default setup, and LiteLLM's proxy on its
-            # own /v1/chat/completions route, same upstream, same load.
-            openai_body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE}]}
-            target = start_service(simulator.url, **service_env)
-            try:
-                rows["kimi-backend /v1"] = measure(target, target.url + "/v1/chat/completions", openai_body, args.seconds)
-            finally:
-                target.stop()
-            litellm = start_litellm(simulator.url, DEFAULT_MODEL)
-            if litellm is not None:
-                try:
-                    rows["litellm /v1"] = measure(litellm, litellm.url + "/v1/chat/completions", openai_body, args.seconds)
-                finally:
-                    litellm.stop()
-            for name in ("kimi-backend /v1", "litellm /v1"):
-                if name in rows:
-                    r = rows[name]
-                    print(f"| {label} | {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | "
-                          f"{r['rps']:.0f} | {r['p99_16']:.2f} | {r['cpu_ms']:.2f} | {r['errors']} |", flush=True)
-            if "litellm /v1" in rows:
-                lite = rows["litellm /v1"]
-                print(f"| {label} | **vs LiteLLM** | | | | **{rows['kimi-backend /v1']['rps'] / lite['rps']:.1f}x** (/v1), "
-                      f"**{ours['rps'] / lite['rps']:.1f}x** (/api) throughput | | "
-                      f"{rows['kimi-backend /v1']['cpu_ms'] / lite['cpu_ms']:.2f}x | |", flush=True)
+        litellm_comparison(simulator, direct, args.seconds, args.usage_rounds)
         usage_overhead(simulator, direct, args.seconds, args.usage_rounds)
         store_cost(simulator, direct, args.seconds, args.usage_rounds)
     finally:
