@@ -7,6 +7,7 @@ at the same number of processes. Uses wrk (Debian package `wrk`) as the load gen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -90,21 +91,24 @@ STORE_SETUPS = [
 
 
 def alternated(simulator, direct: dict, setups: list, seconds: int, rounds: int) -> dict[str, dict]:
-    """Our service in each setup, alternated `rounds` times so drift on a shared machine hits
-    every setup alike; prints and returns the medians of the rounds."""
+    """Our service in each setup, all running side by side and measured in turn `rounds`
+    times (each round in another order), so drift on a shared machine hits every setup alike;
+    prints and returns the medians of the rounds."""
     print("| setup | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | CPU ms/req | errors |")
     print("|---|---|---|---|---|---|---|")
     results: dict[str, list[dict]] = {label: [] for label, _ in setups}
-    for _ in range(rounds):
+    with contextlib.ExitStack() as stack:
+        targets = []
         for label, env in setups:
             # `{counts}` in a setting: a fresh directory on tmpfs, as gunicorn.conf.py makes.
-            with tempfile.TemporaryDirectory(prefix="kimi-bench-counts-", dir="/dev/shm") as counts:
-                target = start_service(simulator.url, **{name: value.format(counts=counts) for name, value in env.items()})
-                try:
-                    results[label].append(measure(target, target.url + "/api/chat/completion", {"message": "hello"},
-                                                  seconds))
-                finally:
-                    target.stop()
+            counts = stack.enter_context(tempfile.TemporaryDirectory(prefix="kimi-bench-counts-", dir="/dev/shm"))
+            target = start_service(simulator.url, **{name: value.format(counts=counts) for name, value in env.items()})
+            stack.callback(target.stop)
+            targets.append((label, target))
+        for round_ in range(rounds):
+            shift = round_ % len(targets)
+            for label, target in targets[shift:] + targets[:shift]:
+                results[label].append(measure(target, target.url + "/api/chat/completion", {"message": "hello"}, seconds))
     rows = {}
     for label, runs in results.items():
         rows[label] = r = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p99", "rps", "cpu_ms")}
