@@ -312,7 +312,7 @@ def test_a_half_full_queue_is_written_without_waiting_for_the_flush(tmp_path):
 
 def test_a_sqlite_batch_goes_out_as_a_few_multi_row_inserts_storing_what_core_would(tmp_path):
     # One executemany let the driver drop and retake the GIL once per row, each time taken back
-    # from the busy event loop's thread: about 40 µs of CPU per row against 5 for the insert.
+    # from the busy event loop's thread (33-68 µs of the writer's CPU per request under load).
     ledger, url = a_ledger(tmp_path, queue_size=1000)
     statements = []
     event.listen(ledger.engine, "before_cursor_execute",

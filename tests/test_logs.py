@@ -164,6 +164,6 @@ def test_a_line_is_one_json_object_whatever_its_fields_hold():
     assert usual["message"] == "request" and usual["level"] == "info" and usual["ts"].endswith("+00:00")
     assert line({"tokens_in": 2 ** 70})["tokens_in"] == 2 ** 70
     assert line({"reply": "x\ud800y"})["reply"] == "x\ud800y"
-    assert line({"odd": {1, 2}.__class__})["odd"] == "<class 'set'>"
+    assert line({"odd": b"raw"})["odd"] == "b'raw'"
     assert '"client":"sub:訪客"' in formatter.format(
         logging.makeLogRecord({"name": "n", "levelno": 20, "levelname": "INFO", "msg": "m", "fields": {"client": "sub:訪客"}}))
