@@ -39,6 +39,20 @@ def test_a_gevent_socket_is_read_on_the_event_loop():
         reader.close()
 
 
+def test_a_wait_after_a_busy_stretch_still_lasts_as_long_as_asked():
+    """The event loop's clock stands still while greenlets run: a timer set from it after a
+    busy stretch (here 0.3 s without a switch) would fire at once."""
+    a, b = gevent.socket.socketpair()
+    with a, b:
+        reader = receiver(a)
+        assert reader.recv(0.05) is None
+        time.sleep(0.3)  # the thread busy, the loop not running (this test process is not patched)
+        began = time.monotonic()
+        assert reader.recv(0.1) is None
+        assert time.monotonic() - began >= 0.09
+        reader.close()
+
+
 def test_a_timer_left_armed_does_not_wake_the_reader_from_another_wait():
     """A read that got its bytes leaves its timer armed; when it fires while the greenlet waits
     on something else (a slow client's socket, here a sleep), that wait must not end early."""

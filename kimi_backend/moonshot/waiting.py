@@ -66,7 +66,9 @@ class GeventReceiver:
                 self._timer.close()
             self._timer = self._hub.loop.timer(wait_s)
             self._timer_at = until
-            self._timer.start(self._timed_out)
+            # From the time now: the loop's own clock stands still while greenlets run, so
+            # after a busy stretch a timer set from it would already be due.
+            self._timer.start(self._timed_out, update=True)
         self._waiter = self._getcurrent()
         self._io.start(self._waiter.switch, True)
         try:
