@@ -30,6 +30,9 @@ CLIENT_POLL_S = 0.2
 # The contract's text events up to their text: `{"content": text}`, `{"content": "", "reasoning": text}`.
 _CONTENT = b'{"content":'
 _REASONING = b'{"content":"","reasoning":'
+# A peek that does not wait, as a plain int: the flags are enum members, and or-ing them
+# runs enum's Python code on every call.
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 SHUTTING_DOWN = "The server is restarting, so this stream was ended early; send the request again."
 
 
@@ -48,7 +51,7 @@ def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
 
     def gone() -> bool:
         try:
-            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            return raw.recv(1, _PEEK_NOW) == b""
         except BlockingIOError:
             return False  # connected, nothing to read
         except OSError:

@@ -102,7 +102,26 @@ class OneSendResponse(wsgi.Response):
         head, self._head = self._head, b""
         if self.chunked:
             data = b"%X\r\n%s\r\n" % (len(data), data)
-        self.sock.sendall(head + data)
+        send_all(self.sock, head + data)
+
+
+def send_all(sock, data: bytes) -> None:
+    """`sock.sendall(data)`, but a plain gevent socket first offers the bytes to the OS socket
+    under it: a reply or an event fits the kernel's buffer nearly always, and one `send` there
+    skips gevent's `sendall`, which asks the kernel for the buffer size (a system call) and
+    slices the data through four Python calls each time; what does not fit is left to gevent's
+    `sendall`, which waits for room. gevent's TLS sockets and other servers' sockets are
+    left to their own `sendall`."""
+    kind = type(sock)
+    if kind.__name__ == "socket" and kind.__module__ == "gevent._socket3":
+        try:
+            sent = sock._sock.send(data)  # non-blocking, as gevent keeps it
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = memoryview(data)[sent:]
+    sock.sendall(data)
 
 
 class _ServiceWorkerMixin:

@@ -11,7 +11,7 @@ import pytest
 from gunicorn import util
 from gunicorn.http import wsgi
 
-from kimi_backend.workers import OneSendResponse, _ServiceWorkerMixin
+from kimi_backend.workers import OneSendResponse, _ServiceWorkerMixin, send_all
 
 
 class RecordingSocket:
@@ -136,3 +136,47 @@ def test_the_service_workers_build_their_responses_with_it(monkeypatch):
     worker = Worker()
     worker.init_process()
     assert worker.started and wsgi.Response is OneSendResponse
+
+
+def gevent_pair():
+    from gevent import socket as gsocket
+    return gsocket.socketpair()
+
+
+def test_a_gevent_socket_takes_a_block_in_one_os_send_without_gevents_sendall(monkeypatch):
+    from gevent import socket as gsocket
+    ours, peer = gevent_pair()
+    calls = []
+    monkeypatch.setattr(type(ours), "sendall", lambda self, data, flags=0: calls.append(bytes(data)))
+    try:
+        send_all(ours, b"9\r\ndata: 1\n\n\r\n")
+        assert calls == []  # the OS socket took it all
+        assert peer._sock.recv(100) == b"9\r\ndata: 1\n\n\r\n"
+    finally:
+        ours.close()
+        peer.close()
+    assert type(ours) is gsocket.socket
+
+
+def test_what_the_kernel_cannot_take_at_once_goes_through_gevents_sendall_in_order():
+    import gevent
+    ours, peer = gevent_pair()
+    data = bytes(range(256)) * 40_000  # 10 MB: more than a socket pair's buffers hold
+    received = bytearray()
+
+    def read():
+        while len(received) < len(data):
+            block = peer.recv(1 << 20)
+            if not block:
+                return
+            received.extend(block)
+
+    reader = gevent.spawn(read)
+    try:
+        send_all(ours, data)
+        reader.join(timeout=30)
+        assert bytes(received) == data
+    finally:
+        reader.kill()
+        ours.close()
+        peer.close()

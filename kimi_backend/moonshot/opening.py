@@ -95,6 +95,9 @@ class _Watcher:
             return False
 
 
+# A peek that does not wait, as a plain int: the flags are enum members, and or-ing them
+# runs enum's Python code on every call.
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 _WATCHER = _Watcher()
 # The largest request body sent in one piece with its headers (a copy of the body is made).
 HOLD_MAX_BYTES = 65536
@@ -127,7 +130,7 @@ class _LeanConnection:
         if raw is None or raw.gettimeout() != 0.0:
             return super().is_connected
         try:
-            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            raw.recv(1, _PEEK_NOW)
         except BlockingIOError:
             return True  # open, nothing to read
         except OSError:
