@@ -66,3 +66,19 @@ def test_a_timer_left_armed_does_not_wake_the_reader_from_another_wait():
         gevent.sleep(0.5)
         assert time.monotonic() - began >= 0.45
         reader.close()
+
+
+def test_an_older_deadline_passing_does_not_end_a_later_wait():
+    """A stream whose chunks keep coming moves its deadline on with each wait; the timer armed
+    for an earlier wait's end re-arms itself for the rest instead of waking the reader."""
+    a, b = gevent.socket.socketpair()
+    with a, b:
+        reader = receiver(a)
+        assert reader.recv(0.05) is None
+        gevent.spawn_later(0.02, b.sendall, b"first")
+        assert reader.recv(0.1) == b"first"  # its timer, for +0.1 s, stays armed
+        gevent.spawn_later(0.3, b.sendall, b"second")
+        began = time.monotonic()
+        assert reader.recv(5) == b"second"  # not None when the +0.1 s timer fires
+        assert time.monotonic() - began >= 0.25
+        reader.close()

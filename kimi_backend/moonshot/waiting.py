@@ -33,8 +33,10 @@ class TimeoutReceiver:
 class GeventReceiver:
     """Reads a plain gevent socket through the OS socket under it, waiting on the event loop
     directly: one read watcher for the stream's life, started for each wait, and a timer only
-    when the wait must end earlier than the one already armed. A timer that fires late for a
-    later deadline just makes the caller look at the time and wait again."""
+    when the wait must end earlier than the one already armed. A timer that fires before the
+    current wait's end re-arms itself for the rest, without waking the stream: a stream whose
+    chunks keep coming moves its deadline on each wait, and would otherwise be woken for
+    nothing each time an older deadline passes."""
 
     def __init__(self, sock, hub, getcurrent):
         self._raw = sock._sock  # non-blocking, as gevent keeps it
@@ -43,6 +45,7 @@ class GeventReceiver:
         self._io = hub.loop.io(self._raw.fileno(), 1)  # 1: readable
         self._timer = None
         self._timer_at = 0.0
+        self._until = 0.0  # when the current wait ends
         self._waiter = None  # the greenlet waiting in `_wait`, if any
         self._drained = False  # the last read took all there was: wait before reading again
 
@@ -60,15 +63,9 @@ class GeventReceiver:
         return block
 
     def _wait(self, wait_s: float) -> bool:
-        until = time.monotonic() + wait_s
+        until = self._until = time.monotonic() + wait_s
         if self._timer is None or not self._timer.active or until < self._timer_at:
-            if self._timer is not None:
-                self._timer.close()
-            self._timer = self._hub.loop.timer(wait_s)
-            self._timer_at = until
-            # From the time now: the loop's own clock stands still while greenlets run, so
-            # after a busy stretch a timer set from it would already be due.
-            self._timer.start(self._timed_out, update=True)
+            self._arm(wait_s, until)
         self._waiter = self._getcurrent()
         self._io.start(self._waiter.switch, True)
         try:
@@ -77,9 +74,23 @@ class GeventReceiver:
             self._waiter = None
             self._io.stop()
 
+    def _arm(self, wait_s: float, until: float) -> None:
+        if self._timer is not None:
+            self._timer.close()
+        self._timer = self._hub.loop.timer(wait_s)
+        self._timer_at = until
+        # From the time now: the loop's own clock stands still while greenlets run, so after a
+        # busy stretch a timer set from it would already be due.
+        self._timer.start(self._timed_out, update=True)
+
     def _timed_out(self) -> None:
-        if self._waiter is not None:  # not while it waits on anything else (a slow client's socket)
-            self._waiter.switch(False)
+        if self._waiter is None:  # not while it waits on anything else (a slow client's socket)
+            return
+        left = self._until - time.monotonic()
+        if left > 0:  # armed for an earlier wait's end: this one goes on
+            self._arm(left, self._until)
+            return
+        self._waiter.switch(False)
 
     def close(self) -> None:
         """Releases the watchers (the socket is the stream's to close)."""
