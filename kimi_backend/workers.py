@@ -89,6 +89,13 @@ class OneSendResponse(wsgi.Response):
         self.headers_sent = True
 
     def write(self, arg):
+        if self.headers_sent and self.chunked and type(arg) is bytes and arg:
+            # A stream's later event, the relay's every write: framed and sent straight away.
+            # (Chunked means a body is allowed and has no length to keep to; gunicorn's write
+            # would only reach the same `_emit_body` after its checks.)
+            self.sent += len(arg)
+            send_all(self.sock, b"%X\r\n%s\r\n" % (len(arg), arg))
+            return
         self._joining = True
         try:
             super().write(arg)

@@ -6,6 +6,7 @@ fractional or astronomically large, a model id that is not an id. Each reply and
 is checked and made safe here, once, so nothing after the client meets it."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -114,8 +115,15 @@ def chunk(body: Any) -> dict:
     if "usage" in body:
         body["usage"] = usage(body["usage"])
     if "model" in body:
-        body["model"] = model(body["model"])
+        body["model"] = _scalar_model(body["model"])
     return body
+
+
+@functools.lru_cache(maxsize=64)
+def _scalar_model(value: str | int | bool | None) -> str | None:
+    # `model` for a plain chunk's scalar: a stream repeats one id in every chunk, so its check
+    # (a regular expression) runs once per id instead of once per chunk.
+    return model(value)
 
 
 def plain_chunk(data: bytes) -> dict | None:
@@ -145,8 +153,15 @@ def plain_chunk(data: bytes) -> dict | None:
     if "usage" in body:
         body["usage"] = None  # a scalar: not a usage object
     if "model" in body:
-        body["model"] = model(body["model"])
+        body["model"] = _scalar_model(body["model"])
     return body
+
+
+@functools.lru_cache(maxsize=64)
+def _scalar_model(value: str | int | bool | None) -> str | None:
+    # `model` for a plain chunk's scalar: a stream repeats one id in every chunk, so its check
+    # (a regular expression) runs once per id instead of once per chunk.
+    return model(value)
 
 
 def _is_text(value: Any) -> bool:
