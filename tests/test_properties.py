@@ -126,6 +126,16 @@ def test_the_usual_chunk_is_read_plainly_and_others_generally():
         assert replies.plain_chunk(raw) is None
 
 
+def test_a_chunk_whose_model_is_not_an_id_is_read_with_none_there_on_both_paths():
+    for value in (["kimi-k2.6"], {"id": "kimi-k2.6"}, 5, True, None, "not an id!"):
+        body = {"model": value, "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
+        assert replies.chunk(json.loads(json.dumps(body)))["model"] is None
+        plain = replies.plain_chunk(json.dumps(body).encode())
+        assert plain is None or plain["model"] is None
+    body = {"model": "kimi-k2.6", "choices": []}
+    assert replies.chunk(dict(body))["model"] == replies.plain_chunk(json.dumps(body).encode())["model"] == "kimi-k2.6"
+
+
 @given(st.text())
 def test_any_upstream_text_becomes_encodable_and_keeps_what_was_valid(text):
     cleaned = replies.encodable(text)

@@ -115,15 +115,8 @@ def chunk(body: Any) -> dict:
     if "usage" in body:
         body["usage"] = usage(body["usage"])
     if "model" in body:
-        body["model"] = _scalar_model(body["model"])
+        body["model"] = model(body["model"])
     return body
-
-
-@functools.lru_cache(maxsize=64)
-def _scalar_model(value: str | int | bool | None) -> str | None:
-    # `model` for a plain chunk's scalar: a stream repeats one id in every chunk, so its check
-    # (a regular expression) runs once per id instead of once per chunk.
-    return model(value)
 
 
 def plain_chunk(data: bytes) -> dict | None:
