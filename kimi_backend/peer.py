@@ -8,6 +8,10 @@ from __future__ import annotations
 import select
 import socket
 
+# A peek that does not wait, as a plain int: the flags are enum members, and or-ing them at
+# each call runs enum's Python code (it showed in a profile of the relay's client checks).
+PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+
 
 def peer_closed(sock: socket.socket, wait_s: float = 0.0) -> bool | None:
     """Waits up to `wait_s` for the socket to become readable. True when the peer has

@@ -7,7 +7,6 @@ run on their own clock whatever the upstream sends or does not, with no reader t
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import time
 from typing import Callable, Iterator
@@ -17,7 +16,7 @@ from .moonshot.replies import StreamTally, first_choice_texts
 from .moonshot.sse import DONE, KEEPALIVE, event, text_event
 from .moonshot.stream import StreamBroken, UpstreamStream
 from .observability.access_log import Exchange
-from .peer import peer_closed
+from .peer import PEEK_NOW, peer_closed
 
 log = logging.getLogger("kimi_backend")
 
@@ -35,9 +34,6 @@ WATCH_SLACK_S = 0.05
 # The contract's text events up to their text: `{"content": text}`, `{"content": "", "reasoning": text}`.
 _CONTENT = b'{"content":'
 _REASONING = b'{"content":"","reasoning":'
-# A peek that does not wait, as a plain int: the flags are enum members, and or-ing them
-# runs enum's Python code on every call.
-_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 SHUTTING_DOWN = "The server is restarting, so this stream was ended early; send the request again."
 
 
@@ -56,7 +52,7 @@ def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
 
     def gone() -> bool:
         try:
-            return raw.recv(1, _PEEK_NOW) == b""
+            return raw.recv(1, PEEK_NOW) == b""
         except BlockingIOError:
             return False  # connected, nothing to read
         except OSError:

@@ -13,7 +13,8 @@ additions the WSGI app cannot make itself.
 - SIGTERM tells the app (`app.extensions["shutdown"]`), so open streams end in-band with a
   `shutting_down` event inside the graceful timeout instead of being cut.
 - A response's status line and headers leave in the same send as its first body bytes
-  (`OneSendResponse`), not in a send of their own.
+  (`OneSendResponse`), not in a send of their own, and under gevent each send is first offered
+  to the OS socket (`send_all`).
 
 gunicorn.conf.py loads this file on its own in the master, so it imports nothing of the
 package and only gunicorn's own worker modules.
@@ -74,8 +75,9 @@ class OneSendResponse(wsgi.Response):
     TCP_NODELAY two packets the client wakes for, on every reply (a few microseconds each in a
     loop over a socket pair; too little to stand out of `make bench`'s noise). Only a body
     written through `write` is joined; `sendfile` (static files) and a response with no body
-    (HEAD, 204, 304) send the head alone as before. Relies on gunicorn 27's `_emit_body` hook
-    (pinned in requirements)."""
+    (HEAD, 204, 304) send the head alone as before. A chunked response's later writes (a
+    stream's events) are framed and sent without gunicorn's write checks, which a chunked body
+    always passes. Relies on gunicorn 27's `_emit_body` hook (pinned in requirements)."""
 
     _joining = False  # inside write(): a head made now waits for the body bytes
     _head = b""

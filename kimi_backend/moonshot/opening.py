@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ..peer import PEEK_NOW
+
 # How often the watcher asks whether the client is still there.
 WATCH_S = 0.2
 _OPENING: contextvars.ContextVar["Opening | None"] = contextvars.ContextVar("kimi_opening", default=None)
@@ -95,9 +97,6 @@ class _Watcher:
             return False
 
 
-# A peek that does not wait, as a plain int: the flags are enum members, and or-ing them
-# runs enum's Python code on every call.
-_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 _WATCHER = _Watcher()
 # The largest request body sent in one piece with its headers (a copy of the body is made).
 HOLD_MAX_BYTES = 65536
@@ -130,7 +129,7 @@ class _LeanConnection:
         if raw is None or raw.gettimeout() != 0.0:
             return super().is_connected
         try:
-            raw.recv(1, _PEEK_NOW)
+            raw.recv(1, PEEK_NOW)
         except BlockingIOError:
             return True  # open, nothing to read
         except OSError:
