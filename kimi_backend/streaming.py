@@ -16,7 +16,7 @@ from .moonshot.replies import StreamTally, first_choice_texts
 from .moonshot.sse import DONE, KEEPALIVE, event, text_event
 from .moonshot.stream import StreamBroken, UpstreamStream
 from .observability.access_log import Exchange
-from .peer import PEEK_NOW, peer_closed
+from .peer import peek_now, peer_closed
 
 log = logging.getLogger("kimi_backend")
 
@@ -49,15 +49,7 @@ def client_gone_probe(environ: dict) -> Callable[[], bool] | None:
     raw = getattr(sock, "_sock", sock)
     if isinstance(raw, ssl.SSLSocket) or raw.gettimeout():
         return lambda: bool(peer_closed(sock))
-
-    def gone() -> bool:
-        try:
-            return raw.recv(1, PEEK_NOW) == b""
-        except BlockingIOError:
-            return False  # connected, nothing to read
-        except OSError:
-            return True
-    return gone
+    return lambda: peek_now(raw) == b""  # bytes waiting (pipelined) are not a close
 
 
 class ContractEvents:

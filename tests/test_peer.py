@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from kimi_backend.peer import peer_closed
+from kimi_backend.peer import peek_now, peer_closed
 from kimi_backend.streaming import client_gone_probe
 
 
@@ -56,3 +56,13 @@ def test_a_descriptor_above_select_limit_works():
     finally:
         sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_peek_that_does_not_wait_tells_quiet_from_waiting_bytes_from_closed(pair):
+    a, b = pair
+    a.setblocking(False)
+    assert peek_now(a) is None  # open, nothing waiting
+    b.sendall(b"xy")
+    assert peek_now(a) == b"x" and a.recv(2) == b"xy"  # peeked, left unread
+    b.close()
+    assert peek_now(a) == b""

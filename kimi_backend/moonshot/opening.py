@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from ..peer import PEEK_NOW
+from ..peer import peek_now
 
 # How often the watcher asks whether the client is still there.
 WATCH_S = 0.2
@@ -128,13 +128,7 @@ class _LeanConnection:
         raw = getattr(self.sock, "_sock", None)
         if raw is None or raw.gettimeout() != 0.0:
             return super().is_connected
-        try:
-            raw.recv(1, PEEK_NOW)
-        except BlockingIOError:
-            return True  # open, nothing to read
-        except OSError:
-            return False
-        return False  # closed by the upstream, or bytes nobody asked for
+        return peek_now(raw) is None  # not closed by the upstream, nor holding bytes nobody asked for
 
     def request(self, method, url, body=None, headers=None, **options) -> None:
         """urllib3's request; a small bytes body is sent with the headers."""
