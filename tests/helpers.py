@@ -49,6 +49,11 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, message
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
+def json_lines(log: str) -> list[dict]:
+    """The JSON objects among a service's log lines (the access lines and the service's own)."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
 def post_by_hand(port: int, path: str, payload: dict, headers: dict[str, str] | None = None) -> socket.socket:
     """Sends a JSON POST to 127.0.0.1:`port` on a raw connection, so that the test can hang
     up whenever it likes; returns the socket, which the caller closes."""

@@ -16,7 +16,7 @@ import requests
 
 from kimi_backend.config import load_settings
 from tests.conftest import UPSTREAM_KEY
-from tests.helpers import ROOT, free_port, require_binary, wait_until
+from tests.helpers import ROOT, free_port, json_lines, require_binary, wait_until
 from tests.servers import Process, Service, clean_env
 
 GUNICORN_COMMAND = "gunicorn -c gunicorn.conf.py wsgi:app"
@@ -184,8 +184,3 @@ def test_rate_limit_sees_the_real_client_ip_through_nginx(behind_nginx):
     wait_until(lambda: [line.get("client") for line in json_lines(service.log())].count("ip:127.0.0.2") == 4,
                timeout=10, message="the access lines of 127.0.0.2")
     assert "203.0.113." not in service.log()
-
-
-def json_lines(log: str) -> list[dict]:
-    """The JSON objects among a service's log lines."""
-    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]

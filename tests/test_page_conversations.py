@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from tests.browser import open_page
 from tests.conftest import CLIENT_KEY
-from tests.helpers import wait_until
+from tests.helpers import json_lines, wait_until
 from tests.servers import Service
 from tests.token_support import claims_of, token_config
 
@@ -184,7 +184,7 @@ def test_the_thinking_switch_shows_for_models_that_let_it_be_turned_off(browser,
 
 def stream_lines(service) -> list[dict]:
     """The service's access-log lines for POST /api/chat/stream."""
-    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    lines = json_lines(service.log())
     return [line for line in lines if line.get("logger") == "kimi_backend.access" and line.get("route") == "/api/chat/stream"]
 
 

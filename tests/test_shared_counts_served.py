@@ -4,7 +4,6 @@ store, kimi_backend/shared_counts.py), that store's directory removed on a grace
 and a bad store location stopping startup in one sentence."""
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import requests
 from kimi_backend.config import usable_cpus
 from kimi_backend.config.parsers import key_id
 from tests.conftest import UPSTREAM_KEY
-from tests.helpers import LONG_WINDOW_MS, ROOT, free_port, wait_until
+from tests.helpers import LONG_WINDOW_MS, ROOT, free_port, json_lines, wait_until
 from tests.servers import Service, clean_env, fetch_all
 
 KEY = "shared-counts-key"
@@ -38,7 +37,7 @@ def counts_dirs(runtime_dir) -> list:
 
 def worker_pids(service: Service, route: str) -> set[int]:
     """The workers that wrote an access line for `route`."""
-    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    lines = json_lines(service.log())
     return {line["pid"] for line in lines if line.get("route") == route and line.get("status") in (200, 429)}
 
 

@@ -15,7 +15,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from tests.helpers import wait_until
+from tests.helpers import json_lines, wait_until
 from tests.servers import Service
 from tests.token_support import ADMIN, token_config
 
@@ -124,7 +124,7 @@ def run_page(browser, origin: str, mode: str) -> dict:
 
 def access_lines(service, route: str, method: str = "POST") -> list[dict]:
     """The service's access-log lines for `method route` (preflights have lines of their own)."""
-    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    lines = json_lines(service.log())
     return [line for line in lines if line.get("logger") == "kimi_backend.access" and line.get("route") == route
             and line.get("method") == method]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import json
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import sys
 import pytest
 import requests
 
-from tests.helpers import LONG_WINDOW_MS, ROOT, require_binary, wait_until
+from tests.helpers import LONG_WINDOW_MS, ROOT, json_lines, require_binary, wait_until
 from tests.servers import RedisServer, fetch_all
 from tests.token_support import ADMIN, SITE, token_config
 
@@ -74,7 +73,7 @@ def test_a_tokens_own_limit_is_exact_across_instances(two_instances):
 
 def worker_pids(service, route: str) -> set[int]:
     """The workers that wrote an access line for `route`."""
-    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    lines = json_lines(service.log())
     return {line["pid"] for line in lines if line.get("route") == route}
 
 
