@@ -90,13 +90,24 @@ STORE_SETUPS = [
 ]
 
 
+def in_turn(targets: list[tuple], seconds: int, rounds: int) -> dict[str, list[dict]]:
+    """Measures each (label, process, path, body) in turn, `rounds` times, each round starting
+    one further along so no target always follows the same one; each label's figures, round
+    by round."""
+    results: dict[str, list[dict]] = {label: [] for label, *_ in targets}
+    for round_ in range(rounds):
+        shift = round_ % len(targets)
+        for label, target, path, body in targets[shift:] + targets[:shift]:
+            results[label].append(measure(target, target.url + path, body, seconds))
+    return results
+
+
 def alternated(simulator, direct: dict, setups: list, seconds: int, rounds: int) -> dict[str, dict]:
     """Our service in each setup, all running side by side and measured in turn `rounds`
     times (each round in another order), so drift on a shared machine hits every setup alike;
     prints and returns the medians of the rounds."""
     print("| setup | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | CPU ms/req | errors |")
     print("|---|---|---|---|---|---|---|")
-    results: dict[str, list[dict]] = {label: [] for label, _ in setups}
     with contextlib.ExitStack() as stack:
         targets = []
         for label, env in setups:
@@ -104,11 +115,8 @@ def alternated(simulator, direct: dict, setups: list, seconds: int, rounds: int)
             counts = stack.enter_context(tempfile.TemporaryDirectory(prefix="kimi-bench-counts-", dir="/dev/shm"))
             target = start_service(simulator.url, **{name: value.format(counts=counts) for name, value in env.items()})
             stack.callback(target.stop)
-            targets.append((label, target))
-        for round_ in range(rounds):
-            shift = round_ % len(targets)
-            for label, target in targets[shift:] + targets[:shift]:
-                results[label].append(measure(target, target.url + "/api/chat/completion", {"message": "hello"}, seconds))
+            targets.append((label, target, "/api/chat/completion", {"message": "hello"}))
+        results = in_turn(targets, seconds, rounds)
     rows = {}
     for label, runs in results.items():
         rows[label] = r = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p99", "rps", "cpu_ms")}
@@ -144,12 +152,8 @@ def litellm_comparison(simulator, direct: dict, seconds: int, rounds: int) -> No
     targets = [("kimi-backend /api", ours, "/api/chat/completion", {"message": MESSAGE, "model": DEFAULT_MODEL}),
                ("kimi-backend /v1", ours, "/v1/chat/completions", openai_body),
                ("litellm /v1", litellm, "/v1/chat/completions", openai_body)]
-    results: dict[str, list[dict]] = {name: [] for name, *_ in targets}
     try:
-        for round_ in range(rounds):
-            # Each round in another order, so no target always follows the same one.
-            for name, target, path, body in targets[round_ % 3:] + targets[:round_ % 3]:
-                results[name].append(measure(target, target.url + path, body, seconds))
+        results = in_turn(targets, seconds, rounds)
     finally:
         ours.stop()
         litellm.stop()
