@@ -15,7 +15,10 @@ export interface ClientOptions {
    * and once more when the service answers 401 `token_expired` (the call is then retried once).
    */
   getToken?: () => TokenGrant | Promise<TokenGrant>;
-  /** Milliseconds per call (0 = none); for streams, the longest silence allowed. Default 120000. */
+  /**
+   * Milliseconds per call (0 = none); for streams, the longest silence allowed. Unset: 930000 for
+   * a non-streamed chat call (longer than the service's 910 s for one), 120000 for anything else.
+   */
   timeout?: number;
 }
 
@@ -247,7 +250,7 @@ export default class KimiClient {
   apiKey?: string;
   token?: string;
   getToken?: () => TokenGrant | Promise<TokenGrant>;
-  timeout: number;
+  timeout?: number;
   chat(message: string, options?: CompletionOptions): Promise<ChatResponse>;
   chatWithHistory(messages: ChatMessage[], options?: ChatOptions): Promise<ChatResponse>;
   chatStream(input: string | ChatMessage[], options?: StreamOptions): StreamHandle;

@@ -8,6 +8,10 @@
 // `client.conversation()` keeps a whole conversation (reasoning included) for you.
 
 const DEFAULT_TIMEOUT_MS = 120000;
+// A non-streamed chat call's default: longer than the service waits for one
+// (UPSTREAM_COMPLETION_TIMEOUT_S, 910 s by default; a thinking model's long answer takes minutes),
+// so the SDK does not give up on an answer the service is still waiting for and Moonshot bills.
+const DEFAULT_CHAT_TIMEOUT_MS = 930000;
 // A browser token is renewed this long before it expires (or at half its life, if shorter).
 const TOKEN_REFRESH_MARGIN_MS = 30000;
 
@@ -166,9 +170,10 @@ export default class KimiClient {
    *   baseURL: the service's origin ('' = the page's own origin); apiKey: a client key, sent as
    *   `x-api-key`; token: a browser token, or getToken: a function that fetches one (from your site's
    *   backend, or `createSession()`), sent as `Authorization: Bearer`; timeout: milliseconds per
-   *   call (0 = none), for streams the longest silence allowed.
+   *   call (0 = none), for streams the longest silence allowed; unset, 930000 for a non-streamed
+   *   chat call and 120000 for anything else.
    */
-  constructor({ baseURL = '', apiKey, token, getToken, timeout = DEFAULT_TIMEOUT_MS } = {}) {
+  constructor({ baseURL = '', apiKey, token, getToken, timeout } = {}) {
     this.baseURL = baseURL.replace(/\/+$/, '');
     this.apiKey = apiKey;
     this.token = token;
@@ -178,12 +183,14 @@ export default class KimiClient {
 
   /** Single-turn chat: resolves to `{success, data: {message, usage, model, finish_reason, reasoning?}}`. */
   chat(message, options = {}) {
-    return this.#request('POST', '/api/chat/completion', { message, system: options.system, ...chatOptions(options) }, options);
+    return this.#request('POST', '/api/chat/completion', { message, system: options.system, ...chatOptions(options) },
+      options, true, DEFAULT_CHAT_TIMEOUT_MS);
   }
 
   /** Multi-turn chat with a `[{role, content, reasoning?}]` list: same shape as `chat`. */
   chatWithHistory(messages, options = {}) {
-    return this.#request('POST', '/api/chat/history', { messages, ...chatOptions(options) }, options);
+    return this.#request('POST', '/api/chat/history', { messages, ...chatOptions(options) }, options, true,
+      DEFAULT_CHAT_TIMEOUT_MS);
   }
 
   /** `{success, data: [{id, context_length, thinking, ...}]}`: the models the service can use. */
@@ -223,7 +230,7 @@ export default class KimiClient {
    * (by `abort()` or `signal`) is not an error: the promise resolves with `aborted: true`.
    */
   chatStream(input, options = {}) {
-    const control = new CallControl(options.signal, options.timeout ?? this.timeout);
+    const control = new CallControl(options.signal, options.timeout ?? this.timeout ?? DEFAULT_TIMEOUT_MS);
     const outcome = { content: '', reasoning: '', usage: null, finishReason: null, aborted: false };
     const result = this.#readStream(input, options, control, outcome).then(
       () => {
@@ -298,9 +305,12 @@ export default class KimiClient {
     if (!finished) throw new KimiError('The stream ended before it was complete.', { code: 'stream_truncated', requestId });
   }
 
-  /** A JSON call: resolves to the response body, throws a KimiError for any failure. */
-  async #request(method, path, body, options, authenticated = true) {
-    const control = new CallControl(options.signal, options.timeout ?? this.timeout);
+  /**
+   * A JSON call: resolves to the response body, throws a KimiError for any failure. Its timeout:
+   * the call's, else the client's, else `defaultTimeout`.
+   */
+  async #request(method, path, body, options, authenticated = true, defaultTimeout = DEFAULT_TIMEOUT_MS) {
+    const control = new CallControl(options.signal, options.timeout ?? this.timeout ?? defaultTimeout);
     try {
       const response = await this.#send(method, path, body, control, 'application/json', authenticated);
       try {

@@ -210,6 +210,26 @@ test('timeouts: the whole call for JSON, the longest silence for a stream', asyn
   assert.equal(outcome.content, `${OFFLINE} You said: hi`);
 });
 
+test('unset, the timeout waits out a non-streamed chat as long as the service does, and 120 s for a stream', async (t) => {
+  // The SDK's clock is mocked: 250 s pass at once, while the service answers in real time.
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const patient = new KimiClient({ baseURL, apiKey });
+  const call = patient.chat('hi sim:delay=0.5');
+  t.mock.timers.tick(250000);
+  assert.equal((await call).data.message, `${OFFLINE} You said: hi`);
+  const history = patient.chatWithHistory([{ role: 'user', content: 'hi sim:delay=0.5' }]);
+  t.mock.timers.tick(250000);
+  assert.equal((await history).data.message, `${OFFLINE} You said: hi`);
+  // A stream's silence is still bounded at 120 s.
+  const errors = [];
+  const stream = patient.chatStream('hi sim:first_delay=3', { onError: (error) => errors.push(error) });
+  t.mock.timers.tick(119000);
+  assert.deepEqual(errors, []);
+  t.mock.timers.tick(1001);
+  await stream;
+  assert.equal(errors[0].code, 'timeout');
+});
+
 test('an unreachable server is a network_error', async () => {
   const nowhere = new KimiClient({ baseURL: 'http://127.0.0.1:9' });
   await assert.rejects(nowhere.health(), { name: 'KimiError', code: 'network_error', status: 0 });
