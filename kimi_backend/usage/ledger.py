@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import operator
 import queue
 import sys
 import threading
@@ -74,8 +75,12 @@ class PreparedInsert:
         compiled = insert(usage).inline().compile(dialect=engine.dialect, column_keys=columns)
         self.sql = str(compiled)
         names = compiled.positiontup if compiled.positional else list(compiled.binds)
-        self._columns = [(name, usage.c[name].type.dialect_impl(engine.dialect).bind_processor(engine.dialect))
-                         for name in names]
+        processors = [usage.c[name].type.dialect_impl(engine.dialect).bind_processor(engine.dialect) for name in names]
+        # A row's values in the statement's order, taken in one call; then only the few that need
+        # it (dates, times, booleans) converted. Per row, this is about a third of what a
+        # conversion call (or none) per value cost, in the writer that shares the GIL with requests.
+        self._take = operator.itemgetter(*names)
+        self._conversions = [(index, process) for index, process in enumerate(processors) if process is not None]
         self._positional = compiled.positional
         self._names = names
         head, values = self.sql.rsplit(" VALUES ", 1)
@@ -85,7 +90,11 @@ class PreparedInsert:
 
     def parameters(self, row: dict) -> tuple | dict:
         """One row's parameters, as the driver takes them."""
-        values = (process(row[name]) if process else row[name] for name, process in self._columns)
+        values = self._take(row)
+        if self._conversions:
+            values = list(values)
+            for index, process in self._conversions:
+                values[index] = process(values[index])
         return tuple(values) if self._positional else dict(zip(self._names, values))
 
     def statements(self, rows: list[dict]) -> list[tuple[str, tuple | list]]:
@@ -99,7 +108,10 @@ class PreparedInsert:
             sql = self._multi_sql.get(len(part))
             if sql is None:
                 sql = self._multi_sql[len(part)] = self._head + ", ".join([self._values] * len(part))
-            statements.append((sql, tuple(value for row in part for value in self.parameters(row))))
+            values: list = []
+            for row in part:
+                values.extend(self.parameters(row))
+            statements.append((sql, tuple(values)))
         return statements
 
 
