@@ -77,8 +77,8 @@ class PreparedInsert:
         names = compiled.positiontup if compiled.positional else list(compiled.binds)
         processors = [usage.c[name].type.dialect_impl(engine.dialect).bind_processor(engine.dialect) for name in names]
         # A row's values in the statement's order, taken in one call; then only the few that need
-        # it (dates, times, booleans) converted. Per row, this is about a third of what a
-        # conversion call (or none) per value cost, in the writer that shares the GIL with requests.
+        # it (dates, times, booleans) converted: 3.4 against 4.6 µs a row for a conversion call
+        # (or none) per value, side by side in one process, in the writer that shares the GIL.
         self._take = operator.itemgetter(*names)
         self._conversions = [(index, process) for index, process in enumerate(processors) if process is not None]
         self._positional = compiled.positional
