@@ -256,6 +256,8 @@ def test_wide_replies_scroll_in_place_at_200_percent_zoom_and_phone_width(browse
         send(page, "一张很宽的表")
         table = reply(page).locator(".table-scroll")
         expect(table.locator("th")).to_have_count(8)
+        # The code block comes after the table in the stream: measure it once all of it is in.
+        expect(reply(page).locator("pre")).to_contain_text(("x = 1; " * 60).strip())
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), f"the page scrolls sideways at {width}px"
         assert table.evaluate("box => box.scrollWidth > box.clientWidth"), "the table does not scroll in its own box"
         assert reply(page).locator("pre").evaluate("box => box.scrollWidth > box.clientWidth")
