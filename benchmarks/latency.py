@@ -101,14 +101,24 @@ STORE_SETUPS = [
 ]
 
 
+def rotated(items: list, round_: int) -> list:
+    """`items` starting `round_` places along (wrapping round), so that over the rounds no
+    item always follows the same one."""
+    shift = round_ % len(items)
+    return items[shift:] + items[:shift]
+
+
+def medians(runs: list[dict], keys: tuple[str, ...] = ("p50", "p99", "rps", "p99_16", "cpu_ms")) -> dict:
+    """Each of `measure`'s figures named in `keys`, its median over `runs`."""
+    return {key: statistics.median(run[key] for run in runs) for key in keys}
+
+
 def in_turn(targets: list[tuple], seconds: int, rounds: int) -> dict[str, list[dict]]:
     """Measures each (label, process, path, body) in turn, `rounds` times, each round starting
-    one further along so no target always follows the same one; each label's figures, round
-    by round."""
+    one further along; each label's figures, round by round."""
     results: dict[str, list[dict]] = {label: [] for label, *_ in targets}
     for round_ in range(rounds):
-        shift = round_ % len(targets)
-        for label, target, path, body in targets[shift:] + targets[:shift]:
+        for label, target, path, body in rotated(targets, round_):
             results[label].append(measure(target, target.url + path, body, seconds))
     return results
 
@@ -130,7 +140,7 @@ def alternated(simulator, direct: dict, setups: list, seconds: int, rounds: int)
         results = in_turn(targets, seconds, rounds)
     rows = {}
     for label, runs in results.items():
-        rows[label] = r = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p99", "rps", "cpu_ms")}
+        rows[label] = r = medians(runs)
         errors = sum(run["errors"] for run in runs)
         print(f"| {label} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | {r['rps']:.0f} | "
               f"{r['cpu_ms']:.2f} | {errors} |", flush=True)
@@ -142,10 +152,9 @@ def fresh_pairs(simulator, setups: list, seconds: int, rounds: int) -> list[dict
     each round) and stops them; each round's figures by label."""
     results = []
     for round_ in range(rounds):
-        shift = round_ % len(setups)
         with contextlib.ExitStack() as stack:
             figures = {}
-            for label, env in setups[shift:] + setups[:shift]:
+            for label, env in rotated(setups, round_):
                 target = start_service(simulator.url, **env)
                 stack.callback(target.stop)
                 figures[label] = measure(target, target.url + "/api/chat/completion", {"message": "hello"}, seconds)
@@ -157,8 +166,8 @@ def median_interval(values: list[float], resamples: int = 4000) -> tuple[float, 
     """The median of `values` and a 95 % bootstrap (percentile) interval around it; the
     resampling is seeded, so the same values give the same interval."""
     draw = random.Random(13)
-    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
-    return statistics.median(values), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+    resampled = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
+    return statistics.median(values), resampled[int(0.025 * resamples)], resampled[int(0.975 * resamples) - 1]
 
 
 def store_cost(simulator, direct: dict, seconds: int, rounds: int) -> None:
@@ -194,7 +203,7 @@ def against_min_proxy(simulator, direct: dict, seconds: int, rounds: int) -> Non
             results = in_turn(targets, seconds, rounds)
         rows = {}
         for name, runs in results.items():
-            rows[name] = r = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p99", "rps", "p99_16", "cpu_ms")}
+            rows[name] = r = medians(runs)
             print(f"| {label} | {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | "
                   f"{r['rps']:.0f} | {r['p99_16']:.2f} | {r['cpu_ms']:.2f} | {sum(run['errors'] for run in runs)} |")
         ours, floor = rows["kimi-backend"], rows["min_proxy"]
@@ -229,7 +238,7 @@ def litellm_comparison(simulator, direct: dict, seconds: int, rounds: int) -> No
     print("| target | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | p99 ms (16 conn) | CPU ms/req | errors |")
     print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        r = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p99", "rps", "p99_16", "cpu_ms")}
+        r = medians(runs)
         print(f"| {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | {r['rps']:.0f} | "
               f"{r['p99_16']:.2f} | {r['cpu_ms']:.2f} | {sum(run['errors'] for run in runs)} |")
     lite = results["litellm /v1"]
@@ -250,7 +259,7 @@ def usage_overhead(simulator, direct: dict, seconds: int, rounds: int) -> None:
     print("| setup | p50 ms (1 conn) | p99 ms (1 conn) | added p50 ms | req/s (16 conn) | CPU ms/req | errors |")
     print("|---|---|---|---|---|---|---|")
     for label in (off_label, on_label):
-        r = {key: statistics.median(run[label][key] for run in runs) for key in ("p50", "p99", "rps", "cpu_ms")}
+        r = medians([run[label] for run in runs])
         print(f"| {label} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:.2f} | {r['rps']:.0f} | "
               f"{r['cpu_ms']:.2f} | {sum(run[label]['errors'] for run in runs)} |")
     ratios = {
