@@ -279,24 +279,37 @@ def a_ledger(tmp_path, queue_size: int) -> tuple[Ledger, str]:
 
 
 def test_the_writer_wakes_once_per_batch_not_once_per_row(tmp_path):
-    # Rows gather in the queue while the writer sleeps; a blocking get per row woke it for every
+    # Rows gather in the queue while the writer sleeps; a wake-up per row woke it for every
     # chat request. Closing wakes a gathering writer at once (here, 30 s before its flush).
     ledger, url = a_ledger(tmp_path, queue_size=1000)
     waits = []
-    real_get = ledger._queue.get
+    real_wait = ledger._wake.wait
 
-    def counting_get(block=True, timeout=None):
-        if block:
-            waits.append(timeout)
-        return real_get(block, timeout)
-    ledger._queue.get = counting_get
+    def counting_wait(timeout=None):
+        waits.append(timeout)
+        return real_wait(timeout)
+    ledger._wake.wait = counting_wait
     for i in range(200):
         ledger.record(ledger_row(i))
     began = time.monotonic()
     ledger.close()
     assert time.monotonic() - began < 10
-    assert len(waits) <= 2  # the first row's, and perhaps the stop mark's
+    assert len(waits) <= 2  # for the first row, and while the rest gather
     assert count_rows(url) == 200
+
+
+def test_flush_writes_what_is_queued_without_waiting_out_the_flush_interval(tmp_path):
+    ledger, url = a_ledger(tmp_path, queue_size=1000)  # rows gather for 30 s
+    try:
+        for round_ in range(3):
+            for i in range(5):
+                ledger.record(ledger_row(round_ * 5 + i))
+            began = time.monotonic()
+            assert ledger.flush(timeout_s=10)
+            assert time.monotonic() - began < 10
+            assert count_rows(url) == 5 * (round_ + 1)
+    finally:
+        ledger.close()
 
 
 def test_a_half_full_queue_is_written_without_waiting_for_the_flush(tmp_path):
