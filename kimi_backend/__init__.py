@@ -148,7 +148,8 @@ def register_request_hooks(app: Flask) -> None:
 
     @app.after_request
     def echo_request_id(response):
-        response.headers["X-Request-ID"] = g.get("request_id") or new_request_id()
+        # Added, not set: only this hook writes it (setting scans every header there already).
+        response.headers.add("X-Request-ID", g.get("request_id") or new_request_id())
         return response
 
 

@@ -177,9 +177,11 @@ def add_rate_limit_headers(response: Response) -> Response:
     except StorageError:  # the storage went away after the check: the answer matters more than its headers
         log.warning("rate-limit headers skipped: limiter storage unavailable")
         return response
-    response.headers["X-RateLimit-Limit"] = str(item.amount)
-    response.headers["X-RateLimit-Remaining"] = str(max(0, item.amount - count))
-    response.headers["X-RateLimit-Reset"] = str(math.ceil(reset_at))
+    # Added, not set: only this hook writes them (setting one scans every header there already).
+    headers = response.headers
+    headers.add("X-RateLimit-Limit", str(item.amount))
+    headers.add("X-RateLimit-Remaining", str(max(0, item.amount - count)))
+    headers.add("X-RateLimit-Reset", str(math.ceil(reset_at)))
     if count > item.amount:
         response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
     return response

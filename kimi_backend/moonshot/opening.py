@@ -8,8 +8,9 @@ upstream connection that request uses, which the connection pools below record. 
 serves every request of the process that is being opened: a thread started per request was
 a tenth of what opening a stream cost in a burst of a thousand.
 
-The connections in those pools are urllib3's, with one send fewer per request and, under
-gevent, a cheaper check that a pooled connection is still open (see `_LeanConnection`).
+The connections in those pools are urllib3's, with one send fewer per request, under gevent a
+cheaper check that a pooled connection is still open (see `_LeanConnection`), and response
+headers read without the `email` package (see response_headers.py).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..peer import peek_now
+from .response_headers import LeanHTTPResponse
 
 # How often the watcher asks whether the client is still there.
 WATCH_S = 0.2
@@ -117,9 +119,11 @@ class _LeanConnection:
     of one commit).
 
     `is_connected`, `request` and `send` are public members of urllib3's and http.client's
-    connections; tests/test_opening.py fails if urllib3 stops calling them this way."""
+    connections, `response_class` too; tests/test_opening.py fails if urllib3 stops calling
+    them this way."""
 
     _held: bytes | None = None
+    response_class = LeanHTTPResponse
 
     @property
     def is_connected(self) -> bool:

@@ -81,7 +81,9 @@ def add_budget_header(response: Response) -> Response:
     charge = g.get("token_charge")
     remaining = charge.remaining() if charge is not None else None
     if remaining is not None:
-        response.headers[BUDGET_HEADER] = str(remaining)
+        # Added, not set: nothing else writes this header, and setting one scans and compares
+        # every header already there (sixteen `str.lower` calls on a chat reply).
+        response.headers.add(BUDGET_HEADER, str(remaining))
     return response
 
 
