@@ -7,12 +7,20 @@ is started every 10 ms, a visible share of what counting a request costs. Expiry
 not need it (a counter past its expiry is reset when next read, as before); the deletion of
 counters nobody reads any more is done here by the increments themselves, at most once every
 SWEEP_EVERY_S.
+
+Under gevent an increment takes no lock: nothing in it can switch to another greenlet, so no
+other increment runs meanwhile, and the stock per-counter RLock is there the pure-Python
+`threading._RLock` (gevent's patched locks leave no C one): an increment costs 1.9 µs without
+it against 5.0 µs with it, side by side in one gevent-patched process. A request counts its
+rate limit once and, with two token budgets, increments four times more.
 """
 from __future__ import annotations
 
 import time
 
 from limits.storage import MemoryStorage
+
+from .system import gevent_patched
 
 # How often an increment deletes the expired counters (clients seen once do not accumulate).
 SWEEP_EVERY_S = 10.0
@@ -28,6 +36,8 @@ class MemoryCounts(MemoryStorage):
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         self.sweep_every_s = SWEEP_EVERY_S
         self._swept_at = time.time()
+        # Greenlets only (decided when the storage is made: in the worker, after gevent patched it).
+        self.greenlets_only = gevent_patched()
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         """Adds `amount` to the counter (a new one, or one past its expiry, starts at zero and
@@ -41,11 +51,16 @@ class MemoryCounts(MemoryStorage):
             self.storage.pop(key, None)
             self.expirations.pop(key, None)
             self.locks.pop(key, None)
+        if self.greenlets_only:
+            return self._add(key, expiry, amount)
         with self.locks[key]:
-            self.storage[key] += amount
-            if self.storage[key] == amount:
-                self.expirations[key] = time.time() + expiry
-        return self.storage.get(key, 0)
+            return self._add(key, expiry, amount)
+
+    def _add(self, key: str, expiry: float, amount: int) -> int:
+        count = self.storage[key] = self.storage[key] + amount
+        if count == amount:
+            self.expirations[key] = time.time() + expiry
+        return count
 
     def _sweep(self, now: float) -> None:
         self._swept_at = now

@@ -3,11 +3,16 @@ static routes, the 429 contract, and what happens when the limiter's storage is 
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import LONG_WINDOW_MS, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # An hour: no test can straddle a fixed-window boundary.
 LONG_WINDOW = {"RATE_LIMIT_WINDOW_MS": LONG_WINDOW_MS}
@@ -137,16 +142,28 @@ def test_memory_limits_count_in_our_memory_storage(app):
     assert type(limiter.limiter.storage) is MemoryCounts
 
 
-def test_our_memory_storage_counts_exactly_as_the_stock_one():
+@pytest.mark.parametrize("greenlets_only", [False, True], ids=["threads", "greenlets"])
+def test_our_memory_storage_counts_exactly_as_the_stock_one(greenlets_only):
     """The same increments (new counters, repeated ones, negative amounts as budgets give back,
-    counters that expire at once) give the same values in both."""
+    counters that expire at once) give the same values in both, with the per-counter lock
+    (threads) and without it (under gevent)."""
     from limits.storage import MemoryStorage
     from kimi_backend.memory_counts import MemoryCounts
     ours, stock = MemoryCounts(), MemoryStorage()
+    ours.greenlets_only = greenlets_only
     steps = [("a", 60, 1), ("a", 60, 1), ("b", 60, 5), ("a", 60, -2), ("b", 0, 3), ("b", 60, 1), ("c", 0, 1),
              ("c", 0, 1), ("a", 60, 10), ("b", 60, -4), ("b", 60, 4), ("d", 60, 0), ("d", 60, 2)]
     assert [ours.incr(*step) for step in steps] == [stock.incr(*step) for step in steps]
     assert [ours.get(key) for key in "abcd"] == [stock.get(key) for key in "abcd"]
+
+
+def test_our_memory_storage_takes_no_lock_only_under_gevent():
+    # Under gevent nothing in an increment can switch greenlets; with threads it must lock.
+    probe = ("import kimi_backend.memory_counts as m; s = m.MemoryCounts(); s.incr('k', 60); "
+             "print(s.greenlets_only, 'k' in s.locks)")
+    for prelude, expected in (("from gevent import monkey; monkey.patch_all(); ", "True False"), ("", "False True")):
+        out = subprocess.run([sys.executable, "-c", prelude + probe], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert out.stdout.strip() == expected, out.stderr
 
 
 def test_our_memory_storage_starts_no_timer_and_sweeps_expired_counters():

@@ -8,7 +8,6 @@ import atexit
 import collections
 import logging
 import operator
-import sys
 import threading
 import time
 
@@ -17,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..observability.metrics import LEDGER_ROWS, LEDGER_WRITE_ERRORS
 from ..observability.access_log import Exchange
+from ..system import gevent_patched
 from .budgets import Charge
 from .cost import Cost
 from .schema import usage
@@ -53,12 +53,6 @@ def usage_row(exchange: Exchange, charge: Charge, cost: Cost) -> dict:
         "duration_ms": round((time.perf_counter() - exchange.started) * 1000, 1),
         "stream": exchange.streaming, "cut_short": exchange.streaming and exchange.outcome != "ok",
     }
-
-
-def _gevent_patched() -> bool:
-    """Whether this process runs under gevent's monkey-patching (gunicorn's gevent worker)."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("threading")
 
 
 class PreparedInsert:
@@ -133,7 +127,7 @@ class Ledger:
     def __init__(self, engine: Engine, *, queue_size: int, flush_interval_s: float):
         self.engine = engine
         self._insert = PreparedInsert(engine)
-        self._gevent_sqlite = engine.dialect.name == "sqlite" and _gevent_patched()
+        self._gevent_sqlite = engine.dialect.name == "sqlite" and gevent_patched()
         self.flush_interval_s = flush_interval_s
         self.queue_size = queue_size
         self._rows: collections.deque = collections.deque()
