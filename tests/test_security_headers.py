@@ -92,3 +92,29 @@ def test_every_endpoint_gets_its_own_headers(client):
         response = client.get(path)
         assert response.headers["X-Frame-Options"] == "DENY"
         assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def test_the_security_headers_are_flask_talismans_own(make_app):
+    # SecurityHeaders works out Talisman's headers once per endpoint and HSTS case and adds them:
+    # the same headers, once each, as flask-talisman itself sets, over HTTP and HTTPS, and on
+    # every kind of response.
+    source = inspect.getsource(Talisman._set_response_headers)
+    assert list(inspect.signature(Talisman._set_response_headers).parameters) == ["self", "response"]
+    assert "flask.request" not in source.replace("flask.request.endpoint", "")
+    hsts_source = inspect.getsource(Talisman._set_hsts_headers)
+    assert "flask.request.is_secure" in hsts_source and "X-Forwarded-Proto" in hsts_source
+    ours = make_app()
+    stock = make_app()
+    talisman = stock.extensions["talisman"]
+    stock.after_request_funcs[None].remove(talisman._set_response_headers)
+    stock.after_request_funcs[None].append(lambda response: Talisman._set_response_headers(talisman, response))
+    names = {"Permissions-Policy", "X-Frame-Options", "X-Content-Type-Options", "Content-Security-Policy",
+             "Referrer-Policy", "Strict-Transport-Security", "X-XSS-Protection", "Feature-Policy", "Document-Policy"}
+    for base_url in ("http://localhost", "https://localhost", "http://localhost"):
+        for method, path in (("get", "/"), ("get", "/health"), ("get", "/no-such-page"),
+                             ("post", "/api/chat/completion"), ("get", "/api/info")):
+            got = [getattr(app.test_client(), method)(path, base_url=base_url) for app in (ours, stock)]
+            security = [[(k, v) for k, v in response.headers.items() if k in names] for response in got]
+            assert security[0] == security[1] and len({k for k, _ in security[0]}) == len(security[0]) >= 5, \
+                (base_url, path, security)
+            assert ("Strict-Transport-Security" in dict(security[0])) == base_url.startswith("https")
