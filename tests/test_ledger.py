@@ -312,6 +312,35 @@ def test_flush_writes_what_is_queued_without_waiting_out_the_flush_interval(tmp_
         ledger.close()
 
 
+def test_a_batch_that_cannot_be_written_does_not_stop_the_writer(tmp_path, caplog):
+    # Not a database failure (those are retried): something in our own code. The batch is lost,
+    # logged and counted; the writer goes on with the next rows.
+    ledger, url = a_ledger(tmp_path, queue_size=1000)
+    real = ledger._insert.statements
+    calls = []
+
+    def failing_once(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise KeyError("day")
+        return real(rows)
+    ledger._insert.statements = failing_once
+    lost_before = metric("kimi_usage_ledger_rows_total", result="lost_write_failed")
+    try:
+        for i in range(3):
+            ledger.record(ledger_row(i))
+        assert ledger.flush(timeout_s=10)
+        assert count_rows(url) == 0
+        assert metric("kimi_usage_ledger_rows_total", result="lost_write_failed") - lost_before == 3
+        assert "3 rows lost" in caplog.text
+        for i in range(3, 5):
+            ledger.record(ledger_row(i))
+        assert ledger.flush(timeout_s=10)
+        assert count_rows(url) == 2
+    finally:
+        ledger.close()
+
+
 def test_a_half_full_queue_is_written_without_waiting_for_the_flush(tmp_path):
     # A small USAGE_QUEUE_SIZE must not overflow while the writer sleeps out its 30 s.
     ledger, url = a_ledger(tmp_path, queue_size=10)

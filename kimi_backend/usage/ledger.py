@@ -205,7 +205,11 @@ class Ledger:
         while True:
             batch, marks = self._next_batch()
             if batch:
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except Exception:  # not the database (that is retried in _write): a bug must not stop the writer
+                    LEDGER_ROWS.labels("lost_write_failed").inc(len(batch))
+                    log.exception("usage ledger: %d rows lost, they could not be written", len(batch))
             for mark in marks:
                 mark.done.set()
             if self._closed and not self._rows:
@@ -255,7 +259,6 @@ class Ledger:
                     return
                 log.warning("usage ledger: writing %d rows failed (%s); retrying in %.1f s", len(batch), reason, delay)
                 time.sleep(delay)
-
 
     def _execute(self, statements: list[tuple[str, tuple | list]]) -> None:
         with self.engine.begin() as conn:
