@@ -29,7 +29,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _clean_env(**extra: str) -> dict:
+def clean_env(**extra: str) -> dict:
+    """The caller's environment less every setting of ours (and gunicorn's), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(DOTENV_PATH="", **extra)
     return env
@@ -41,7 +42,7 @@ class Proc:
     def __init__(self, name: str, command: list[str], url: str, ready_path: str, cwd: Path = ROOT, **env: str):
         self.name = name
         self.url = url
-        self.proc = subprocess.Popen(command, cwd=cwd, env=_clean_env(**env),
+        self.proc = subprocess.Popen(command, cwd=cwd, env=clean_env(**env),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 90  # LiteLLM's proxy takes tens of seconds to import
         while True:
@@ -117,14 +118,22 @@ def start_service(upstream: str, **env: str) -> Proc:
     per-address connection cap is off, since one load generator plays every client. It logs
     at the default level, so each request's JSON line is written (to /dev/null) and counted."""
     port = free_port()
+    return Proc("service", SERVICE_COMMAND, f"http://127.0.0.1:{port}", "/health", **service_settings(upstream, port, **env))
+
+
+# Our service as `make run` starts it.
+SERVICE_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+
+
+def service_settings(upstream: str, port: int, **env: str) -> dict:
+    """The benchmark's settings for our service on `port` (see `start_service`), then `env`."""
     settings = dict(KIMI_API_KEY=BENCH_KEY, KIMI_BASE_URL=upstream, PORT=str(port), HOST="127.0.0.1",
                     RATE_LIMIT_MAX_REQUESTS="100000000",
                     USAGE_DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='kimi-bench-usage-')}/usage.sqlite3",
                     # One load generator plays every client from one address.
                     MAX_CONNECTIONS_PER_IP="0")
     settings.update(env)
-    return Proc("service", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                f"http://127.0.0.1:{port}", "/health", **settings)
+    return settings
 
 
 def start_min_proxy(upstream: str, worker_args: list[str]) -> Proc:

@@ -1,0 +1,121 @@
+"""CPU instructions per request of our service, counted by valgrind's callgrind: a measure of
+CPU work that, unlike time on a shared VM, does not move from one minute to the next, so two
+setups (or two commits) can be told apart by a few per cent.
+
+For each setup, our service (one gevent worker, started as `make run` starts it, under
+`valgrind --tool=callgrind`) is sent `--base` requests, or `--base` + `--requests` requests,
+one at a time, and stopped; the worker's instructions in the second run less the first's,
+divided by `--requests`, are what a request costs, startup and shutdown cancelled out. The
+ledger's writer and its SQLite inserts are counted too (one worker's process, every thread).
+Requests go one at a time at valgrind's pace (about 10 a second), so the ledger writes small
+batches: the count includes more per-batch work than a loaded service pays per row.
+
+    python benchmarks/instructions.py [--setups off,on] [--requests 500] [--base 100] [--route /v1/chat/completions]
+
+Needs valgrind (`apt-get install valgrind`); a run of the default two setups takes 8-10 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.latency import USAGE_SETUPS  # noqa: E402
+from benchmarks.procs import ROOT, SERVICE_COMMAND, clean_env, free_port, service_settings, start_simulator  # noqa: E402
+from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
+
+BUDGETS = {"TOKEN_BUDGET_PER_DAY": "1000000000000", "TOKEN_BUDGET_TOTAL_PER_DAY": "1000000000000"}
+SETUPS = {
+    "off": dict(USAGE_SETUPS)["ledger + budgets off"],
+    "on": dict(USAGE_SETUPS)["ledger + budgets on"],
+    "ledger": {"WEB_CONCURRENCY": "1"},  # the default: the ledger on, no budget
+    "budgets": {"WEB_CONCURRENCY": "1", "USAGE_LEDGER": "false", **BUDGETS},
+}
+STARTUP_S = 600  # the app's imports take a minute or two under valgrind
+
+
+def body_for(route: str) -> dict:
+    if route.startswith("/v1/"):
+        return {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hello sim:reasoning=0"}]}
+    return {"message": "hello sim:reasoning=0"}
+
+
+def worker_instructions(upstream: str, env: dict, route: str, count: int) -> int:
+    """The instructions of the service's worker process over its whole life, serving `count` requests."""
+    out = Path(tempfile.mkdtemp(prefix="kimi-callgrind-"))
+    port = free_port()
+    command = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/cg.%p",
+               *SERVICE_COMMAND]
+    with open(out / "valgrind.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(**service_settings(upstream, port, **env)),
+                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the service did not start under valgrind (see {out}/valgrind.log)")
+            time.sleep(1)
+        worker = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0]
+        with requests.Session() as session:
+            for _ in range(count):
+                answer = session.post(url + route, json=body_for(route), timeout=60)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"{route} answered {answer.status_code}: {answer.text[:200]}")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the ledger writes what it holds, then callgrind writes its counts
+        proc.wait(300)
+    text = (out / f"cg.{worker}").read_text()
+    totals = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+    shutil.rmtree(out, ignore_errors=True)
+    return int(totals.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setups", default="off,on", help=f"comma-separated, of: {', '.join(SETUPS)}")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--base", type=int, default=100)
+    parser.add_argument("--route", default="/api/chat/completion")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+    setups = args.setups.split(",")
+    unknown = [name for name in setups if name not in SETUPS]
+    if unknown:
+        sys.exit(f"unknown setup(s): {', '.join(unknown)}")
+    simulator = start_simulator()
+    try:
+        per_request = {}
+        for name in setups:
+            low = worker_instructions(simulator.url, SETUPS[name], args.route, args.base)
+            high = worker_instructions(simulator.url, SETUPS[name], args.route, args.base + args.requests)
+            per_request[name] = (high - low) / args.requests
+    finally:
+        simulator.stop()
+    print(f"\n## Instructions per {args.route} request (callgrind, one gevent worker, "
+          f"{args.base + args.requests} less {args.base} requests)\n")
+    print(f"| setup | instructions per request | against {setups[0]} |")
+    print("|---|---|---|")
+    for name in setups:
+        print(f"| {name} | {per_request[name] / 1e6:.3f} M | {per_request[name] / per_request[setups[0]]:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
