@@ -7,10 +7,16 @@ For each setup, our service (one gevent worker, started as `make run` starts it,
 one at a time, and stopped; the worker's instructions in the second run less the first's,
 divided by `--requests`, are what a request costs, startup and shutdown cancelled out. The
 ledger's writer and its SQLite inserts are counted too (one worker's process, every thread).
-Requests go one at a time at valgrind's pace (about 10 a second), so the ledger writes small
-batches: the count includes more per-batch work than a loaded service pays per row.
+Requests go one at a time at valgrind's pace (about 10 a second, slower on a busy machine): at
+its 1-second flush the ledger would write batches whose size, and so its per-row share of each
+batch's work, followed that pace. Here it flushes only when 500 rows wait (and at shutdown),
+so the count does not depend on the pace: the 600-request run writes one batch of 500 more.
 
     python benchmarks/instructions.py [--setups off,on] [--requests 500] [--base 100] [--route /v1/chat/completions]
+                                      [--checkout DIR]
+
+`--checkout` runs the service from another checkout's files (say `git worktree add /tmp/old
+<commit>`), with this checkout's virtualenv, to compare two commits.
 
 Needs valgrind (`apt-get install valgrind`); a run of the default two setups takes 8-10 minutes.
 """
@@ -42,6 +48,8 @@ SETUPS = {
     "ledger": {"WEB_CONCURRENCY": "1"},  # the default: the ledger on, no budget
     "budgets": {"WEB_CONCURRENCY": "1", "USAGE_LEDGER": "false", **BUDGETS},
 }
+# Batches by count, not by the clock (see above).
+FLUSH_BY_COUNT = {"USAGE_FLUSH_INTERVAL_S": "3600"}
 STARTUP_S = 600  # the app's imports take a minute or two under valgrind
 
 
@@ -51,14 +59,14 @@ def body_for(route: str) -> dict:
     return {"message": "hello sim:reasoning=0"}
 
 
-def worker_instructions(upstream: str, env: dict, route: str, count: int) -> int:
+def worker_instructions(upstream: str, env: dict, route: str, count: int, checkout: Path = ROOT) -> int:
     """The instructions of the service's worker process over its whole life, serving `count` requests."""
     out = Path(tempfile.mkdtemp(prefix="kimi-callgrind-"))
     port = free_port()
     command = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/cg.%p",
                *SERVICE_COMMAND]
     with open(out / "valgrind.log", "w") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=clean_env(**service_settings(upstream, port, **env)),
+        proc = subprocess.Popen(command, cwd=checkout, env=clean_env(**service_settings(upstream, port, **env, **FLUSH_BY_COUNT)),
                                 stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -93,6 +101,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--base", type=int, default=100)
     parser.add_argument("--route", default="/api/chat/completion")
+    parser.add_argument("--checkout", type=Path, default=ROOT, help="the checkout whose service is measured")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -104,13 +113,13 @@ def main() -> None:
     try:
         per_request = {}
         for name in setups:
-            low = worker_instructions(simulator.url, SETUPS[name], args.route, args.base)
-            high = worker_instructions(simulator.url, SETUPS[name], args.route, args.base + args.requests)
+            low = worker_instructions(simulator.url, SETUPS[name], args.route, args.base, args.checkout)
+            high = worker_instructions(simulator.url, SETUPS[name], args.route, args.base + args.requests, args.checkout)
             per_request[name] = (high - low) / args.requests
     finally:
         simulator.stop()
     print(f"\n## Instructions per {args.route} request (callgrind, one gevent worker, "
-          f"{args.base + args.requests} less {args.base} requests)\n")
+          f"{args.base + args.requests} less {args.base} requests, {args.checkout})\n")
     print(f"| setup | instructions per request | against {setups[0]} |")
     print("|---|---|---|")
     for name in setups:
