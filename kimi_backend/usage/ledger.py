@@ -153,7 +153,7 @@ class Ledger:
             self._lose_row()
             return
         rows.append(row)
-        if not waiting or waiting + 1 == self._wake_at:
+        if not waiting or waiting + 1 >= self._wake_at:  # >=: threads may append between our look and ours
             self._wake.set()
 
     def queued(self) -> int:
@@ -163,8 +163,8 @@ class Ledger:
     def flush(self, timeout_s: float | None = None) -> bool:
         """Waits until every row queued so far is written (or given up on); False if that took
         longer than `timeout_s`."""
-        if self._writer is None:
-            return True
+        if self._writer is None or not self._writer.is_alive():
+            return True  # nothing queued yet, or closed: nothing more will be written
         mark = _FlushMark()
         with self._marks_lock:
             self._marks += 1
