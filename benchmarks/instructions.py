@@ -23,7 +23,6 @@ Needs valgrind (`apt-get install valgrind`); a run of the default two setups tak
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.latency import USAGE_SETUPS  # noqa: E402
+from benchmarks.latency import MESSAGE, USAGE_SETUPS  # noqa: E402
 from benchmarks.procs import ROOT, SERVICE_COMMAND, clean_env, free_port, service_settings, start_simulator  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 
@@ -55,8 +54,8 @@ STARTUP_S = 600  # the app's imports take a minute or two under valgrind
 
 def body_for(route: str) -> dict:
     if route.startswith("/v1/"):
-        return {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hello sim:reasoning=0"}]}
-    return {"message": "hello sim:reasoning=0"}
+        return {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE}]}
+    return {"message": MESSAGE}
 
 
 def worker_instructions(upstream: str, env: dict, route: str, count: int, checkout: Path = ROOT) -> int:
