@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from limits.storage import MemoryStorage  # noqa: E402
-
 from kimi_backend.config import load_settings  # noqa: E402
+from kimi_backend.memory_counts import MemoryCounts  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 from kimi_backend.observability.access_log import Exchange  # noqa: E402
 from kimi_backend.usage.budgets import Budgets  # noqa: E402
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=20000)
     args = parser.parse_args(argv)
     settings = load_settings({}, {"TOKEN_BUDGET_PER_DAY": "1000000000000", "TOKEN_BUDGET_TOTAL_PER_DAY": "1000000000000"})
-    storage = MemoryStorage()
+    storage = MemoryCounts()  # what `memory://` is in the service
     budgets = Budgets(settings, lambda: storage)
     engine = make_engine(f"sqlite:///{tempfile.mkdtemp(prefix='kimi-bench-usage-')}/usage.sqlite3")
     migrate(engine)
@@ -64,7 +63,8 @@ def main(argv=None) -> int:
         ledger.record(usage_row(exchange, charge, cost))
     row_us = (time.process_time() - started) / args.requests * 1e6
 
-    rows = [ledger._queue.get_nowait() for _ in range(args.requests)]
+    rows = list(ledger._rows)
+    ledger._rows.clear()
     started = time.process_time()
     for at in range(0, len(rows), 500):
         ledger._write(rows[at:at + 500])
