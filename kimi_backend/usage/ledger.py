@@ -10,7 +10,6 @@ import logging
 import operator
 import threading
 import time
-
 from datetime import date
 
 from sqlalchemy import Engine, insert
