@@ -29,21 +29,17 @@ Needs valgrind (`apt-get install valgrind`); a run of the default two setups tak
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.latency import MESSAGE, USAGE_SETUPS  # noqa: E402
-from benchmarks.procs import ROOT, SERVICE_COMMAND, clean_env, free_port, service_settings, start_simulator  # noqa: E402
+from benchmarks.procs import ROOT, SERVICE_COMMAND, Proc, free_port, service_settings, start_simulator  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 
 BUDGETS = {"TOKEN_BUDGET_PER_DAY": "1000000000000", "TOKEN_BUDGET_TOTAL_PER_DAY": "1000000000000"}
@@ -71,29 +67,18 @@ def worker_instructions(upstream: str, env: dict, route: str, count: int, checko
     command = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/cg.%p",
                *SERVICE_COMMAND]
     with open(out / "valgrind.log", "w") as log:
-        proc = subprocess.Popen(command, cwd=checkout, env=clean_env(**service_settings(upstream, port, **env, **FLUSH_BY_COUNT)),
-                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+        service = Proc(f"the service under valgrind (see {out}/valgrind.log)", command, f"http://127.0.0.1:{port}",
+                       "/health", checkout, start_timeout_s=STARTUP_S, stderr=log,
+                       **service_settings(upstream, port, **env, **FLUSH_BY_COUNT))
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"the service did not start under valgrind (see {out}/valgrind.log)")
-            time.sleep(1)
-        worker = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0]
+        worker = service.pids()[1]  # one worker: the master's only child
         with requests.Session() as session:
             for _ in range(count):
-                answer = session.post(url + route, json=body_for(route), timeout=60)
+                answer = session.post(service.url + route, json=body_for(route), timeout=60)
                 if answer.status_code != 200:
                     raise RuntimeError(f"{route} answered {answer.status_code}: {answer.text[:200]}")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the ledger writes what it holds, then callgrind writes its counts
-        proc.wait(300)
+        service.stop(timeout_s=300)  # the ledger writes what it holds, then callgrind writes its counts
     text = (out / f"cg.{worker}").read_text()
     totals = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
     shutil.rmtree(out, ignore_errors=True)

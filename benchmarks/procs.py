@@ -39,12 +39,15 @@ def clean_env(**extra: str) -> dict:
 class Proc:
     """A benchmark subprocess with a URL, its process tree's peak memory, and stop()."""
 
-    def __init__(self, name: str, command: list[str], url: str, ready_path: str, cwd: Path = ROOT, **env: str):
+    def __init__(self, name: str, command: list[str], url: str, ready_path: str, cwd: Path = ROOT, *,
+                 start_timeout_s: float = 90, stderr=subprocess.DEVNULL, **env: str):
+        """Starts `command` and waits (up to `start_timeout_s`: LiteLLM's proxy takes tens of
+        seconds to import, our service under valgrind minutes) until `url + ready_path` answers."""
         self.name = name
         self.url = url
         self.proc = subprocess.Popen(command, cwd=cwd, env=clean_env(**env),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 90  # LiteLLM's proxy takes tens of seconds to import
+                                     stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        deadline = time.monotonic() + start_timeout_s
         while True:
             try:
                 if requests.get(url + ready_path, timeout=1).status_code < 500:
@@ -52,6 +55,7 @@ class Proc:
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop(timeout_s=5)  # a slow start is not left running behind the error
                 raise RuntimeError(f"{name} did not start: {' '.join(command)}")
             time.sleep(0.1)
 
@@ -96,13 +100,16 @@ class Proc:
                 pass
         return total / ticks
 
-    def stop(self) -> None:
-        """Stops the whole process group."""
+    def stop(self, timeout_s: float = 20) -> None:
+        """Stops the whole process group: SIGTERM, then SIGKILL after `timeout_s`."""
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+            self.proc.wait(timeout_s)
+        except ProcessLookupError:
+            pass  # the group is gone already
+        except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
 
 
 def start_simulator() -> Proc:
