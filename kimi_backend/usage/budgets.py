@@ -137,10 +137,7 @@ class Budgets:
                    address: str | None = None) -> tuple[Budget, ...]:
         """The budgets a request of `identity` on `day` counts against; with `address` (an
         anonymous token's caller), that address's client budget too."""
-        return self._applicable(self._day(day), identity, token_budget, address)
-
-    def _applicable(self, today: "_Day", identity: str, token_budget: int | None,
-                    address: str | None) -> tuple[Budget, ...]:
+        today = self._today if self._today.day == day else self._start_day(day)
         # A client's budgets, keys included, are the same all day: listed once, they cost a
         # lookup (0.4 against 2.8 µs), and their counters' keys are found by identity.
         asked = (identity, token_budget, address)
@@ -164,14 +161,11 @@ class Budgets:
             budgets.append(Budget("service", self.total, f"{today.key_prefix}service"))
         return tuple(budgets)
 
-    def _day(self, day: date) -> "_Day":
-        # What every request of a day shares, worked out once a day. (Read once per request:
-        # another thread may start the next day meanwhile.)
-        today = self._today
-        if today.day != day:
-            expires = datetime.combine(day + DAY, datetime.min.time(), timezone.utc) + GRACE
-            today = self._today = _Day(day, f"{KEY_PREFIX}:{day.isoformat()}:", expires, {})
-        return today
+    def _start_day(self, day: date) -> "_Day":
+        # What every request of a day shares, worked out once a day.
+        expires = datetime.combine(day + DAY, datetime.min.time(), timezone.utc) + GRACE
+        self._today = _Day(day, f"{KEY_PREFIX}:{day.isoformat()}:", expires, {})
+        return self._today
 
     def reserve(self, identity: str, payload: dict, token_budget: int | None = None,
                 address: str | None = None) -> Charge:
@@ -181,13 +175,12 @@ class Budgets:
         now = self.clock()
         prompt = estimate.prompt_tokens(payload)
         amount = prompt + estimate.output_budget(payload, self.output_reserve)
-        today = self._day(now.date())
-        budgets = self._applicable(today, identity, token_budget, address)
+        budgets = self.applicable(identity, now.date(), token_budget, address)
         charge = Charge(identity, now, prompt, amount)
         if not budgets:
             return charge
         storage = charge.storage = self._storage()
-        expiry_s = charge.expiry_s = math.ceil((today.counters_expire - now).total_seconds())
+        expiry_s = charge.expiry_s = math.ceil((self._today.counters_expire - now).total_seconds())
         held = charge.held
         try:
             for budget in budgets:
