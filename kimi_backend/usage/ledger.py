@@ -10,6 +10,7 @@ import logging
 import operator
 import threading
 import time
+
 from datetime import date
 
 from sqlalchemy import Engine, insert
