@@ -16,7 +16,6 @@ from datetime import date
 from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql import sqltypes
 
 from ..observability.metrics import LEDGER_ROWS, LEDGER_WRITE_ERRORS
 from ..observability.access_log import Exchange
@@ -67,18 +66,12 @@ def _sqlite_datetime_text(value) -> str:
 
 
 def bind_processor(impl, dialect):
-    """The column type's bind processor, as SQLAlchemy makes it, except for booleans, and for
-    SQLite's DATETIME and DATE in their default storage formats: faster ones that give the
-    driver the same values (tests/test_ledger.py compares them)."""
+    """The column type's bind processor, as SQLAlchemy makes it, except for SQLite's DATETIME and
+    DATE in their default storage formats: a faster one that writes the same text
+    (tests/test_ledger.py compares them)."""
     stock = impl.bind_processor(dialect)
     if stock is None:  # the driver converts
         return stock
-    if type(impl).bind_processor is sqltypes.Boolean.bind_processor:
-        # None, True or False (or 0 and 1, equal to them) as the dialect stores them, looked up
-        # (0.1 µs) rather than checked and converted in Python (0.5 µs); anything else fails
-        # here too, with a KeyError.
-        as_stored = bool if dialect.supports_native_boolean else int
-        return {None: None, False: as_stored(False), True: as_stored(True)}.__getitem__
     if isinstance(impl, sqlite.DATETIME) and impl._storage_format == sqlite.DATETIME._storage_format:
         return _sqlite_datetime_text
     if isinstance(impl, sqlite.DATE) and impl._storage_format == sqlite.DATE._storage_format:
