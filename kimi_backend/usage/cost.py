@@ -2,16 +2,16 @@
 an estimate — and for a stream cut short, never zero."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from ..observability.access_log import Exchange
 from . import estimate
 from .budgets import Charge
 
 
-class Cost(NamedTuple):
-    """Tokens as the ledger records them; `total` is what the budgets are charged. (A named
-    tuple: built once per request, in 0.9 µs against 2.1 µs for a frozen dataclass.)"""
+@dataclass(frozen=True)
+class Cost:
+    """Tokens as the ledger records them; `total` is what the budgets are charged."""
 
     prompt: int
     completion: int
