@@ -180,18 +180,19 @@ class UpstreamStream:
 
 
 def _read_ahead(headers, sock: socket.socket) -> bytes:
-    """The body bytes http.client's buffered reader took in with the headers (read without
-    waiting: a reader with nothing buffered reads the socket, which must not block here)."""
+    """The body bytes http.client's buffered reader took in with the headers, all of them in
+    one `read1` (its buffer is smaller than READ_BLOCK); with none buffered, that one call
+    reads the socket once, without waiting. One call only: reading on while bytes were waiting
+    took in megabytes past the reply limit, which applies only to what this returns (up to
+    9 MB against a local upstream sending one endless line), and held the worker for as long
+    as the upstream kept ahead of it."""
     if headers.fp is None:  # an empty body, already closed
         return b""
     sock.settimeout(0)
-    blocks = []
     try:
-        while block := headers.fp.read1(READ_BLOCK):
-            blocks.append(block)
+        return headers.fp.read1(READ_BLOCK) or b""  # None: nothing yet
     except ssl.SSLWantReadError:  # TLS's "nothing yet" (plain sockets' is an empty read)
-        pass
-    return b"".join(blocks)
+        return b""
 
 
 def _socket_of(response: requests.Response):
