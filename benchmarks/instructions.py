@@ -18,6 +18,12 @@ so the count does not depend on the pace: the 600-request run writes one batch o
 `--checkout` runs the service from another checkout's files (say `git worktree add /tmp/old
 <commit>`), with this checkout's virtualenv, to compare two commits.
 
+The count still moves with the machine's load a little: some of the worker's work is per
+second, not per request (gunicorn's heartbeat, gevent's timers), and under valgrind a busier
+machine means more seconds per request. Two runs at a time, side by side, agreed with runs
+alone; five at a time raised one setup's count by 1.5 %. Compare commits or setups measured
+under the same load: run them together (`--checkout` in two shells) or one after the other.
+
 Needs valgrind (`apt-get install valgrind`); a run of the default two setups takes 8-10 minutes.
 """
 from __future__ import annotations

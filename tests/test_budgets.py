@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from kimi_backend.config import load_settings
 from kimi_backend.config.parsers import ConfigError, key_id
+from kimi_backend.usage import budgets as budgets_module
 from kimi_backend.usage import estimate
 from kimi_backend.usage.schema import usage
 
@@ -190,6 +191,21 @@ def test_budgets_reset_at_the_utc_day_boundary(budget_app):
     assert fresh.headers["X-Budget-Remaining"] == str(40 - fresh.get_json()["data"]["usage"]["total_tokens"])
     days = [(row["day"].isoformat(), row["status"]) for row in ledger_rows(app)]
     assert days == [("2026-11-30", 200), ("2026-11-30", 200), ("2026-11-30", 429), ("2026-12-01", 200)]
+
+
+def test_the_budgets_kept_listed_per_client_are_bounded_and_counted_apart(budget_app, monkeypatch):
+    monkeypatch.setattr(budgets_module, "LISTS_KEPT", 3)
+    app = budget_app(TOKEN_BUDGET_PER_DAY="30", TOKEN_BUDGET_TOTAL_PER_DAY="100000")
+    budgets = app.extensions["token_budgets"]
+    client = app.test_client()
+    for round_ in range(2):
+        for address in range(5):
+            response = client.post("/api/chat/completion", json={"message": "hi", "thinking": False, "max_tokens": 20},
+                                   environ_base={"REMOTE_ADDR": f"10.0.0.{address}"})
+            # Each address its own budget: the first request of each fits, its second does not.
+            assert response.status_code == (200 if round_ == 0 else 429), (round_, address)
+            assert len(budgets._today.lists) <= 3
+    assert [budget.scope for budget in budgets.applicable("ip:10.0.0.9", app.clock().date(), None)] == ["client", "service"]
 
 
 def test_an_upstream_error_costs_nothing(budget_app):

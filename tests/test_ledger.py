@@ -6,18 +6,20 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import random
 import sqlite3
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import create_engine, event, func, insert, select, text
+from sqlalchemy import Boolean, Date, DateTime, create_engine, event, func, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from kimi_backend import create_app
 from kimi_backend.config.parsers import ConfigError, key_id
-from kimi_backend.usage.ledger import Ledger
+from kimi_backend.usage.ledger import Ledger, bind_processor
 from kimi_backend.usage.schema import make_engine, migrate, schema_version, usage
 from tests.conftest import base_config, close_app
 from tests.helpers import wait_until
@@ -380,3 +382,33 @@ def test_a_sqlite_batch_goes_out_as_a_few_multi_row_inserts_storing_what_core_wo
             engine.dispose()
     assert stored(url) == stored(f"sqlite:///{tmp_path / 'core.sqlite3'}")
     core.dispose()
+
+
+def test_dates_times_and_booleans_are_bound_as_sqlalchemys_own_processors_bind_them():
+    dialect = sqlite.dialect()
+    rng = random.Random(13)
+    for column_type, make in ((DateTime(timezone=True), random_datetime), (Date(), lambda r: random_datetime(r).date())):
+        impl = column_type.dialect_impl(dialect)
+        ours, stock = bind_processor(impl, dialect), impl.bind_processor(dialect)
+        assert stock is not None and ours is not stock
+        for _ in range(3000):
+            value = make(rng)
+            assert ours(value) == stock(value), value
+    for dialect_of_its_own in (sqlite.dialect(), postgresql.dialect()):
+        ours, stock = bind_processor(Boolean(), dialect_of_its_own), Boolean().bind_processor(dialect_of_its_own)
+        for value in (True, False, None, 0, 1, 1.0):
+            assert ours(value) == stock(value) and type(ours(value)) is type(stock(value)), value
+        for value in (2, -1, "yes", 0.5):
+            with pytest.raises(Exception):
+                stock(value)
+            with pytest.raises(Exception):
+                ours(value)
+    for other in (sqlite.DATETIME(truncate_microseconds=True), sqlite.DATE(storage_format="%(year)04d/%(month)02d/%(day)02d"),
+                  sqlite.TIME()):  # a format of its own, another type: SQLAlchemy's processor
+        assert bind_processor(other, dialect).__qualname__ == other.bind_processor(dialect).__qualname__
+
+
+def random_datetime(rng: random.Random) -> datetime:
+    zone = rng.choice([timezone.utc, None, timezone(timedelta(hours=rng.randint(-12, 14)))])
+    moment = datetime(1, 1, 1) + timedelta(seconds=rng.randrange(0, 315_537_897_599), microseconds=rng.choice([0, rng.randrange(1_000_000)]))
+    return moment.replace(tzinfo=zone)

@@ -33,6 +33,8 @@ DAY = timedelta(days=1)
 # into the day it was reserved in (a new day's requests count in a new key).
 GRACE = timedelta(days=1)
 KEY_PREFIX = "kimi:budget"
+# The clients whose budgets are kept listed (see `applicable`); past it, the list starts over.
+LISTS_KEPT = 10_000
 
 # How each budget is named to the caller when it refuses.
 WHOSE = {"client": "Your daily token budget", "token": "This token's daily budget",
@@ -50,6 +52,16 @@ class Budget(NamedTuple):
     scope: str  # "client", "token" or "service"
     limit: int
     key: str
+
+
+class _Day(NamedTuple):
+    """What the requests of one UTC day share: their counters' key prefix and expiry, and the
+    budgets of the clients seen that day."""
+
+    day: date
+    key_prefix: str
+    counters_expire: datetime
+    lists: dict[tuple, tuple[Budget, ...]]  # (identity, token budget, address) -> its budgets
 
 
 @dataclass
@@ -75,8 +87,11 @@ class Charge:
     def remaining(self) -> int | None:
         """What is left of the caller's own budgets (its client budget, its token's), or None
         when none applies. Before settling it already excludes this request's reservation."""
-        own = [budget.limit - count for budget, count in self.held.items() if budget.scope != "service"]
-        return max(0, min(own)) if own else None
+        least = None
+        for budget, count in self.held.items():
+            if budget.scope != "service" and (least is None or budget.limit - count < least):
+                least = budget.limit - count
+        return None if least is None else max(0, least)
 
     def settle(self, tokens: int) -> None:
         """Turns the reservation into the request's real cost, once. A storage failure here is
@@ -105,6 +120,7 @@ class Budgets:
         self.output_reserve = settings.token_budget_output_reserve
         self._storage = storage
         self.clock: Callable[[], datetime] = utc_now
+        self._today = _Day(None, "", None, {})  # type: ignore[arg-type]  # no day yet
 
     @property
     def configured(self) -> bool:
@@ -117,21 +133,45 @@ class Budgets:
             return self.per_key.get(identity[4:], self.per_client)
         return self.per_client
 
-    def applicable(self, identity: str, day: date, token_budget: int | None, address: str | None = None) -> list[Budget]:
+    def applicable(self, identity: str, day: date, token_budget: int | None,
+                   address: str | None = None) -> tuple[Budget, ...]:
         """The budgets a request of `identity` on `day` counts against; with `address` (an
         anonymous token's caller), that address's client budget too."""
-        stamp = day.isoformat()
+        return self._applicable(self._day(day), identity, token_budget, address)
+
+    def _applicable(self, today: "_Day", identity: str, token_budget: int | None,
+                    address: str | None) -> tuple[Budget, ...]:
+        # A client's budgets, keys included, are the same all day: listed once, they cost a
+        # lookup (0.4 against 2.8 µs), and their counters' keys are found by identity.
+        asked = (identity, token_budget, address)
+        budgets = today.lists.get(asked)
+        if budgets is None:
+            if len(today.lists) >= LISTS_KEPT:
+                today.lists.clear()
+            budgets = today.lists[asked] = self._list(today, identity, token_budget, address)
+        return budgets
+
+    def _list(self, today: "_Day", identity: str, token_budget: int | None, address: str | None) -> tuple[Budget, ...]:
         budgets = []
         limit = self.client_limit(identity)
         if limit is not None:
-            budgets.append(Budget("client", limit, f"{KEY_PREFIX}:{stamp}:client:{identity}"))
+            budgets.append(Budget("client", limit, f"{today.key_prefix}client:{identity}"))
         if address is not None and self.per_client is not None:
-            budgets.append(Budget("client", self.per_client, f"{KEY_PREFIX}:{stamp}:client:{address}"))
+            budgets.append(Budget("client", self.per_client, f"{today.key_prefix}client:{address}"))
         if token_budget is not None:
-            budgets.append(Budget("token", token_budget, f"{KEY_PREFIX}:{stamp}:token:{identity}"))
+            budgets.append(Budget("token", token_budget, f"{today.key_prefix}token:{identity}"))
         if self.total is not None:
-            budgets.append(Budget("service", self.total, f"{KEY_PREFIX}:{stamp}:service"))
-        return budgets
+            budgets.append(Budget("service", self.total, f"{today.key_prefix}service"))
+        return tuple(budgets)
+
+    def _day(self, day: date) -> "_Day":
+        # What every request of a day shares, worked out once a day. (Read once per request:
+        # another thread may start the next day meanwhile.)
+        today = self._today
+        if today.day != day:
+            expires = datetime.combine(day + DAY, datetime.min.time(), timezone.utc) + GRACE
+            today = self._today = _Day(day, f"{KEY_PREFIX}:{day.isoformat()}:", expires, {})
+        return today
 
     def reserve(self, identity: str, payload: dict, token_budget: int | None = None,
                 address: str | None = None) -> Charge:
@@ -141,23 +181,23 @@ class Budgets:
         now = self.clock()
         prompt = estimate.prompt_tokens(payload)
         amount = prompt + estimate.output_budget(payload, self.output_reserve)
-        budgets = self.applicable(identity, now.date(), token_budget, address)
+        today = self._day(now.date())
+        budgets = self._applicable(today, identity, token_budget, address)
         charge = Charge(identity, now, prompt, amount)
         if not budgets:
             return charge
-        end_of_day = datetime.combine(now.date() + DAY, datetime.min.time(), timezone.utc)
-        charge.storage = self._storage()
-        charge.expiry_s = math.ceil((end_of_day + GRACE - now).total_seconds())
+        storage = charge.storage = self._storage()
+        expiry_s = charge.expiry_s = math.ceil((today.counters_expire - now).total_seconds())
+        held = charge.held
         try:
             for budget in budgets:
-                count = charge.storage.incr(budget.key, charge.expiry_s, amount=amount)
-                charge.held[budget] = count
+                count = held[budget] = storage.incr(budget.key, expiry_s, amount=amount)
                 if count > budget.limit:
                     charge.refused, charge.used_before = budget, count - amount
                     BUDGET_REFUSALS.labels(budget.scope).inc()
                     break
         finally:
-            if charge.refused is not None or len(charge.held) < len(budgets):  # refused, or the storage failed
+            if charge.refused is not None or len(held) < len(budgets):  # refused, or the storage failed
                 self._give_back(charge, amount)
         return charge
 

@@ -10,9 +10,12 @@ import logging
 import operator
 import threading
 import time
+from datetime import date
 
 from sqlalchemy import Engine, insert
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql import sqltypes
 
 from ..observability.metrics import LEDGER_ROWS, LEDGER_WRITE_ERRORS
 from ..observability.access_log import Exchange
@@ -55,6 +58,34 @@ def usage_row(exchange: Exchange, charge: Charge, cost: Cost) -> dict:
     }
 
 
+def _sqlite_datetime_text(value) -> str:
+    # SQLite DATETIME's default storage format, filled from a tuple: SQLAlchemy's processor
+    # fills the same format from a dict it builds per value (2.8 against 4.6 µs).
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (
+        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond)
+
+
+def bind_processor(impl, dialect):
+    """The column type's bind processor, as SQLAlchemy makes it, except for booleans, and for
+    SQLite's DATETIME and DATE in their default storage formats: faster ones that give the
+    driver the same values (tests/test_ledger.py compares them)."""
+    stock = impl.bind_processor(dialect)
+    if stock is None:  # the driver converts
+        return stock
+    if type(impl).bind_processor is sqltypes.Boolean.bind_processor:
+        # None, True or False (or 0 and 1, equal to them) as the dialect stores them, looked up
+        # (0.1 µs) rather than checked and converted in Python (0.5 µs); anything else fails
+        # here too, with a KeyError.
+        as_stored = bool if dialect.supports_native_boolean else int
+        return {None: None, False: as_stored(False), True: as_stored(True)}.__getitem__
+    if isinstance(impl, sqlite.DATETIME) and impl._storage_format == sqlite.DATETIME._storage_format:
+        return _sqlite_datetime_text
+    if isinstance(impl, sqlite.DATE) and impl._storage_format == sqlite.DATE._storage_format:
+        # date's own isoformat, which writes "YYYY-MM-DD" for datetimes too (0.7 against 2.3 µs).
+        return date.isoformat
+    return stock
+
+
 class PreparedInsert:
     """The ledger's INSERT compiled once for the database's dialect, with each column's own
     conversion (SQLAlchemy's bind processors). Sending ready driver parameters costs about half
@@ -75,7 +106,7 @@ class PreparedInsert:
         compiled = insert(usage).inline().compile(dialect=engine.dialect, column_keys=columns)
         self.sql = str(compiled)
         names = compiled.positiontup if compiled.positional else list(compiled.binds)
-        processors = [usage.c[name].type.dialect_impl(engine.dialect).bind_processor(engine.dialect) for name in names]
+        processors = [bind_processor(usage.c[name].type.dialect_impl(engine.dialect), engine.dialect) for name in names]
         # A row's values in the statement's order, taken in one call; then only the few that need
         # it (dates, times, booleans) converted: 3.4 against 4.6 µs a row for a conversion call
         # (or none) per value, side by side in one process, in the writer that shares the GIL.
