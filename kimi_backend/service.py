@@ -18,6 +18,8 @@ from .schemas import ChatOptions
 from .streaming import SHUTTING_DOWN, relay
 from .usage import reserve_tokens
 
+CALL_SHUT_DOWN = "The server is restarting, so this request was ended before the upstream answered; send it again."
+
 
 class KimiService:
     """Builds upstream payloads from validated requests and shapes the replies."""
@@ -62,8 +64,17 @@ class KimiService:
         (`choices[0].message` with text content; the client checks it, moonshot/replies.py),
         with `model` the model that answered."""
         exchange = current_exchange()
-        with exchange.upstream("chat"):
-            body = self.client.chat(payload)
+        shutting_down = current_app.extensions["shutdown"].streams_must_end
+        try:
+            with exchange.upstream("chat"):
+                # A reply still awaited when the server must stop is answered in time with a
+                # 503, not cut by the graceful timeout with no answer (and the worker killed
+                # before its ledger rows are written).
+                body = self.client.chat(payload, shutting_down)
+        except ApiError as exc:
+            if exc.code == "client_closed":
+                raise ApiError(503, "shutting_down", CALL_SHUT_DOWN, {"Retry-After": "1"}) from None
+            raise
         body["model"] = body.get("model") or payload["model"]
         exchange.replied(body["model"], body.get("usage"), first_answer(body).content)
         return body

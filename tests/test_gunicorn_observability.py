@@ -203,3 +203,56 @@ def test_sigterm_answers_a_stream_still_waiting_for_the_upstream_with_a_503(upst
         service.stop()
         asker.join(5)
     assert stream_access(service) == [(503, "shutting_down")]
+
+
+@pytest.mark.parametrize("path, body, code_of", [
+    ("/api/chat/completion", {"message": "sim:delay=30"}, lambda body: body["code"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "sim:delay=30"}]}, lambda body: body["error"]["code"]),
+])
+def test_sigterm_answers_a_call_still_waiting_for_the_upstream_with_a_503(upstream_env, simulator, tmp_path,
+                                                                          path, body, code_of):
+    """A non-streamed call whose reply would take longer than the graceful timeout (here
+    30 s) is answered 503 `shutting_down` in JSON before gunicorn would cut it and kill the
+    worker: its upstream request is ended, its access line written, and the worker exits on
+    its own, writing the call's ledger row, charged its whole reservation (the upstream may
+    have generated the reply all the same)."""
+    from sqlalchemy import create_engine, select
+
+    from kimi_backend.usage.schema import usage
+
+    database = f"sqlite:///{tmp_path}/usage.sqlite3"
+    service = Service(GRACEFUL_TIMEOUT_S="3", WEB_CONCURRENCY="1", USAGE_DATABASE_URL=database, **upstream_env)
+    answers: list[requests.Response] = []
+
+    def ask():
+        answers.append(requests.post(service.url + path, json=body, timeout=30))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        wait_until(lambda: simulator.stats()["chat_requests"] == 1, timeout=10, message="the upstream request to start")
+        signalled_at = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        asker.join(10)
+        ended_after = time.monotonic() - signalled_at
+        [answer] = answers
+        assert (answer.status_code, code_of(answer.json())) == (503, "shutting_down"), answer.text
+        assert answer.headers["Retry-After"] == "1"
+        assert 1.0 < ended_after < 3.0, ended_after
+        assert service.proc.wait(10) == 0
+        wait_until(lambda: simulator.stats()["abandoned_before_headers"] == 1, timeout=5,
+                   message="the upstream request to be ended")
+    finally:
+        service.stop()
+        asker.join(5)
+    access = [(line["status"], line["outcome"]) for line in log_lines(service)
+              if line.get("logger") == "kimi_backend.access" and line.get("route") == path]
+    assert access == [(503, "shutting_down")]
+    engine = create_engine(database)
+    try:
+        with engine.connect() as conn:
+            [row] = conn.execute(select(usage)).mappings().all()
+    finally:
+        engine.dispose()
+    assert (row["route"], row["status"], row["outcome"], row["estimated"]) == (path, 503, "shutting_down", True)
+    assert row["total_tokens"] > row["prompt_tokens"] > 0

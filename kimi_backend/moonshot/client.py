@@ -51,11 +51,22 @@ class MoonshotClient:
         self._targets: dict[str, tuple[HTTPConnectionPool, str]] = {}
         self._timeouts: dict[tuple[float, float], Timeout] = {}
 
-    def chat(self, payload: dict) -> dict:
+    def chat(self, payload: dict, give_up: Callable[[], bool] | None = None) -> dict:
         """A non-streaming chat completion, retried on transient failures. The first choice's
-        message content is text, the usage valid or None, the model id sane or None (see replies.py)."""
-        body = self.retries.run(lambda: self._request("POST", "/chat/completions", json_body=payload,
-                                                     timeout=self.completion_timeout))
+        message content is text, the usage valid or None, the model id sane or None (see replies.py).
+        Once `give_up()` says so (the server is stopping), a call still waiting for the
+        upstream is ended at once (not retried): `ApiError` 499 `client_closed`, as for a
+        stream being opened."""
+        def call() -> Any:
+            with abandon_when(give_up) as opening:
+                try:
+                    return self._request("POST", "/chat/completions", json_body=payload,
+                                         timeout=self.completion_timeout)
+                except UpstreamError:
+                    if opening is not None and opening.abandoned:
+                        raise _client_left() from None
+                    raise
+        body = self.retries.run(call)
         try:
             return replies.completion(body)
         except replies.UnusableReply:

@@ -1,6 +1,7 @@
 """Giving up on a streamed request while it waits for the upstream's headers: a client that
 leaves then must not keep the upstream request open until the read timeout (tokens cost
-money from the moment the upstream accepted the request).
+money from the moment the upstream accepted the request). A non-streamed call is given up
+the same way when the server must stop before its reply comes.
 
 The request blocks in urllib3 until the headers arrive, so a watcher thread (a greenlet
 under gevent) checks the clients meanwhile, and on a departure shuts down the socket of the

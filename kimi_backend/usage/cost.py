@@ -42,14 +42,14 @@ def cost_of(exchange: Exchange, charge: Charge) -> Cost:
     """The request's cost. Without the upstream's usage:
     - a stream (cut short, or from an upstream that never sends usage) is charged its prompt
       estimate plus the text it relayed;
-    - a reply that came back without usage, or timed out (the upstream may have generated it
-      all the same), keeps its whole reservation;
+    - a reply that came back without usage, or timed out, or was given up on when the server
+      stopped (the upstream may have generated it all the same), keeps its whole reservation;
     - a call the upstream refused, or that never reached it, costs nothing."""
     if isinstance(exchange.usage, dict) and (cost := from_usage(exchange.usage)) is not None:
         return cost
     if exchange.streaming:
         completion = estimate.tokens_for_bytes(exchange.relayed_bytes)
         return Cost(charge.prompt_estimate, completion, 0, charge.prompt_estimate + completion, estimated=True)
-    if exchange.outcome in ("ok", "upstream_timeout"):
+    if exchange.outcome in ("ok", "upstream_timeout", "shutting_down"):
         return Cost(charge.prompt_estimate, charge.reserved - charge.prompt_estimate, 0, charge.reserved, estimated=True)
     return Cost(0, 0, 0, 0, estimated=False)
