@@ -19,8 +19,7 @@ import contextvars
 import socket
 import threading
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -191,18 +190,26 @@ def record_connections(adapter) -> None:
                                                   "https": RecordingHTTPSConnectionPool}
 
 
-@contextmanager
-def abandon_when(client_gone: Callable[[], bool] | None) -> Iterator[Opening | None]:
+class abandon_when:  # noqa: N801 - used as a function: `with abandon_when(check) as opening:`
     """While the body runs, the watcher ends the upstream request as soon as `client_gone()`
-    says so; the yielded `Opening` tells afterwards whether that happened (None: no check)."""
-    if client_gone is None:
-        yield None
-        return
-    opening = Opening(client_gone)
-    token = _OPENING.set(opening)
-    _WATCHER.add(opening)
-    try:
-        yield opening
-    finally:
-        _WATCHER.discard(opening)
-        _OPENING.reset(token)
+    says so; the `Opening` it gives tells afterwards whether that happened (None: no check).
+    (A class rather than a generator under `contextlib.contextmanager`: every non-streamed
+    call passes through it, and entering and leaving cost a third as much.)"""
+
+    __slots__ = ("_opening", "_token")
+
+    def __init__(self, client_gone: Callable[[], bool] | None):
+        self._opening = Opening(client_gone) if client_gone is not None else None
+
+    def __enter__(self) -> Opening | None:
+        opening = self._opening
+        if opening is not None:
+            self._token = _OPENING.set(opening)
+            _WATCHER.add(opening)
+        return opening
+
+    def __exit__(self, *exc_info) -> None:
+        opening = self._opening
+        if opening is not None:
+            _WATCHER.discard(opening)
+            _OPENING.reset(self._token)
