@@ -32,9 +32,10 @@ class KimiService:
                                   settings.default_thinking, self.catalog.served_ids)
         label_models({self.policy.default_model, *settings.allowed_models, *settings.model_aliases.values()})
 
-    def complete(self, messages: list[dict], options: ChatOptions) -> dict:
+    def complete(self, messages: list[dict], options: ChatOptions,
+                 client_gone: Callable[[], bool] | None = None) -> dict:
         """A whole reply: `{"message", "usage", "model", "finish_reason"[, "reasoning"]}`."""
-        body = self.chat(self._payload(messages, options))
+        body = self.chat(self._payload(messages, options), client_gone)
         answer = first_answer(body)
         reply = {"message": answer.content or "", "usage": body.get("usage"),
                  "model": body["model"], "finish_reason": answer.finish_reason}
@@ -59,10 +60,13 @@ class KimiService:
         reserve_tokens(fitted.payload)
         return fitted.payload
 
-    def chat(self, payload: dict) -> dict:
+    def chat(self, payload: dict, client_gone: Callable[[], bool] | None = None) -> dict:
         """One non-streamed completion: the upstream's reply, in the shape every caller reads
         (`choices[0].message` with text content; the client checks it, moonshot/replies.py),
-        with `model` the model that answered."""
+        with `model` the model that answered. A client that leaves before the reply
+        (`client_gone()`) ends the upstream request at once (499 `client_closed`), as a
+        stream's does before its headers: a thinking model's reply that nobody will read can
+        take minutes of tokens."""
         exchange = current_exchange()
         shutting_down = current_app.extensions["shutdown"].streams_must_end
         try:
@@ -70,9 +74,9 @@ class KimiService:
                 # A reply still awaited when the server must stop is answered in time with a
                 # 503, not cut by the graceful timeout with no answer (and the worker killed
                 # before its ledger rows are written).
-                body = self.client.chat(payload, shutting_down)
+                body = self.client.chat(payload, _either(client_gone, shutting_down))
         except ApiError as exc:
-            if exc.code == "client_closed":
+            if exc.code == "client_closed" and shutting_down():
                 raise ApiError(503, "shutting_down", CALL_SHUT_DOWN, {"Retry-After": "1"}) from None
             raise
         body["model"] = body.get("model") or payload["model"]

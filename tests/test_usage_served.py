@@ -91,6 +91,31 @@ def test_a_client_that_hangs_up_mid_stream_is_charged(served, upstream_env, simu
         100000 - row["total_tokens"] - response.json()["data"]["usage"]["total_tokens"]
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/api/chat/completion", {"message": "a long question sim:delay=30"}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a long question sim:delay=30"}]}),
+])
+def test_a_client_that_leaves_before_a_reply_ends_the_upstream_call_and_is_charged_its_prompt(
+        served, upstream_env, simulator, tmp_path, path, body):
+    """A non-streamed call whose reply would take 30 s (a thinking model's): the client hangs
+    up after the upstream has the request, and the upstream request ends then, not when the
+    reply comes; the call is charged its prompt's estimate, in the ledger and the budget."""
+    url = f"sqlite:///{tmp_path}/usage.sqlite3"
+    service = served(**upstream_env, USAGE_DATABASE_URL=url, USAGE_FLUSH_INTERVAL_S="0.05",
+                     TOKEN_BUDGET_PER_DAY="100000")
+    with post_by_hand(service.port, path, body, {"x-api-key": KEY_A}):
+        wait_until(lambda: simulator.stats()["in_flight"] == 1, timeout=5, message="the upstream request to start")
+    wait_until(lambda: simulator.stats()["abandoned_before_headers"] == 1, timeout=2,
+               message="the upstream request to be ended")
+    row = wait_until(lambda: (rows := ledger(url)) and rows[0], timeout=10, message="the call's ledger row")
+    assert (row["route"], row["status"], row["outcome"], row["estimated"]) == (path, 499, "client_closed", True)
+    prompt = estimate.prompt_tokens({"messages": [{"role": "user", "content": "a long question sim:delay=30"}]})
+    assert row["prompt_tokens"] == row["total_tokens"] >= prompt > 0 and row["completion_tokens"] == 0
+    response = chat(service.url, KEY_A, max_tokens=5)
+    assert int(response.headers["X-Budget-Remaining"]) == \
+        100000 - row["total_tokens"] - response.json()["data"]["usage"]["total_tokens"]
+
+
 def test_budgets_in_redis_are_exact_across_two_instances_of_two_workers(served, upstream_env):
     redis_server = RedisServer()
     try:

@@ -36,7 +36,7 @@ def completion(body: CompletionRequest):
     """One user message (and an optional system prompt) in, one reply out."""
     messages = [{"role": "system", "content": body.system}] if body.system else []
     messages.append({"role": "user", "content": body.message})
-    return jsonify(success=True, data=get_service().complete(messages, body))
+    return jsonify(success=True, data=get_service().complete(messages, body, client_gone_probe(request.environ)))
 
 
 @bp.post("/history")
@@ -45,7 +45,7 @@ def completion(body: CompletionRequest):
 def history(body: HistoryRequest):
     """A whole conversation in, the next reply out."""
     messages = [message.upstream() for message in body.messages]
-    return jsonify(success=True, data=get_service().complete(messages, body))
+    return jsonify(success=True, data=get_service().complete(messages, body, client_gone_probe(request.environ)))
 
 
 @bp.post("/stream")

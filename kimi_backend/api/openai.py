@@ -64,7 +64,7 @@ def chat_completions(body: OpenAIChatRequest):
         # (a model that always thinks is sent none, as on /api/chat).
         fitted["thinking"] = thinking | fitted["thinking"]
     if not body.stream:
-        return jsonify(service.chat(fitted))
+        return jsonify(service.chat(fitted, client_gone_probe(request.environ)))
     options = payload.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     events = service.open_stream(fitted, client_gone_probe(request.environ), OpenAIEvents(include_usage))

@@ -54,9 +54,9 @@ class MoonshotClient:
     def chat(self, payload: dict, give_up: Callable[[], bool] | None = None) -> dict:
         """A non-streaming chat completion, retried on transient failures. The first choice's
         message content is text, the usage valid or None, the model id sane or None (see replies.py).
-        Once `give_up()` says so (the server is stopping), a call still waiting for the
-        upstream is ended at once (not retried): `ApiError` 499 `client_closed`, as for a
-        stream being opened."""
+        Once `give_up()` says so (the client left, or the server is stopping), a call still
+        waiting for the upstream is ended at once (not retried): `ApiError` 499
+        `client_closed`, as for a stream being opened."""
         def call() -> Any:
             with abandon_when(give_up) as opening:
                 try:

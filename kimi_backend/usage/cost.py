@@ -44,6 +44,9 @@ def cost_of(exchange: Exchange, charge: Charge) -> Cost:
       estimate plus the text it relayed;
     - a reply that came back without usage, or timed out, or was given up on when the server
       stopped (the upstream may have generated it all the same), keeps its whole reservation;
+    - a call whose client left before the upstream answered (which ended the upstream
+      request) is charged its prompt estimate: the upstream had read the prompt, and leaving
+      early must not make a long prompt free;
     - a call the upstream refused, or that never reached it, costs nothing."""
     if isinstance(exchange.usage, dict) and (cost := from_usage(exchange.usage)) is not None:
         return cost
@@ -52,4 +55,6 @@ def cost_of(exchange: Exchange, charge: Charge) -> Cost:
         return Cost(charge.prompt_estimate, completion, 0, charge.prompt_estimate + completion, estimated=True)
     if exchange.outcome in ("ok", "upstream_timeout", "shutting_down"):
         return Cost(charge.prompt_estimate, charge.reserved - charge.prompt_estimate, 0, charge.reserved, estimated=True)
+    if exchange.outcome == "client_closed":
+        return Cost(charge.prompt_estimate, 0, 0, charge.prompt_estimate, estimated=True)
     return Cost(0, 0, 0, 0, estimated=False)
