@@ -48,6 +48,25 @@ def test_an_opening_that_ended_is_left_alone():
     assert not opening.abandoned and not connection.shut_down()
 
 
+def test_one_watcher_serves_calls_that_come_one_at_a_time():
+    """Calls further apart than a check (a service serving one at a time) are watched by the
+    same thread, not one started for each; it stops a while after the last."""
+    import threading
+
+    from kimi_backend.moonshot.opening import IDLE_CHECKS
+
+    def watchers() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread.name == "kimi-opening-watcher"]
+    wait_until(lambda: not watchers(), timeout=WATCH_S * (IDLE_CHECKS + 5), message="an earlier test's watcher to stop")
+    seen = []
+    for _ in range(3):
+        with abandon_when(lambda: False):
+            seen.extend(watchers())
+        time.sleep(WATCH_S * 2.5)
+    assert len(seen) == 3 and len(set(seen)) == 1
+    wait_until(lambda: not watchers(), timeout=WATCH_S * (IDLE_CHECKS + 5), message="the watcher to stop")
+
+
 def test_no_check_no_opening():
     with abandon_when(None) as opening:
         assert opening is None
