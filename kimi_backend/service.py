@@ -2,7 +2,7 @@
 counterpart of the original service's `services/kimiService.js`)."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from flask import Response, current_app, g
 
@@ -12,13 +12,14 @@ from .errors import ApiError
 from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient
 from .moonshot.replies import first_answer
-from .observability.access_log import current_exchange
+from .observability.access_log import Exchange, current_exchange
 from .observability.metrics import label_models
 from .schemas import ChatOptions
 from .streaming import SHUTTING_DOWN, relay
 from .usage import reserve_tokens
 
 CALL_SHUT_DOWN = "The server is restarting, so this request was ended before the upstream answered; send it again."
+T = TypeVar("T")
 
 
 class KimiService:
@@ -68,17 +69,11 @@ class KimiService:
         stream's does before its headers: a thinking model's reply that nobody will read can
         take minutes of tokens."""
         exchange = current_exchange()
-        shutting_down = current_app.extensions["shutdown"].streams_must_end
-        try:
-            with exchange.upstream("chat"):
-                # A reply still awaited when the server must stop is answered in time with a
-                # 503, not cut by the graceful timeout with no answer (and the worker killed
-                # before its ledger rows are written).
-                body = self.client.chat(payload, _either(client_gone, shutting_down))
-        except ApiError as exc:
-            if exc.code == "client_closed" and shutting_down():
-                raise ApiError(503, "shutting_down", CALL_SHUT_DOWN, {"Retry-After": "1"}) from None
-            raise
+        # A reply still awaited when the server must stop is answered in time with a 503, not
+        # cut by the graceful timeout with no answer (and the worker killed before its ledger
+        # rows are written).
+        body = _until_given_up(exchange, "chat", client_gone, CALL_SHUT_DOWN,
+                               lambda give_up: self.client.chat(payload, give_up))
         body["model"] = body.get("model") or payload["model"]
         exchange.replied(body["model"], body.get("usage"), first_answer(body).content)
         return body
@@ -90,16 +85,11 @@ class KimiService:
         payload = dict(payload, stream=True,
                        stream_options=dict(payload.get("stream_options") or {}, include_usage=True))
         exchange = current_exchange()
+        # The server's stop ends a stream still waiting for the upstream's headers too, before
+        # the graceful timeout would cut it with no answer at all.
+        upstream = _until_given_up(exchange, "chat_stream", client_gone, SHUTTING_DOWN,
+                                   lambda give_up: self.client.open_stream(payload, give_up))
         shutting_down = current_app.extensions["shutdown"].streams_must_end
-        try:
-            with exchange.upstream("chat_stream"):
-                # The server's stop ends a stream still waiting for the upstream's headers too,
-                # before the graceful timeout would cut it with no answer at all.
-                upstream = self.client.open_stream(payload, _either(client_gone, shutting_down))
-        except ApiError as exc:
-            if exc.code == "client_closed" and shutting_down():
-                raise ApiError(503, "shutting_down", SHUTTING_DOWN, {"Retry-After": "1"}) from None
-            raise
         return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
                      exchange=exchange.stream_handed_over(), events=events, shutting_down=shutting_down)
 
@@ -110,6 +100,22 @@ class KimiService:
     def _payload(self, messages: list[dict], options: ChatOptions) -> dict:
         return self.fit({"model": options.model, "messages": messages, **options.upstream_options()},
                         options.thinking)
+
+
+def _until_given_up(exchange: Exchange, kind: str, client_gone: Callable[[], bool] | None, stopping_message: str,
+                    call: Callable[[Callable[[], bool]], T]) -> T:
+    """`call(give_up)` as the exchange's upstream call `kind`, where `give_up()` is true once
+    the client has left or the server must end its requests; the client module then ends the
+    upstream request (499 `client_closed`), and a server's stop is answered 503
+    `shutting_down` with `stopping_message`."""
+    shutting_down = current_app.extensions["shutdown"].streams_must_end
+    try:
+        with exchange.upstream(kind):
+            return call(_either(client_gone, shutting_down))
+    except ApiError as exc:
+        if exc.code == "client_closed" and shutting_down():
+            raise ApiError(503, "shutting_down", stopping_message, {"Retry-After": "1"}) from None
+        raise
 
 
 def _either(client_gone: Callable[[], bool] | None, shutting_down: Callable[[], bool]) -> Callable[[], bool]:
