@@ -72,7 +72,7 @@ class KimiService:
         # A reply still awaited when the server must stop is answered in time with a 503, not
         # cut by the graceful timeout with no answer (and the worker killed before its ledger
         # rows are written).
-        body = _until_given_up(exchange, "chat", client_gone, CALL_SHUT_DOWN,
+        body = _until_given_up(exchange, "chat", client_gone, _shutting_down(), CALL_SHUT_DOWN,
                                lambda give_up: self.client.chat(payload, give_up))
         body["model"] = body.get("model") or payload["model"]
         exchange.replied(body["model"], body.get("usage"), first_answer(body).content)
@@ -87,9 +87,9 @@ class KimiService:
         exchange = current_exchange()
         # The server's stop ends a stream still waiting for the upstream's headers too, before
         # the graceful timeout would cut it with no answer at all.
-        upstream = _until_given_up(exchange, "chat_stream", client_gone, SHUTTING_DOWN,
+        shutting_down = _shutting_down()
+        upstream = _until_given_up(exchange, "chat_stream", client_gone, shutting_down, SHUTTING_DOWN,
                                    lambda give_up: self.client.open_stream(payload, give_up))
-        shutting_down = current_app.extensions["shutdown"].streams_must_end
         return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
                      exchange=exchange.stream_handed_over(), events=events, shutting_down=shutting_down)
 
@@ -102,13 +102,18 @@ class KimiService:
                         options.thinking)
 
 
-def _until_given_up(exchange: Exchange, kind: str, client_gone: Callable[[], bool] | None, stopping_message: str,
+def _shutting_down() -> Callable[[], bool]:
+    """The current app's check that requests must end because the server is stopping."""
+    return current_app.extensions["shutdown"].streams_must_end
+
+
+def _until_given_up(exchange: Exchange, kind: str, client_gone: Callable[[], bool] | None,
+                    shutting_down: Callable[[], bool], stopping_message: str,
                     call: Callable[[Callable[[], bool]], T]) -> T:
     """`call(give_up)` as the exchange's upstream call `kind`, where `give_up()` is true once
-    the client has left or the server must end its requests; the client module then ends the
-    upstream request (499 `client_closed`), and a server's stop is answered 503
-    `shutting_down` with `stopping_message`."""
-    shutting_down = current_app.extensions["shutdown"].streams_must_end
+    the client has left or `shutting_down()`; the client module then ends the upstream
+    request (499 `client_closed`), and a server's stop is answered 503 `shutting_down` with
+    `stopping_message`."""
     try:
         with exchange.upstream(kind):
             return call(_either(client_gone, shutting_down))
