@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: run dev test install install-dev bench
 
 run: install
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	$(BIN)/python serve.py
 
 dev: install
 	$(BIN)/python wsgi.py

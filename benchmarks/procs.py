@@ -129,7 +129,7 @@ def start_service(upstream: str, **env: str) -> Proc:
 
 
 # Our service as `make run` starts it.
-SERVICE_COMMAND = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+SERVICE_COMMAND = [sys.executable, "serve.py"]  # gunicorn with gunicorn.conf.py, once serve.py has checked the settings
 
 
 def service_settings(upstream: str, port: int, **env: str) -> dict:

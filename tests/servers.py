@@ -92,7 +92,7 @@ def clean_env(**overrides: str) -> dict[str, str]:
 
 
 class Service(Process):
-    """The service under gunicorn with the project's gunicorn.conf.py; its usage ledger is a
+    """The service as `make run` starts it (serve.py: gunicorn with the project's gunicorn.conf.py); its usage ledger is a
     temporary SQLite file, removed on `stop()`, unless `USAGE_DATABASE_URL` is given."""
 
     def __init__(self, *, port: int | None = None, extra_args: tuple[str, ...] = (), **env: str):
@@ -102,7 +102,7 @@ class Service(Process):
             env["USAGE_DATABASE_URL"] = f"sqlite:///{self._usage_dir}/usage.sqlite3"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra_args, "wsgi:app"]
+        command = [sys.executable, "serve.py", *extra_args]  # as `make run` starts it
         super().__init__(command, clean_env(PORT=str(self.port), **env))
         self.await_ready(lambda: self.serves_health(self.url, "service"), 30, f"the service on {self.url}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from limits import parse
@@ -12,7 +13,7 @@ from kimi_backend import create_app
 from kimi_backend.config import load_settings, read_environment
 from kimi_backend.config.parsers import ConfigError
 from tests.helpers import ROOT, free_port
-from tests.servers import clean_env
+from tests.servers import Service, clean_env
 
 
 def test_defaults_match_the_original_service():
@@ -122,6 +123,10 @@ def test_create_app_refuses_bad_config():
         create_app({"KIMI_API_KEY": "sk-x", "RATE_LIMIT_WINDOW_MS": "soon"})
 
 
+SERVE = (sys.executable, "serve.py")  # as `make run`, the Dockerfile and the systemd unit start it
+GUNICORN = (sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")
+
+
 def _start(extra_env: dict, *command: str) -> subprocess.CompletedProcess:
     env = clean_env(PORT=str(free_port()), **extra_env)
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -138,8 +143,9 @@ def _start(extra_env: dict, *command: str) -> subprocess.CompletedProcess:
     ({"GUNICORN_THREADS": "many"}, "GUNICORN_THREADS"),
     ({"GRACEFUL_TIMEOUT_S": "2.5"}, "GRACEFUL_TIMEOUT_S"),
 ])
-def test_gunicorn_refuses_to_start_with_one_sentence(extra_env, variable):
-    result = _start(extra_env, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")
+@pytest.mark.parametrize("command", [SERVE, GUNICORN], ids=["serve.py", "gunicorn"])
+def test_gunicorn_refuses_to_start_with_one_sentence(extra_env, variable, command):
+    result = _start(extra_env, *command)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
@@ -150,15 +156,45 @@ def test_gunicorn_refuses_to_start_with_one_sentence(extra_env, variable):
     ("abc", "WEB_CONCURRENCY must be a whole number, got 'abc'."),
     ("0", "WEB_CONCURRENCY must be at least 1, got 0."),
 ])
-def test_gunicorn_refuses_a_bad_worker_count_in_one_sentence(tmp_path, value, sentence):
-    # From .env: gunicorn itself reads a WEB_CONCURRENCY in the process environment with a bare
-    # int() as it is imported, before gunicorn.conf.py runs.
+@pytest.mark.parametrize("command", [SERVE, GUNICORN], ids=["serve.py", "gunicorn"])
+def test_gunicorn_refuses_a_bad_worker_count_in_one_sentence(tmp_path, value, sentence, command):
+    # From .env, which gunicorn.conf.py reads: gunicorn itself never sees it.
     (tmp_path / ".env").write_text(f"WEB_CONCURRENCY={value}\n")
-    result = _start({"DOTENV_PATH": str(tmp_path / ".env")},
-                    sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app")
+    result = _start({"DOTENV_PATH": str(tmp_path / ".env")}, *command)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"kimi-backend: configuration error: {sentence}"
+
+
+@pytest.mark.parametrize("value,sentence", [
+    ("abc", "WEB_CONCURRENCY must be a whole number, got 'abc'."),
+    ("2.5", "WEB_CONCURRENCY must be a whole number, got '2.5'."),
+])
+def test_serve_refuses_a_bad_worker_count_from_the_environment_in_one_sentence(value, sentence):
+    # From the process environment (a systemd EnvironmentFile, `docker run --env-file`), gunicorn
+    # reads it with a bare int() as it is imported, before gunicorn.conf.py runs: started
+    # directly, it stops with a traceback. serve.py checks the settings first.
+    result = _start({"WEB_CONCURRENCY": value}, *SERVE)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"kimi-backend: configuration error: {sentence}"]
+
+
+def test_serve_becomes_gunicorn_with_the_environment_it_was_given(tmp_path):
+    # exec, not a child: systemd (Type=notify, NotifyAccess=main) and Docker signal and hear
+    # from the process they started. `.env` stays gunicorn.conf.py's to read: a gunicorn setting
+    # there (GUNICORN_CMD_ARGS) reaches gunicorn no more than it did when started directly.
+    (tmp_path / ".env").write_text("GUNICORN_CMD_ARGS=--workers 3\n")
+    service = Service(WEB_CONCURRENCY="1", DOTENV_PATH=str(tmp_path / ".env"))  # started with serve.py
+    try:
+        pid = service.proc.pid
+        assert b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert len(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()) == 1
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"WEB_CONCURRENCY=1" in environ
+        assert not any(item.startswith(b"GUNICORN_CMD_ARGS=") for item in environ)
+    finally:
+        assert service.stop() == 0
 
 
 def test_gunicorn_master_imports_only_the_config_package():

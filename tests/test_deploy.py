@@ -19,7 +19,8 @@ from tests.conftest import UPSTREAM_KEY
 from tests.helpers import ROOT, free_port, json_lines, require_binary, wait_until
 from tests.servers import Process, Service, clean_env
 
-GUNICORN_COMMAND = "gunicorn -c gunicorn.conf.py wsgi:app"
+# serve.py checks the settings, then becomes `gunicorn -c gunicorn.conf.py wsgi:app`.
+SERVE_COMMAND = "python serve.py"
 
 
 def dockerfile_instruction(name: str) -> str:
@@ -31,10 +32,10 @@ def dockerfile_instruction(name: str) -> str:
 
 
 def test_image_runs_the_readme_and_make_run_command():
-    assert " ".join(json.loads(dockerfile_instruction("CMD"))) == GUNICORN_COMMAND
-    assert re.search(r"^\t\$\(BIN\)/" + re.escape(GUNICORN_COMMAND) + "$", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert " ".join(json.loads(dockerfile_instruction("CMD"))) == SERVE_COMMAND
+    assert re.search(r"^\t\$\(BIN\)/" + re.escape(SERVE_COMMAND) + "$", (ROOT / "Makefile").read_text(), flags=re.M)
     readme = (ROOT / "README.md").read_text()
-    assert GUNICORN_COMMAND in readme
+    assert SERVE_COMMAND in readme
     assert re.search(r"^docker run .*--env-file \.env .*kimi-backend$", readme, flags=re.M)
 
 
@@ -59,17 +60,16 @@ def test_systemd_unit_has_credentials_restart_and_hardening():
                  "KillSignal=SIGTERM"):
         assert line in unit
     exec_start = re.search(r"^ExecStart=(\S+) (.+)$", unit, flags=re.M)
-    assert exec_start.group(1).endswith("/gunicorn") and exec_start.group(2) == GUNICORN_COMMAND.removeprefix("gunicorn ")
+    assert exec_start.group(1) == "/opt/kimi-backend/.venv/bin/python" and exec_start.group(2) == SERVE_COMMAND.removeprefix("python ")
 
 
 def test_systemd_unit_verifies(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if not analyze:
         pytest.skip("systemd-analyze is not installed (this check may skip even in CI)")
-    gunicorn = Path(shutil.which("gunicorn") or Path(__import__("sys").executable).parent / "gunicorn")
     unit = (ROOT / "deploy" / "kimi-backend.service").read_text()
-    # verify checks that ExecStart exists: point it at this machine's gunicorn and tree.
-    unit = unit.replace("/opt/kimi-backend/.venv/bin/gunicorn", str(gunicorn)).replace("/opt/kimi-backend", str(ROOT))
+    # verify checks that ExecStart exists: point it at this machine's Python and tree.
+    unit = unit.replace("/opt/kimi-backend/.venv/bin/python", __import__("sys").executable).replace("/opt/kimi-backend", str(ROOT))
     path = tmp_path / "kimi-backend.service"
     path.write_text(unit)
     result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)

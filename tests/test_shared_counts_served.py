@@ -116,7 +116,7 @@ def test_one_worker_keeps_counting_in_memory(served, runtime_dir):
 def test_a_bad_store_location_stops_startup_in_one_sentence(tmp_path):
     env = clean_env(PORT=str(free_port()), KIMI_OFFLINE="1", WEB_CONCURRENCY="2",
                     RATE_LIMIT_STORAGE_URI=f"sqlite://{tmp_path}/missing/counts.sqlite3")
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "serve.py"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -130,7 +130,7 @@ def test_workers_failing_to_boot_stop_gunicorn_cleanly_and_remove_the_counts(run
     # traceback, and still removes the directory it made.
     env = clean_env(PORT=str(free_port()), KIMI_OFFLINE="1", WEB_CONCURRENCY="2", RUNTIME_DIRECTORY=str(runtime_dir),
                     USAGE_DATABASE_URL=f"sqlite:///{runtime_dir}/missing/usage.sqlite3")
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "serve.py"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 4
     assert "Traceback" not in result.stderr
@@ -144,7 +144,7 @@ def test_no_place_for_the_shared_counts_stops_startup_in_one_sentence(tmp_path):
     not_a_directory.chmod(0o755)
     env = clean_env(PORT=str(free_port()), KIMI_OFFLINE="1", WEB_CONCURRENCY="2",
                     RUNTIME_DIRECTORY=str(not_a_directory))
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "serve.py"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (

@@ -142,7 +142,7 @@ def test_budgets_in_redis_are_exact_across_two_instances_of_two_workers(served, 
 
 def test_an_unreachable_database_stops_startup_with_one_sentence(upstream_env):
     port = free_port()
-    proc = Process([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+    proc = Process([sys.executable, "serve.py"],
                    clean_env(**upstream_env, PORT=str(port),
                              USAGE_DATABASE_URL="postgresql://kimi:hunter2@127.0.0.1:1/usage"))
     try:
