@@ -75,9 +75,18 @@ def init_security_headers(app: Flask, force_https: bool) -> None:
     """nosniff, `X-Frame-Options: DENY`, `Referrer-Policy`, the CSP, and HSTS on HTTPS
     requests (as the proxy forwarded them, see proxies.py); plain HTTP is redirected only with
     FORCE_HTTPS. One Talisman per app: it keeps its options on itself."""
-    app.extensions["talisman"] = SecurityHeaders(
+    talisman = app.extensions["talisman"] = SecurityHeaders(
         app, force_https=force_https, frame_options="DENY", content_security_policy=CONTENT_SECURITY_POLICY,
         referrer_policy="no-referrer", permissions_policy=PERMISSIONS_POLICY,
         strict_transport_security_include_subdomains=False,
         # No cookies here; this also spares Talisman a config write on every request.
         session_cookie_secure=False)
+    # flask-talisman's two before-request hooks find out on every request, through the request
+    # context, that they have nothing to do: the redirect without FORCE_HTTPS, the nonce with no
+    # policy section asking for one. Both follow from this Talisman's options alone, since no
+    # view sets its own (tests/test_security_headers.py pins the hooks' conditions).
+    hooks = app.before_request_funcs[None]
+    if not force_https:
+        hooks.remove(talisman._force_https)
+    if not talisman.content_security_policy_nonce_in:
+        hooks.remove(talisman._make_nonce)

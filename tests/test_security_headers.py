@@ -66,6 +66,23 @@ def test_production_runs_without_debug(make_app):
     assert not app.debug and not app.config["PROPAGATE_EXCEPTIONS"]
 
 
+def test_talismans_idle_hooks_are_left_out_and_the_redirect_kept_when_asked(make_app):
+    # init_security_headers drops flask-talisman's redirect hook without FORCE_HTTPS and its
+    # nonce hook with no policy section asking for a nonce: each does something only under the
+    # option that removal looks at (or a view's own options, which none of ours sets).
+    for name in ("_force_https", "_make_nonce"):
+        assert list(inspect.signature(getattr(Talisman, name)).parameters) == ["self"]
+    redirect = inspect.getsource(Talisman._force_https)
+    assert "if local_options['force_https'] and not any(criteria):" in redirect
+    assert redirect.count("return ") == 1 and "self.session_cookie_secure" in redirect
+    nonce = inspect.getsource(Talisman._make_nonce)
+    assert "local_options['content_security_policy_nonce_in'] and" in nonce and "return" not in nonce
+    def hooks(app):
+        return {getattr(hook, "__name__", "") for hook in app.before_request_funcs[None]}
+    assert not {"_force_https", "_make_nonce"} & hooks(make_app())
+    assert "_force_https" in hooks(make_app(FORCE_HTTPS="true")) and "_make_nonce" not in hooks(make_app(FORCE_HTTPS="true"))
+
+
 def test_the_overridden_talisman_member_is_unchanged():
     # SecurityHeaders caches flask-talisman's private _parse_policy (kimi_backend/extensions.py):
     # a flask-talisman that renames it, reshapes it or stops calling it for the CSP must fail
