@@ -23,7 +23,7 @@ from .observability import access_log
 from .observability.logs import configure_logging
 from .proxies import trust_proxies
 from .service import KimiService
-from . import intake, tokens, usage
+from . import intake, origins, tokens, usage
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 EXPOSED_HEADERS = ["X-Request-ID", "X-Kimi-Dropped-Params", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining",
@@ -58,7 +58,7 @@ class KimiFlask(Flask):
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Builds the app: settings → logging → upstream → usage (budgets, ledger) → request ids,
-    access log and body intake → extensions → errors → routes.
+    access log, host check and body intake → extensions → errors → routes.
 
     `test_config` overrides environment variables by name (same names, same parsing).
     """
@@ -70,6 +70,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     usage.init_app(app, settings)
     register_request_hooks(app)
     access_log.init_app(app)
+    origins.init_app(app, settings.allowed_hosts)
     intake.init_app(app)
     register_extensions(app, settings)
     register_error_handlers(app)

@@ -222,3 +222,16 @@ def _probe(code: str) -> str:
     result = _start({}, sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def test_allowed_hosts_are_host_names_lowercased_and_unset_by_default():
+    assert load_settings({}).allowed_hosts is None
+    assert load_settings({"ALLOWED_HOSTS": ""}).allowed_hosts is None
+    assert load_settings({"ALLOWED_HOSTS": "API.example.com, .corp.example"}).allowed_hosts == ("api.example.com", ".corp.example")
+
+
+@pytest.mark.parametrize("value", ["*", "https://api.example.com", "api.example.com:3000", "api.example.com/", "10.0.0.7",
+                                   "::1", "[::1]", ".", "a..example", "-a.example", " , "])
+def test_allowed_hosts_refuses_what_is_not_a_host_name_in_one_sentence(value):
+    with pytest.raises(ConfigError, match=r"^ALLOWED_HOSTS (entries must be host names|is empty)"):
+        load_settings({"ALLOWED_HOSTS": value})

@@ -91,6 +91,22 @@ def origins(name: str, raw: Any) -> tuple[str, ...]:
     return values
 
 
+# A host name, or `.name` for it and every name under it; no scheme, port, path or address.
+HOST_PATTERN = re.compile(r"^\.?(?=.*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+
+
+def hosts(name: str, raw: Any) -> tuple[str, ...]:
+    """Host names (`api.example.com`, or `.example.com` for it and its subdomains), lowercased."""
+    values = tuple(value.lower() for value in items(name, raw))
+    if not values:
+        raise ConfigError(f"{name} is empty: unset it to answer for any host, or list host names.")
+    for host in values:
+        if not HOST_PATTERN.match(host):
+            raise ConfigError(f"{name} entries must be host names (api.example.com, or .example.com for it and "
+                              f"its subdomains) with no scheme, port, path or IP address, got {host!r}.")
+    return values
+
+
 def model_aliases(name: str, raw: Any) -> dict[str, str]:
     """`old=new,old2=new2`: model ids answered by other ids."""
     aliases = {}

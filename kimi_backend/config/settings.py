@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .parsers import (boolean, choice, database_url, items, key_budgets, model_aliases, optional_whole_number, origins,
+from .parsers import (boolean, choice, database_url, hosts, items, key_budgets, model_aliases, optional_whole_number, origins,
                       secret_file, seconds, text, token_secrets, url, whole_number)
 
 ENVIRONMENTS = ("development", "production")
@@ -62,6 +62,8 @@ class Settings:
     valid_api_keys: tuple[str, ...] = setting("VALID_API_KEYS", "", items, "the client keys", secret=True, also=(
         Variable("VALID_API_KEYS_FILE", None, secret_file, "a file of client keys, each with an optional budget"),))
     allowed_origins: tuple[str, ...] | None = setting("ALLOWED_ORIGINS", None, origins, "the CORS origins, or *")
+    allowed_hosts: tuple[str, ...] | None = setting("ALLOWED_HOSTS", None, hosts,
+                                                    "the host names the service answers for (unset: any)")
     offline: bool = setting("KIMI_OFFLINE", "0", boolean, "forces the offline simulator")
     rate_limit_storage_uri: str = setting("RATE_LIMIT_STORAGE_URI", "memory://", text,
                                           "the limiter storage: memory://, sqlite:///file or redis://")
