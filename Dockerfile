@@ -31,7 +31,7 @@ EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '3000'), timeout=4)"
 
-# serve.py checks the settings and becomes gunicorn, which stops on SIGTERM, letting in-flight streams finish for GRACEFUL_TIMEOUT_S:
-# give `docker stop` at least that long (docker stop -t 35).
+# serve.py checks the settings and becomes gunicorn, which stops on SIGTERM, letting in-flight
+# streams finish for GRACEFUL_TIMEOUT_S: give `docker stop` at least that long (docker stop -t 35).
 STOPSIGNAL SIGTERM
 CMD ["python", "serve.py"]

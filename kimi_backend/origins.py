@@ -51,8 +51,8 @@ def protect(blueprint: Blueprint) -> Blueprint:
     return blueprint
 
 
-# Always answered: an address (a health probe's, a container's) or the loopback name. DNS
-# rebinding needs a name of the attacker's, so neither can come from it.
+# Always answered, as are IP addresses (a health probe's, a container's): DNS rebinding needs
+# a name of the attacker's, so neither the loopback name nor an address can come from it.
 _ALWAYS_ALLOWED_HOSTS = ("localhost",)
 
 
@@ -81,4 +81,3 @@ def init_app(app: Flask, allowed_hosts: tuple[str, ...] | None) -> None:
                            "(the operator lists its host names in ALLOWED_HOSTS).")
 
     app.before_request(require_allowed_host)
-
