@@ -1,5 +1,5 @@
-"""Browser tokens as `make run` serves them (gunicorn): the README's site-backend example run
-against it (its JavaScript examples at least parsed by Node); a revocation holding on every
+"""Browser tokens as `make run` serves them (gunicorn): the README's site-backend examples
+(Flask and Express) run against it (its other JavaScript examples at least parsed by Node); a revocation holding on every
 worker with the default storage; and with a real redis-server shared by two instances of two
 workers each, a revocation on one instance holding on every worker of both and a token's own
 limit exact across them."""
@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import LONG_WINDOW_MS, ROOT, json_lines, require_binary, wait_until
-from tests.servers import RedisServer, fetch_all
+from tests.helpers import LONG_WINDOW_MS, ROOT, free_port, json_lines, require_binary, wait_until
+from tests.servers import Process, RedisServer, fetch_all
 from tests.token_support import ADMIN, SITE, token_config
 
 
@@ -99,8 +102,7 @@ def readme_example(heading: str, language: str) -> str:
     return re.search(rf"```{language}\n(.*?)```", after, flags=re.S).group(1)
 
 
-@pytest.mark.parametrize("heading", ["**The same in Node (Express)**", "**The browser side**",
-                                     "### Anonymous sessions"])
+@pytest.mark.parametrize("heading", ["**The browser side**", "### Anonymous sessions"])
 def test_the_readmes_javascript_examples_parse(heading, tmp_path):
     node = require_binary("node")
     example = tmp_path / "example.mjs"
@@ -132,6 +134,61 @@ def test_the_readmes_flask_example_hands_a_logged_in_user_a_working_token(served
     chat = requests.post(service.url + "/api/chat/completion", json={"message": "hi"}, headers=headers(data["token"]),
                          timeout=10)
     assert chat.status_code == 200 and chat.json()["data"]["message"].endswith("You said: hi")
+
+
+EXPRESS_PACKAGE = ROOT / "tests" / "express-site"
+
+
+def installed_express() -> Path:
+    """tests/express-site with its locked Express installed (`npm ci`, once); npm is required
+    under CI like node is."""
+    if not (EXPRESS_PACKAGE / "node_modules" / "express" / "package.json").exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            if os.environ.get("CI"):
+                pytest.fail("npm is required under CI to run the README's Express example")
+            pytest.skip("npm is not installed")
+        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=EXPRESS_PACKAGE, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    return EXPRESS_PACKAGE
+
+
+def test_the_readmes_express_example_hands_a_logged_in_user_a_working_token(served, tmp_path):
+    node = require_binary("node")
+    package = installed_express()
+    service = served(**token_config())
+    example = readme_example("**The same in Node (Express)**", "js")
+    app_line = "const app = express(); // your site's app, with its own login and session\n"
+    assert example.count(app_line) == 1
+    # The site's own login stands in as a session with its user; then the example as written,
+    # listening on a port of ours.
+    login = "app.use((req, res, next) => { req.session = { userId: 42 }; next(); });\n"
+    port = free_port()
+    script = tmp_path / "site.mjs"
+    script.write_text(example.replace(app_line, app_line + login)
+                      + f"app.listen({port}, '127.0.0.1', () => console.log('listening'));\n")
+    (tmp_path / "node_modules").symlink_to(package / "node_modules")  # where `import 'express'` looks
+
+    def chat_token(admin_key: str) -> requests.Response:
+        """The example's answer to a logged-in user's POST /chat-token, run with `admin_key`."""
+        site = Process([node, str(script)], {**os.environ, "KIMI_URL": service.url, "KIMI_ADMIN_KEY": admin_key})
+        try:
+            site.await_ready(lambda: "listening" in site.log(), 30, "the Express example")
+            return requests.post(f"http://127.0.0.1:{port}/chat-token", timeout=10)
+        finally:
+            site.stop()
+
+    response = chat_token(ADMIN)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["subject"] == "user-42" and data["expires_at"].endswith("Z")
+    chat = requests.post(service.url + "/api/chat/completion", json={"message": "hi"}, headers=headers(data["token"]),
+                         timeout=10)
+    assert chat.status_code == 200 and chat.json()["data"]["message"].endswith("You said: hi")
+    # The service refusing the site's request is the example's own 502, not a token.
+    refused = chat_token("not-the-admin-key")
+    assert (refused.status_code, refused.json()) == (502, {"error": "no chat token"})
 
 
 @pytest.mark.parametrize("readme", ["README.md", "README.zh-CN.md"])
