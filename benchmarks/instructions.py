@@ -15,6 +15,10 @@ so the count does not depend on the pace: the 600-request run writes one batch o
     python benchmarks/instructions.py [--setups off,on] [--requests 500] [--base 100] [--route /v1/chat/completions]
                                       [--checkout DIR]
 
+`--route` is `/api/chat/completion` (the default) or `/v1/chat/completions`; or
+`/api/chat/stream` or `/v1/chat/completions/stream` for a stream of one content chunk: what
+opening a stream costs, with relaying that chunk and ending the stream.
+
 `--checkout` runs the service from another checkout's files (say `git worktree add /tmp/old
 <commit>`), with this checkout's virtualenv, to compare two commits.
 
@@ -54,10 +58,24 @@ FLUSH_BY_COUNT = {"USAGE_FLUSH_INTERVAL_S": "3600"}
 STARTUP_S = 600  # the app's imports take a minute or two under valgrind
 
 
+# A stream of one content chunk: what opening a stream costs (issue 15 wants about 1 ms of CPU),
+# plus relaying that chunk and ending the stream.
+ONE_CHUNK = " sim:chunks=1"
+
+
 def body_for(route: str) -> dict:
+    if route == "/v1/chat/completions/stream":
+        return {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE + ONE_CHUNK}], "stream": True}
     if route.startswith("/v1/"):
         return {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": MESSAGE}]}
+    if route == "/api/chat/stream":
+        return {"messages": MESSAGE + ONE_CHUNK}
     return {"message": MESSAGE}
+
+
+def path_of(route: str) -> str:
+    """The URL path of a `--route` (`/v1/chat/completions/stream` is /v1's completion, streamed)."""
+    return route.removesuffix("/stream") if route.startswith("/v1/") else route
 
 
 def worker_instructions(upstream: str, env: dict, route: str, count: int, checkout: Path = ROOT) -> int:
@@ -74,8 +92,8 @@ def worker_instructions(upstream: str, env: dict, route: str, count: int, checko
         worker = service.pids()[1]  # one worker: the master's only child
         with requests.Session() as session:
             for _ in range(count):
-                answer = session.post(service.url + route, json=body_for(route), timeout=60)
-                if answer.status_code != 200:
+                answer = session.post(service.url + path_of(route), json=body_for(route), timeout=60)
+                if answer.status_code != 200 or (route.endswith("/stream") and "[DONE]" not in answer.text):
                     raise RuntimeError(f"{route} answered {answer.status_code}: {answer.text[:200]}")
     finally:
         service.stop(timeout_s=300)  # the ledger writes what it holds, then callgrind writes its counts
