@@ -8,7 +8,7 @@ import io
 import random
 
 import pytest
-import requests
+import urllib3
 
 from kimi_backend.moonshot import response_headers
 from kimi_backend.moonshot.opening import LeanHTTPConnection, LeanHTTPSConnection
@@ -93,7 +93,7 @@ def test_begin_is_http_clients_own_with_the_lean_reader():
 
 
 def test_the_clients_upstream_answers_are_read_by_the_lean_reader(simulator_url, monkeypatch):
-    # Through the real client and a real upstream: the headers reach `requests` as before.
+    # Through the real client and a real upstream: the headers reach urllib3 (and `requests`) as before.
     from kimi_backend.moonshot.client import MoonshotClient
     from kimi_backend.moonshot.reading import ReplyLimits
 
@@ -109,7 +109,7 @@ def test_the_clients_upstream_answers_are_read_by_the_lean_reader(simulator_url,
     stream = client.open_stream({"model": "kimi-k2.6", "messages": [{"role": "user", "content": "hi"}]})
     try:
         assert stream._response.headers["Content-Type"].startswith("text/event-stream")
-        assert isinstance(stream._response, requests.Response)
+        assert isinstance(stream._response, urllib3.BaseHTTPResponse)  # urllib3's answer itself, no wrapper
     finally:
         stream.close()
     assert len(parsed) == 2

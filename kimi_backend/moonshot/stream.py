@@ -10,7 +10,7 @@ import ssl
 import time
 from typing import Callable
 
-import requests
+import urllib3
 
 from . import replies
 from .framing import BrokenFraming, CloseDelimitedBody, body_framing
@@ -39,13 +39,13 @@ class UpstreamStream:
     """An open streaming completion whose status was 200: call `receive()` until `complete`,
     then `close()`, from the one thread (or greenlet) that relays it."""
 
-    def __init__(self, response: requests.Response, limits: ReplyLimits, read_timeout_s: float,
+    def __init__(self, response: urllib3.BaseHTTPResponse, limits: ReplyLimits, read_timeout_s: float,
                  redact: Callable[[str], str]):
         self._response = response
         self._limits = limits
         self._read_timeout_s = read_timeout_s
         self._redact = redact
-        self._headers = response.raw._fp  # http.client's response: it has read the status and headers
+        self._headers = response._fp  # http.client's response: it has read the status and headers
         self._framing = body_framing(self._headers)
         self._sock = _socket_of(response)
         self._pending = _read_ahead(self._headers, self._sock)
@@ -161,10 +161,11 @@ class UpstreamStream:
         try:
             if self.complete and self._drained() and not self._headers.will_close:
                 self._headers.close()  # the body is read: http.client may send the next request
-                self._response.raw.release_conn()
+                self._response.release_conn()
         finally:
             self._receiver.close()
-            self._response.close()
+            self._response.close()  # an unread body ends the connection
+            self._response.release_conn()
 
     def _drained(self) -> bool:
         if isinstance(self._framing, CloseDelimitedBody):
@@ -195,11 +196,11 @@ def _read_ahead(headers, sock: socket.socket) -> bytes:
         return b""
 
 
-def _socket_of(response: requests.Response):
+def _socket_of(response: urllib3.BaseHTTPResponse):
     """The socket under a streaming response. http.client hands it from the connection to
     the response's file object when the upstream says `Connection: close`, so look in both."""
-    sock = getattr(response.raw.connection, "sock", None)
+    sock = getattr(response.connection, "sock", None)
     if sock is None:
-        fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+        fp = getattr(getattr(response, "_fp", None), "fp", None)
         sock = getattr(getattr(fp, "raw", None), "_sock", None)
     return sock
