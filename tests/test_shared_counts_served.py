@@ -76,6 +76,10 @@ def test_daily_budgets_are_exact_across_two_workers(served, runtime_dir, simulat
         return requests.post(service.url + "/api/chat/completion", json={"message": "hi", "thinking": False,
                              "max_tokens": 20}, headers={"x-api-key": KEY}, timeout=10)
 
+    # Both workers answering first, as for the rate limit above: a fresh clone's CI on a slow VM
+    # saw the second still loading the app while the first served all 60 requests below.
+    wait_until(lambda: fetch_all([service.url + "/health"] * 12) and len(worker_pids(service, "/health")) == 2,
+               timeout=60, message="both workers answering /health")
     # Each request reserves 25 and costs 12. Concurrent batches until both workers have
     # charged the budget (reservations in flight may refuse some early)...
     statuses: list[int] = []
