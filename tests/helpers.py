@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -89,6 +90,19 @@ def require_binary(name: str) -> str:
     path = shutil.which(name) or next((p for p in (f"/usr/bin/{name}", f"/usr/sbin/{name}") if os.path.exists(p)), None)
     require(path is not None, f"{name} (apt-get install {name})")
     return path
+
+
+def npm_installed(package: Path, module: str) -> Path:
+    """`package` (a directory of the tests with a package-lock.json) with its locked modules
+    installed by `npm ci`, once: when `node_modules/<module>` is missing. npm is required
+    like node is (see `require`)."""
+    if not (package / "node_modules" / module / "package.json").exists():
+        npm = shutil.which("npm")
+        require(npm is not None, "npm")
+        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=package, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+    return package
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:

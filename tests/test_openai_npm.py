@@ -3,36 +3,19 @@ service's /v1 surface, under Node's built-in test runner."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-
-import pytest
 
 from kimi_backend.moonshot.models import DEFAULT_MODEL
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY
-from tests.helpers import ROOT, require_binary
+from tests.helpers import ROOT, npm_installed, require_binary
 from tests.servers import Service
 
 PACKAGE = ROOT / "tests" / "openai-npm"
 
 
-def installed_package() -> None:
-    """Installs the locked openai package once (`npm ci`); npm is required like node is."""
-    if (PACKAGE / "node_modules" / "openai" / "package.json").exists():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        if os.environ.get("CI"):
-            pytest.fail("npm is required under CI for the openai npm tests")
-        pytest.skip("npm is not installed")
-    result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=PACKAGE, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-
-
 def test_official_openai_npm_package(simulator_server, simulator):
     node = require_binary("node")
-    installed_package()
+    npm_installed(PACKAGE, "openai")
     service = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=simulator_server.base_url, REQUIRE_API_KEY="true",
                       VALID_API_KEYS=CLIENT_KEY, RATE_LIMIT_MAX_REQUESTS="10000", UPSTREAM_MAX_RETRIES="0")
     try:

@@ -1,23 +1,21 @@
 """Browser tokens as `make run` serves them (gunicorn): the README's site-backend examples
-(Flask and Express) run against it (its other JavaScript examples at least parsed by Node); a revocation holding on every
-worker with the default storage; and with a real redis-server shared by two instances of two
-workers each, a revocation on one instance holding on every worker of both and a token's own
-limit exact across them."""
+(Flask and Express) run against it (its other JavaScript examples at least parsed by Node); a
+revocation holding on every worker with the default storage; and with a real redis-server
+shared by two instances of two workers each, a revocation on one instance holding on every
+worker of both and a token's own limit exact across them."""
 from __future__ import annotations
 
 import importlib.util
 import itertools
 import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import LONG_WINDOW_MS, ROOT, free_port, json_lines, require_binary, wait_until
+from tests.helpers import LONG_WINDOW_MS, ROOT, free_port, json_lines, npm_installed, require_binary, wait_until
 from tests.servers import Process, RedisServer, fetch_all
 from tests.token_support import ADMIN, SITE, token_config
 
@@ -139,24 +137,9 @@ def test_the_readmes_flask_example_hands_a_logged_in_user_a_working_token(served
 EXPRESS_PACKAGE = ROOT / "tests" / "express-site"
 
 
-def installed_express() -> Path:
-    """tests/express-site with its locked Express installed (`npm ci`, once); npm is required
-    under CI like node is."""
-    if not (EXPRESS_PACKAGE / "node_modules" / "express" / "package.json").exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            if os.environ.get("CI"):
-                pytest.fail("npm is required under CI to run the README's Express example")
-            pytest.skip("npm is not installed")
-        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=EXPRESS_PACKAGE, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-    return EXPRESS_PACKAGE
-
-
 def test_the_readmes_express_example_hands_a_logged_in_user_a_working_token(served, tmp_path):
     node = require_binary("node")
-    package = installed_express()
+    package = npm_installed(EXPRESS_PACKAGE, "express")
     service = served(**token_config())
     example = readme_example("**The same in Node (Express)**", "js")
     app_line = "const app = express(); // your site's app, with its own login and session\n"
