@@ -22,7 +22,7 @@ from .opening import abandon_when, record_connections
 from .reading import ReplyLimits, read_body
 from .redaction import KeyRedactor
 from .retries import RetryPolicy
-from .stream import UpstreamStream
+from .stream import UpstreamStream, release
 from .upstream_errors import map_error
 
 
@@ -112,14 +112,14 @@ class MoonshotClient:
                     raise _client_left() from None
                 raise
         if opening is not None and opening.abandoned:
-            _release(answer)
+            release(answer)
             raise _client_left()
         if answer.status != 200:
             try:
                 raise map_error(self._as_response(answer, "POST", "/chat/completions"),
                                 self._reader(time.monotonic() + self.timeout[1]), self.redact)
             finally:
-                _release(answer)
+                release(answer)
         # urllib3's answer itself: building a `requests.Response` around it, which only an error's
         # mapping reads, was 4 % of a stream's instructions (its cookie jar above all).
         return UpstreamStream(answer, self.limits, self.timeout[1], self.redact)
@@ -133,7 +133,7 @@ class MoonshotClient:
                 raise map_error(self._as_response(answer, method, path), self._reader(deadline), self.redact)
             raw = read_body(answer, self.limits, deadline)
         finally:
-            _release(answer)
+            release(answer)
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
@@ -193,13 +193,6 @@ class MoonshotClient:
         """The `requests.Response` around an answer, for the reader that takes one (an error's
         mapping)."""
         return self._adapter.build_response(self._prepared(method, path), answer)
-
-
-def _release(answer: urllib3.BaseHTTPResponse) -> None:
-    """What closing a `requests.Response` does: an unread body ends the connection, and the
-    pool gets its slot back either way."""
-    answer.close()
-    answer.release_conn()
 
 
 def _failure(exc: Exception) -> UpstreamError:

@@ -164,8 +164,7 @@ class UpstreamStream:
                 self._response.release_conn()
         finally:
             self._receiver.close()
-            self._response.close()  # an unread body ends the connection
-            self._response.release_conn()
+            release(self._response)
 
     def _drained(self) -> bool:
         if isinstance(self._framing, CloseDelimitedBody):
@@ -178,6 +177,13 @@ class UpstreamStream:
         except (StreamBroken, BrokenFraming, OSError):
             return False
         return not self._framing.extra
+
+
+def release(answer: urllib3.BaseHTTPResponse) -> None:
+    """Lets go of an upstream answer as closing a `requests.Response` does: an unread body ends
+    the connection, and the pool gets its slot back either way."""
+    answer.close()
+    answer.release_conn()
 
 
 def _read_ahead(headers, sock: socket.socket) -> bytes:
