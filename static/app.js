@@ -62,10 +62,11 @@ function describe(error) {
   return t('failed', { message: error.message, code: error.code });
 }
 
-/** Says what went wrong in the notice, and points at the key field for a 401. */
-function showError(error) {
-  if (error.status === 429 && error.retryAfter != null) notice.countdown(Math.ceil(error.retryAfter));
-  else notice.show(describe(error));
+/** Says what went wrong in the notice (on behalf of `source`, see Notice.clear), and points
+ * at the key field for a 401. */
+function showError(error, source = null) {
+  if (error.status === 429 && error.retryAfter != null) notice.countdown(Math.ceil(error.retryAfter), source);
+  else notice.show(describe(error), source);
   if (error.status === 401 && error.code !== 'token_expired') {
     // The key is what to fix: say so on the field, and go there.
     ui.apiKey.setAttribute('aria-invalid', 'true');
@@ -204,9 +205,11 @@ async function loadModels() {
     const chosen = ui.model.value || store.loadSettings().model;
     ui.model.replaceChildren(ui.model.options[0], ...models.map((model) => new Option(model.id, model.id)));
     ui.model.value = models.some((model) => model.id === chosen) ? chosen : '';
-    notice.hide();
+    // Only the list's own failure is taken back: the key field's change event starts this load
+    // as the user moves on to send, and that send's error may already be showing.
+    notice.clear('models');
   } catch (error) {
-    showError(error);
+    showError(error, 'models');
   }
   showThinkingSwitch();
 }

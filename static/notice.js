@@ -6,19 +6,22 @@ export class Notice {
   constructor(element) {
     this.element = element;
     this.timer = null;
+    this.source = null;
   }
 
-  /** Shows `text` (announced: the notice is an alert). */
-  show(text) {
+  /** Shows `text` (announced: the notice is an alert), put up by `source` (see clear). */
+  show(text, source = null) {
     this.stopCountdown();
     this.element.textContent = text;
     this.element.hidden = false;
+    this.source = source;
   }
 
   /** "Try again in N s", counting down to "You can send again". Only the first and last texts
    * are announced: the ticking number is in a part that is not live. */
-  countdown(seconds) {
+  countdown(seconds, source = null) {
     this.stopCountdown();
+    this.source = source;
     const deadline = Date.now() + seconds * 1000;
     const [before, after] = around('rateLimitedRetry', 'seconds');
     const number = document.createElement('span');
@@ -26,7 +29,7 @@ export class Notice {
     const tick = () => {
       const left = Math.ceil((deadline - Date.now()) / 1000);
       if (left > 0) number.textContent = String(left);
-      else this.show(t('rateLimitOver'));
+      else this.show(t('rateLimitOver'), this.source);
     };
     this.element.replaceChildren(before, number, after);
     this.element.hidden = false;
@@ -39,6 +42,13 @@ export class Notice {
     this.stopCountdown();
     this.element.hidden = true;
     this.element.textContent = '';
+    this.source = null;
+  }
+
+  /** Hides the notice only if `source` put it up: a background task that succeeds takes back
+   * its own failure, never a newer notice about something else. */
+  clear(source) {
+    if (this.source === source) this.hide();
   }
 
   /** Ends a countdown in progress, if any. */

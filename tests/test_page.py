@@ -121,10 +121,21 @@ def test_explains_key_and_network_errors_in_english(browser, keyed_service):
     expect(notice).to_have_text("The server rejected this API key. Check the “API key” field.")
 
     page.route("**/api/chat/completion", lambda route: route.abort("connectionrefused"))
+    # Leaving the key field reloads the model list; held here until the send has failed, so
+    # its success lands after the send's notice, as it did on a slow machine.
+    held_models = []
+    page.route("**/api/chat/models", lambda route: held_models.append(route))
     page.fill("#api-key", CLIENT_KEY)
     page.fill("#message", "hello")
     page.click("#send")
-    expect(notice).to_have_text("Cannot reach the server. Check that it is running and that you are online.")
+    network = "Cannot reach the server. Check that it is running and that you are online."
+    expect(notice).to_have_text(network)
+    assert len(held_models) == 1
+    page.unroute("**/api/chat/models")
+    held_models[0].continue_()
+    expect(page.locator("#model option")).not_to_have_count(1)  # the list is in
+    # The list's success takes back only its own failure (the missing key), not this notice.
+    expect(notice).to_have_text(network)
 
     page.unroute("**/api/chat/completion")
     page.fill("#message", "hello again")
