@@ -97,6 +97,17 @@ def test_unreadable_key_file_names_the_variable(tmp_path):
         load_settings({"KIMI_API_KEY_FILE": str(tmp_path / "missing")})
 
 
+@pytest.mark.parametrize("key", ["sk-one\nX-Injected: yes", "sk-one\rtwo", "sk one", "sk-ключ", "sk-\x00"])
+def test_a_moonshot_key_that_cannot_be_a_header_value_is_refused(tmp_path, key):
+    """The key is written into the upstream request's Authorization header as it is."""
+    with pytest.raises(ConfigError, match="KIMI_API_KEY holds") as refused:
+        load_settings({"KIMI_API_KEY": key})
+    assert key not in str(refused.value)
+    (tmp_path / "upstream").write_text(key + "\n")
+    with pytest.raises(ConfigError, match="KIMI_API_KEY holds"):
+        load_settings({"KIMI_API_KEY_FILE": str(tmp_path / "upstream")})
+
+
 def test_settings_repr_hides_keys():
     settings = load_settings({"KIMI_API_KEY": "sk-very-secret", "VALID_API_KEYS": "client-secret"})
     assert "sk-very-secret" not in repr(settings) and "client-secret" not in repr(settings)

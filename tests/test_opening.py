@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kimi_backend.moonshot.opening import (HOLD_MAX_BYTES, WATCH_S, LeanHTTPConnection, LeanHTTPSConnection,
+from kimi_backend.moonshot.opening import (WATCH_S, LeanHTTPConnection, LeanHTTPSConnection,
                                           RecordingHTTPConnectionPool, RecordingHTTPSConnectionPool, abandon_when)
 from tests.helpers import wait_until
 
@@ -71,39 +71,6 @@ def test_no_check_no_opening():
     with abandon_when(None) as opening:
         assert opening is None
 
-
-
-class CountingSocket:
-    """A connected socket that records what each `sendall` sent."""
-
-    def __init__(self, sock) -> None:
-        self.sock = sock
-        self.sent: list[bytes] = []
-
-    def sendall(self, data) -> None:
-        self.sent.append(bytes(data))
-        self.sock.sendall(data)
-
-    def __getattr__(self, name):
-        return getattr(self.sock, name)
-
-
-@pytest.mark.parametrize("body,sends", [(b'{"model": "kimi"}', 1), (None, 1), (b"x" * (HOLD_MAX_BYTES + 1), 2)])
-def test_a_small_body_goes_out_with_its_headers(body, sends):
-    """One send for the headers and a small body; a large body, or none, as urllib3 sends it."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        connection = LeanHTTPConnection("127.0.0.1", listener.getsockname()[1])
-        connection.connect()
-        peer, _ = listener.accept()
-        with peer:
-            connection.sock = counting = CountingSocket(connection.sock)
-            headers = {"Content-Length": str(len(body))} if body is not None else {}
-            connection.request("POST" if body is not None else "GET", "/chat/completions", body=body, headers=headers)
-            assert len(counting.sent) == sends
-            sent = b"".join(counting.sent)
-            assert sent.startswith(b"POST /chat/completions" if body else b"GET /chat/completions")
-            assert sent.endswith(b"\r\n\r\n" + body if body else b"\r\n\r\n")
-            connection.close()
 
 
 def test_the_pools_make_lean_connections():

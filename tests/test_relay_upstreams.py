@@ -144,28 +144,3 @@ def test_body_cut_before_its_last_chunk_is_an_in_band_error(relay_through):
     events = relay_through([HEAD_CHUNKED + chunked(sse(delta("Hel"), done=False), 100000)[:-5]])
     assert texts(events) == "Hel"
     assert events[-2]["code"] == "upstream_disconnected" and events[-1] == "[DONE]"
-
-
-def test_the_read_ahead_takes_only_the_bytes_read_with_the_headers():
-    """The body bytes http.client buffered with the headers are taken whole, and nothing
-    more: the rest is left in the socket for the relay's bounded reads. Reading on while
-    bytes were waiting took in megabytes against an upstream sending faster than we read
-    (one endless line), before any limit was checked."""
-    import http.client
-
-    from kimi_backend.moonshot.stream import _read_ahead
-
-    ours, upstream = socket.socketpair()
-    with ours, upstream:
-        first = b"a" * 3000
-        upstream.sendall(HEAD_CHUNKED + first)
-        headers = http.client.HTTPResponse(ours)
-        headers.begin()  # reads the head, and the body bytes that came with it, into its buffer
-        later = b"b" * 50_000  # already waiting in the socket when the read-ahead runs
-        upstream.sendall(later)
-        assert _read_ahead(headers, ours) == first
-        ours.settimeout(5)
-        left = b""
-        while len(left) < len(later):
-            left += ours.recv(65536)
-        assert left == later

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Mapping
 
 from dotenv import dotenv_values
@@ -52,6 +53,9 @@ def _parse(variable: Variable, raw: Any) -> Any:
     return None if raw is None else variable.parse(variable.name, raw)
 
 
+_SENDABLE_KEY = re.compile(r"[!-~]+")
+
+
 def _joined(values: dict[str, Any]) -> dict[str, Any]:
     """The fields that several variables decide, and the checks across variables."""
     env = values["APP_ENV"] or values["NODE_ENV"]
@@ -65,6 +69,10 @@ def _joined(values: dict[str, Any]) -> dict[str, Any]:
         offline = True
     if offline:
         api_key = OFFLINE_API_KEY
+    elif not _SENDABLE_KEY.fullmatch(api_key):
+        # It goes into an HTTP header as it is: a line break would end the header there.
+        raise ConfigError("KIMI_API_KEY holds a space, a line break or another character that is not printable ASCII; "
+                          "a Moonshot key is one word of printable ASCII (sk-...).")
 
     file_keys, file_budgets = key_file_entries("VALID_API_KEYS_FILE", values["VALID_API_KEYS_FILE"] or "")
     client_keys = values["VALID_API_KEYS"] + file_keys

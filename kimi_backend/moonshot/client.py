@@ -1,6 +1,7 @@
-"""The only module that talks to Moonshot: a pooled `requests` adapter, `(connect, read)`
-timeouts on every call, the requests themselves, and their answers turned into Python values
-or our errors. Retries are decided in retries.py, errors mapped in upstream_errors.py, bodies
+"""The only module that talks to Moonshot: connection pools set up by `requests`' adapter,
+`(connect, read)` timeouts on every call, the requests themselves, and their answers turned
+into Python values or our errors. Each request is one exchange on a pooled connection
+(exchange.py); retries are decided in retries.py, errors mapped in upstream_errors.py, bodies
 read within limits in reading.py, and an open stream is handled by stream.py."""
 from __future__ import annotations
 
@@ -9,20 +10,18 @@ import time
 from typing import Any, Callable
 
 import requests
-import urllib3
 from requests.structures import CaseInsensitiveDict
-from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import (ClosedPoolError, ConnectTimeoutError, HTTPError, MaxRetryError, NewConnectionError,
                                 ProtocolError, ProxyError, ReadTimeoutError, ResponseError, SSLError)
-from urllib3.util import Timeout
 
 from ..errors import ApiError, UpstreamError
 from . import replies
+from .exchange import Answer, Target, exchange
 from .opening import abandon_when, record_connections
 from .reading import ReplyLimits, read_body
 from .redaction import KeyRedactor
 from .retries import RetryPolicy
-from .stream import UpstreamStream, release
+from .stream import UpstreamStream
 from .upstream_errors import map_error
 
 
@@ -41,15 +40,14 @@ class MoonshotClient:
         self.completion_timeout = (connect_timeout_s, max(read_timeout_s, completion_timeout_s))
         self.retries = RetryPolicy(max_retries, retry_backoff_s, retry_max_wait_s)
         # `requests` sets the connection pool up (TLS verification, the proxy, our pool classes);
-        # the requests themselves go straight to that pool (see `_send`).
+        # the requests themselves are exchanged on that pool's connections (see `_send`).
         self._adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         record_connections(self._adapter)
         self._proxies = {"http": proxy, "https": proxy} if proxy else {}
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
                          "Accept": "application/json, text/event-stream", "Accept-Encoding": "identity",
                          "User-Agent": "kimi-backend"}
-        self._targets: dict[str, tuple[HTTPConnectionPool, str]] = {}
-        self._timeouts: dict[tuple[float, float], Timeout] = {}
+        self._targets: dict[tuple[str, str], Target] = {}
 
     def chat(self, payload: dict, give_up: Callable[[], bool] | None = None) -> dict:
         """A non-streaming chat completion, retried on transient failures. The first choice's
@@ -112,16 +110,13 @@ class MoonshotClient:
                     raise _client_left() from None
                 raise
         if opening is not None and opening.abandoned:
-            release(answer)
+            answer.release()
             raise _client_left()
         if answer.status != 200:
             try:
-                raise map_error(self._as_response(answer, "POST", "/chat/completions"),
-                                self._reader(time.monotonic() + self.timeout[1]), self.redact)
+                raise map_error(answer, self._reader(time.monotonic() + self.timeout[1]), self.redact)
             finally:
-                release(answer)
-        # urllib3's answer itself: building a `requests.Response` around it, which only an error's
-        # mapping reads, was 4 % of a stream's instructions (its cookie jar above all).
+                answer.release()
         return UpstreamStream(answer, self.limits, self.timeout[1], self.redact)
 
     def _request(self, method: str, path: str, json_body: dict | None = None,
@@ -130,69 +125,48 @@ class MoonshotClient:
         answer = self._send(method, path, json_body=json_body, timeout=timeout)
         try:
             if answer.status != 200:
-                raise map_error(self._as_response(answer, method, path), self._reader(deadline), self.redact)
+                raise map_error(answer, self._reader(deadline), self.redact)
             raw = read_body(answer, self.limits, deadline)
         finally:
-            release(answer)
+            answer.release()
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
             raise UpstreamError(502, "upstream_malformed", "The upstream answered with a body that is not JSON.") from None
         return replies.encodable(body) if replies.may_hold_surrogates(raw) else body
 
-    def _reader(self, deadline: float) -> Callable[[requests.Response], bytes]:
+    def _reader(self, deadline: float) -> Callable[[Answer], bytes]:
         """Reads a whole body within UPSTREAM_MAX_REPLY_BYTES and by `deadline` (a body
         dripping one byte at a time never trips a read timeout, which bounds gaps)."""
-        return lambda response: read_body(response.raw, self.limits, deadline)
+        return lambda answer: read_body(answer, self.limits, deadline)
 
     def _send(self, method: str, path: str, json_body: dict | None = None,
-              timeout: tuple[float, float] | None = None) -> urllib3.BaseHTTPResponse:
-        """Sends one request through the adapter's connection pool, returning once the status and
-        headers are in (the body is left to read). This is what `HTTPAdapter.send` does, less its
-        per-call work that never varies here (finding the pool, TLS settings, the timeout object,
-        the `requests.Response` around the answer): about a sixth of a non-streamed request's
-        CPU. Its failures are mapped as `requests` maps them (see `_failure`)."""
-        pool, url = self._target(path)
-        headers = self._headers
-        body = None
-        if json_body is not None:
-            body = json.dumps(json_body, ensure_ascii=False).encode()
-            headers = dict(headers, **{"Content-Length": str(len(body))})
+              timeout: tuple[float, float] | None = None) -> Answer:
+        """Sends one request on a pooled connection, returning once the status and headers are
+        in (the body is left to read). Its failures are mapped as `requests` maps them (see
+        `_failure`)."""
+        body = None if json_body is None else json.dumps(json_body, ensure_ascii=False).encode()
+        connect_s, read_s = timeout or self.timeout
         try:
-            return pool.urlopen(method, url, body=body, headers=headers, redirect=False, assert_same_host=False,
-                                preload_content=False, decode_content=False, retries=self._adapter.max_retries,
-                                timeout=self._timeout(timeout or self.timeout))
+            return exchange(self._target(method, path), body, connect_s, read_s)
         except (HTTPError, OSError) as exc:  # urllib3's errors all derive from HTTPError
             raise _failure(exc) from None
 
-    def _target(self, path: str) -> tuple[HTTPConnectionPool, str]:
-        """The pool and the URL to ask it for, as `HTTPAdapter.send` finds them (through the
-        proxy when there is one); found once per path, since neither ever changes."""
-        target = self._targets.get(path)
+    def _target(self, method: str, path: str) -> Target:
+        """The pool and the request line and headers for `method` and `path`, as
+        `HTTPAdapter.send` would find the pool and the URL (through the proxy when there is
+        one); worked out once, since none of it ever changes."""
+        target = self._targets.get((method, path))
         if target is None:
-            request = self._prepared("GET", path)
+            request = requests.PreparedRequest()
+            request.method = method
+            request.url = self.base_url + path
+            request.headers = CaseInsensitiveDict(self._headers)
             pool = self._adapter.get_connection_with_tls_context(request, True, proxies=self._proxies)
             self._adapter.cert_verify(pool, request.url, True, None)
-            target = self._targets[path] = (pool, self._adapter.request_url(request, self._proxies))
+            url = self._adapter.request_url(request, self._proxies)
+            target = self._targets[(method, path)] = Target(pool, method, url, self.base_url, self._headers)
         return target
-
-    def _timeout(self, timeout: tuple[float, float]) -> Timeout:
-        value = self._timeouts.get(timeout)
-        if value is None:
-            value = self._timeouts[timeout] = Timeout(connect=timeout[0], read=timeout[1])
-        return value
-
-    def _prepared(self, method: str, path: str) -> requests.PreparedRequest:
-        request = requests.PreparedRequest()
-        request.method = method
-        request.url = self.base_url + path
-        request.headers = CaseInsensitiveDict(self._headers)
-        return request
-
-    def _as_response(self, answer: urllib3.BaseHTTPResponse, method: str, path: str) -> requests.Response:
-        """The `requests.Response` around an answer, for the reader that takes one (an error's
-        mapping)."""
-        return self._adapter.build_response(self._prepared(method, path), answer)
 
 
 def _failure(exc: Exception) -> UpstreamError:
@@ -200,14 +174,13 @@ def _failure(exc: Exception) -> UpstreamError:
     timeout, a read timeout, a connection that failed (refused, reset, TLS, the proxy), or
     anything else."""
     reason = exc.reason if isinstance(exc, MaxRetryError) else exc
-    if isinstance(exc, MaxRetryError) and isinstance(reason, ConnectTimeoutError) \
-            and not isinstance(reason, NewConnectionError):
+    if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError):
         return UpstreamError(503, "upstream_unavailable", "The upstream could not be reached (connect timeout).",
                              retryable=True)
     if isinstance(exc, ReadTimeoutError):
         return UpstreamError(504, "upstream_timeout", "The upstream did not answer within the read timeout.")
-    if isinstance(exc, (ProtocolError, OSError, MaxRetryError, ClosedPoolError, ProxyError, SSLError)) \
-            and not isinstance(reason, ResponseError):
+    if isinstance(exc, (ProtocolError, OSError, MaxRetryError, ClosedPoolError, ProxyError, SSLError,
+                        NewConnectionError)) and not isinstance(reason, ResponseError):
         return UpstreamError(503, "upstream_unavailable", "The upstream could not be reached (connection refused or reset).",
                              retryable=True)
     return UpstreamError(502, "upstream_error", "The request to the upstream failed.")

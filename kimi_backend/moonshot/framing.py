@@ -6,8 +6,6 @@ http.client decodes chunked bodies one chunk at a time, reading each size line w
 `recv` may carry many chunks, and a block's data comes out as one `bytes`."""
 from __future__ import annotations
 
-import http.client
-
 # A chunk-size line (with any extensions) or a trailer line longer than this is not HTTP.
 MAX_FRAMING_LINE = 4096
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -112,12 +110,3 @@ class CloseDelimitedBody:
     def decode(self, block: bytes) -> bytes:
         """All of `block`."""
         return block
-
-
-def body_framing(response: http.client.HTTPResponse) -> ChunkedBody | LengthBody | CloseDelimitedBody:
-    """The framing http.client read from the response's headers."""
-    if response.chunked:
-        return ChunkedBody()
-    if response.length is not None:
-        return LengthBody(response.length)
-    return CloseDelimitedBody()

@@ -9,9 +9,9 @@ upstream connection that request uses, which the connection pools below record. 
 serves every request of the process that is being opened: a thread started per request was
 a tenth of what opening a stream cost in a burst of a thousand.
 
-The connections in those pools are urllib3's, with one send fewer per request, under gevent a
-cheaper check that a pooled connection is still open (see `_LeanConnection`), and response
-headers read without the `email` package (see response_headers.py).
+The connections in those pools are urllib3's, with under gevent a cheaper check that a pooled
+connection is still open (see `_LeanConnection`); requests are written and answers read on
+them by exchange.py.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..peer import peek_now
-from .response_headers import LeanHTTPResponse
 
 # How often the watcher asks whether the client is still there.
 WATCH_S = 0.2
@@ -111,30 +110,21 @@ class _Watcher:
 
 
 _WATCHER = _Watcher()
-# The largest request body sent in one piece with its headers (a copy of the body is made).
-HOLD_MAX_BYTES = 65536
 
 
 class _LeanConnection:
-    """urllib3's connection, sending a request's headers and its body (when it is bytes of at
-    most HOLD_MAX_BYTES) in one send, not two: on loopback, or any fast link, each send is a
-    packet the upstream's kernel and ours both process.
+    """urllib3's connection, with a cheaper check under gevent that a pooled one is still open.
 
-    Under gevent, urllib3's check that a pooled connection is still open (asked each time one
-    is taken from the pool) is one non-blocking peek at the OS socket, instead of gevent's
-    `poll`, which sets up watchers and switches through the event loop (about 5 % of a
-    non-streamed request's samples in a profile). An earlier session answered it with a real
-    `poll` and saw p99 at 16 connections rise; with the peek, two runs interleaving 3-second
-    slices with the parent commit's service showed p99 no higher (32-34 against 35-38 ms) and a
-    median CPU per request 4 % and 7 % lower, near the method's noise (6 % between two copies
-    of one commit).
+    urllib3 asks it each time a connection is taken from the pool; under gevent that was
+    gevent's `poll`, which sets up watchers and switches through the event loop (about 5 % of
+    a non-streamed request's samples in a profile), and is here one non-blocking peek at the
+    OS socket. An earlier session answered it with a real `poll` and saw p99 at 16
+    connections rise; with the peek, two runs interleaving 3-second slices with the parent
+    commit's service showed p99 no higher (32-34 against 35-38 ms) and a median CPU per
+    request 4 % and 7 % lower, near the method's noise (6 % between two copies of one commit).
 
-    `is_connected`, `request` and `send` are public members of urllib3's and http.client's
-    connections, `response_class` too; tests/test_opening.py fails if urllib3 stops calling
-    them this way."""
-
-    _held: bytes | None = None
-    response_class = LeanHTTPResponse
+    `is_connected` is a public member of urllib3's connections; tests/test_opening.py fails
+    if urllib3 stops asking it."""
 
     @property
     def is_connected(self) -> bool:
@@ -145,33 +135,13 @@ class _LeanConnection:
             return super().is_connected
         return peek_now(raw) is None  # not closed by the upstream, nor holding bytes nobody asked for
 
-    def request(self, method, url, body=None, headers=None, **options) -> None:
-        """urllib3's request; a small bytes body is sent with the headers."""
-        self._held = b"" if isinstance(body, bytes) and 0 < len(body) <= HOLD_MAX_BYTES else None
-        try:
-            super().request(method, url, body=body, headers=headers, **options)
-        finally:
-            self._held = None
-
-    def send(self, data) -> None:
-        """http.client's send, except that while a request holds its headers (the first
-        send), they go out with the body (the second)."""
-        held = self._held
-        if held is None:
-            return super().send(data)
-        if not held:
-            self._held = data
-            return None
-        self._held = None
-        return super().send(held + data)
-
 
 class LeanHTTPConnection(_LeanConnection, HTTPConnection):
-    """urllib3's HTTP connection, with one send per small request (see `_LeanConnection`)."""
+    """urllib3's HTTP connection, checked more cheaply under gevent (see `_LeanConnection`)."""
 
 
 class LeanHTTPSConnection(_LeanConnection, HTTPSConnection):
-    """urllib3's HTTPS connection, with one send per small request (see `_LeanConnection`)."""
+    """urllib3's HTTPS connection, checked more cheaply under gevent (see `_LeanConnection`)."""
 
 
 class _RecordingPool:

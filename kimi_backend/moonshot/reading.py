@@ -3,12 +3,16 @@ body: a reply over UPSTREAM_MAX_REPLY_BYTES, or still dripping in at its deadlin
 like an upstream that broke, so no upstream can hold a worker or its memory."""
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
-
-import urllib3
+from typing import TYPE_CHECKING
 
 from ..errors import UpstreamError
+from .framing import BrokenFraming, CloseDelimitedBody
+
+if TYPE_CHECKING:
+    from .exchange import Answer
 
 READ_BLOCK = 65536
 
@@ -26,21 +30,32 @@ class ReplyLimits:
                 "and was refused.")
 
 
-def read_body(response: urllib3.BaseHTTPResponse, limits: ReplyLimits, deadline: float) -> bytes:
+def read_body(answer: Answer, limits: ReplyLimits, deadline: float) -> bytes:
     """The whole body of a non-streamed answer, read as it arrives. It is read after the
     headers, so a reset, truncated or stalled body fails here, and is mapped like a failure
     before the headers; so are a body over UPSTREAM_MAX_REPLY_BYTES and one still arriving at
     the deadline."""
+    framing = answer.framing
+    block, answer.pending = answer.pending, b""
     body = bytearray()
     try:
-        while block := response.read1(READ_BLOCK):
-            body += block
-            if len(body) > limits.max_reply_bytes:
-                raise UpstreamError(502, "upstream_reply_too_large", limits.too_large())
-            if time.monotonic() > deadline:
+        while True:
+            if block:
+                body += framing.decode(block)
+                if len(body) > limits.max_reply_bytes:
+                    raise UpstreamError(502, "upstream_reply_too_large", limits.too_large())
+            if framing.done:
+                break
+            if block and time.monotonic() > deadline:
                 raise UpstreamError(504, "upstream_timeout", "The upstream was still sending its reply at the timeout.")
-    except urllib3.exceptions.ReadTimeoutError:
+            block = answer.sock.recv(READ_BLOCK)
+            if not block:
+                if isinstance(framing, CloseDelimitedBody):
+                    break
+                raise UpstreamError(502, "upstream_disconnected",
+                                    "The upstream connection broke before the reply was complete.")
+    except socket.timeout:
         raise UpstreamError(504, "upstream_timeout", "The upstream stopped sending its reply within the read timeout.") from None
-    except (urllib3.exceptions.HTTPError, OSError):
+    except (BrokenFraming, OSError):
         raise UpstreamError(502, "upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
     return bytes(body)

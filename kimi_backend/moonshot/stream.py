@@ -5,16 +5,13 @@ its upstream connection, back to the pool after a complete stream."""
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 import time
 from typing import Callable
 
-import urllib3
-
 from . import replies
-from .framing import BrokenFraming, CloseDelimitedBody, body_framing
-from .reading import READ_BLOCK, ReplyLimits
+from .exchange import Answer
+from .framing import BrokenFraming, CloseDelimitedBody
+from .reading import ReplyLimits
 from .sse import DataLines, LineTooLong
 from .upstream_errors import error_message
 from .waiting import receiver
@@ -39,17 +36,16 @@ class UpstreamStream:
     """An open streaming completion whose status was 200: call `receive()` until `complete`,
     then `close()`, from the one thread (or greenlet) that relays it."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, limits: ReplyLimits, read_timeout_s: float,
-                 redact: Callable[[str], str]):
-        self._response = response
+    def __init__(self, answer: Answer, limits: ReplyLimits, read_timeout_s: float, redact: Callable[[str], str]):
+        self._answer = answer
         self._limits = limits
         self._read_timeout_s = read_timeout_s
         self._redact = redact
-        self._headers = response._fp  # http.client's response: it has read the status and headers
-        self._framing = body_framing(self._headers)
-        self._sock = _socket_of(response)
-        self._pending = _read_ahead(self._headers, self._sock)
-        self._receiver = receiver(self._sock)
+        self._framing = answer.framing
+        # Only the body bytes that came with the head (at most one block): the rest stays in
+        # the socket for the bounded reads below, so the reply limit applies before more is read.
+        self._pending, answer.pending = answer.pending, b""
+        self._receiver = receiver(answer.sock)
         self._received = 0
         self._heard_at = self._progress_at = time.monotonic()
         self._lines = DataLines(limits.max_line_bytes)
@@ -156,17 +152,17 @@ class UpstreamStream:
     def close(self) -> None:
         """Releases the upstream connection. After a complete stream, the body's last bytes
         (the chunked terminator) are read first, waiting at most DRAIN_TIMEOUT_S, so the
-        connection can go back to the pool; any other end closes it, which also tells the
-        upstream at once that nobody is listening."""
+        connection can go back to the pool; any other end closes it (see `Answer.release`),
+        which also tells the upstream at once that nobody is listening."""
         try:
-            if self.complete and self._drained() and not self._headers.will_close:
-                self._headers.close()  # the body is read: http.client may send the next request
-                self._response.release_conn()
+            if self.complete and not self._answer.will_close:
+                self._drained()  # once the body is read, `release` keeps the connection open
         finally:
             self._receiver.close()
-            release(self._response)
+            self._answer.release()
 
     def _drained(self) -> bool:
+        """Reads the body to its end (at most DRAIN_TIMEOUT_S): whether it ended cleanly."""
         if isinstance(self._framing, CloseDelimitedBody):
             return False
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -177,36 +173,3 @@ class UpstreamStream:
         except (StreamBroken, BrokenFraming, OSError):
             return False
         return not self._framing.extra
-
-
-def release(answer: urllib3.BaseHTTPResponse) -> None:
-    """Lets go of an upstream answer as closing a `requests.Response` does: an unread body ends
-    the connection, and the pool gets its slot back either way."""
-    answer.close()
-    answer.release_conn()
-
-
-def _read_ahead(headers, sock: socket.socket) -> bytes:
-    """The body bytes http.client's buffered reader took in with the headers, all of them in
-    one `read1` (its buffer is smaller than READ_BLOCK); with none buffered, that one call
-    reads the socket once, without waiting. One call only: reading on while bytes were waiting
-    took in megabytes past the reply limit, which applies only to what this returns (up to
-    9 MB against a local upstream sending one endless line), and held the worker for as long
-    as the upstream kept ahead of it."""
-    if headers.fp is None:  # an empty body, already closed
-        return b""
-    sock.settimeout(0)
-    try:
-        return headers.fp.read1(READ_BLOCK) or b""  # None: nothing yet
-    except ssl.SSLWantReadError:  # TLS's "nothing yet" (plain sockets' is an empty read)
-        return b""
-
-
-def _socket_of(response: urllib3.BaseHTTPResponse):
-    """The socket under a streaming response. http.client hands it from the connection to
-    the response's file object when the upstream says `Connection: close`, so look in both."""
-    sock = getattr(response.connection, "sock", None)
-    if sock is None:
-        fp = getattr(getattr(response, "_fp", None), "fp", None)
-        sock = getattr(getattr(fp, "raw", None), "_sock", None)
-    return sock

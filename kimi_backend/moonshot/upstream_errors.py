@@ -8,10 +8,9 @@ import math
 import re
 from typing import Any, Callable
 
-import requests
-
 from ..errors import RETRY_AFTER_MAX_S, UpstreamError
 from . import replies
+from .exchange import Answer
 
 # Moonshot's texts say "please try again after 1 seconds" where no header does.
 _TRY_AGAIN_AFTER = re.compile(r"try again after (\d+(?:\.\d+)?) seconds?")
@@ -33,11 +32,11 @@ def error_message(body: Any, redact: Callable[[str], str]) -> str | None:
     return redact(replies.encodable(message)) if isinstance(message, str) else None
 
 
-def _retry_after(response: requests.Response, message: str | None) -> float | None:
+def _retry_after(answer: Answer, message: str | None) -> float | None:
     """Seconds to wait, from the header or from the message, clamped to RETRY_AFTER_MAX_S
     (an upstream may say `inf`, `1e400` or a 400-digit number)."""
     value = None
-    header = response.headers.get("Retry-After")
+    header = answer.headers.get("retry-after")
     if header:
         try:
             value = float(header)
@@ -51,26 +50,25 @@ def _retry_after(response: requests.Response, message: str | None) -> float | No
     return min(max(0.0, value), RETRY_AFTER_MAX_S)
 
 
-def map_error(response: requests.Response, read: Callable[[requests.Response], bytes],
-              redact: Callable[[str], str]) -> UpstreamError:
-    """Our error for a non-200 upstream answer, carrying the upstream's status."""
-    error = _classify(response, read, redact)
-    error.upstream_status = response.status_code
+def map_error(answer: Answer, read: Callable[[Answer], bytes], redact: Callable[[str], str]) -> UpstreamError:
+    """Our error for a non-200 upstream answer, carrying the upstream's status; `read(answer)`
+    reads its body."""
+    error = _classify(answer, read, redact)
+    error.upstream_status = answer.status
     return error
 
 
-def _classify(response: requests.Response, read: Callable[[requests.Response], bytes],
-              redact: Callable[[str], str]) -> UpstreamError:
+def _classify(answer: Answer, read: Callable[[Answer], bytes], redact: Callable[[str], str]) -> UpstreamError:
     """Maps a non-200 upstream answer to our error, by Moonshot's error `type` first and the
     HTTP status second. The upstream's own message is passed on only where it is about the
     request (400s, model not found); auth failures never echo anything about the key."""
     try:
         # Error bodies are not always JSON: a gateway in front of Moonshot answers its 504
         # with an HTML page, which must never reach our client.
-        body = json.loads(read(response))
+        body = json.loads(read(answer))
     except (ValueError, RecursionError, UpstreamError):
         body = None
-    status = response.status_code
+    status = answer.status
     error = body.get("error") if isinstance(body, dict) else None
     error_type = error.get("type") if isinstance(error, dict) else None
     if error_type is not None and error_type not in KNOWN_ERROR_TYPES:
@@ -81,9 +79,9 @@ def _classify(response: requests.Response, read: Callable[[requests.Response], b
         return UpstreamError(429, "upstream_quota_exceeded",
                              "The Moonshot account behind this service has no quota or balance left; "
                              "retrying will not help until its operator tops it up.",
-                             retry_after=_retry_after(response, message) or 60, upstream_type=error_type)
+                             retry_after=_retry_after(answer, message) or 60, upstream_type=error_type)
     if status == 429:
-        retry_after = _retry_after(response, message)
+        retry_after = _retry_after(answer, message)
         code = "upstream_overloaded" if error_type == "engine_overloaded_error" else "upstream_rate_limited"
         return UpstreamError(429, code, "Moonshot is rate limiting or overloaded; retry after the time in Retry-After.",
                              retry_after=retry_after if retry_after is not None else 1, upstream_type=error_type,
@@ -105,6 +103,6 @@ def _classify(response: requests.Response, read: Callable[[requests.Response], b
                              "streaming avoids this for long replies.", upstream_type=error_type)
     if status >= 500:
         return UpstreamError(502, "upstream_error", f"The upstream failed with HTTP {status}.",
-                             retry_after=_retry_after(response, message), upstream_type=error_type, retryable=True)
+                             retry_after=_retry_after(answer, message), upstream_type=error_type, retryable=True)
     return UpstreamError(502, "upstream_error", f"The upstream answered with unexpected HTTP {status}.",
                          upstream_type=error_type)
