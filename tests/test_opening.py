@@ -5,8 +5,6 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
-
 from kimi_backend.moonshot.opening import (WATCH_S, LeanHTTPConnection, LeanHTTPSConnection,
                                           RecordingHTTPConnectionPool, RecordingHTTPSConnectionPool, abandon_when)
 from tests.helpers import wait_until

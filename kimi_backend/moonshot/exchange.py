@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import socket
 from http.client import RemoteDisconnected
-from typing import NamedTuple
 
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError

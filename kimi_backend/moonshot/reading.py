@@ -6,13 +6,10 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import UpstreamError
+from .exchange import Answer
 from .framing import BrokenFraming, CloseDelimitedBody
-
-if TYPE_CHECKING:
-    from .exchange import Answer
 
 READ_BLOCK = 65536
 

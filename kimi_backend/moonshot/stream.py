@@ -156,20 +156,20 @@ class UpstreamStream:
         which also tells the upstream at once that nobody is listening."""
         try:
             if self.complete and not self._answer.will_close:
-                self._drained()  # once the body is read, `release` keeps the connection open
+                self._drain()  # once the body is read to its end, `release` keeps the connection open
         finally:
             self._receiver.close()
             self._answer.release()
 
-    def _drained(self) -> bool:
-        """Reads the body to its end (at most DRAIN_TIMEOUT_S): whether it ended cleanly."""
+    def _drain(self) -> None:
+        """Reads the body to its end, waiting at most DRAIN_TIMEOUT_S; a body that does not
+        end cleanly is left as it is (and its connection closed)."""
         if isinstance(self._framing, CloseDelimitedBody):
-            return False
+            return
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         try:
             while not self._framing.done:
                 if self._next_data(deadline) is None:
-                    return False
+                    return
         except (StreamBroken, BrokenFraming, OSError):
-            return False
-        return not self._framing.extra
+            return
