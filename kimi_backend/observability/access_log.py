@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 from flask import Flask, Response, current_app, g, has_app_context, request
 
@@ -53,22 +52,9 @@ class Exchange:
         if self.log_bodies:
             self.messages = messages
 
-    @contextmanager
-    def upstream(self, endpoint: str) -> Iterator[None]:
-        """Times one upstream call and records how it ended."""
-        started = time.perf_counter()
-        try:
-            yield
-        except UpstreamError as exc:
-            self.outcome, self.upstream_type = exc.code, exc.upstream_type
-            metrics.upstream_failed(endpoint, exc.upstream_type or exc.code)
-            raise
-        else:
-            self.outcome = "ok"
-        finally:
-            elapsed = time.perf_counter() - started
-            self.upstream_ms = round(elapsed * 1000, 1)
-            metrics.upstream_called(endpoint, elapsed)
+    def upstream(self, endpoint: str) -> "_UpstreamCall":
+        """`with exchange.upstream(endpoint):` times one upstream call and records how it ended."""
+        return _UpstreamCall(self, endpoint)
 
     def replied(self, model: str | None, usage: dict | None, content: str | None = None) -> None:
         """Counts the tokens of a reply (and keeps its text, with LOG_BODIES)."""
@@ -125,6 +111,33 @@ class Exchange:
                 callback(self)
             except Exception:  # the reply is out already: a failing callback must not touch it
                 log.exception("request finish callback failed (request_id=%s)", self.request_id)
+
+
+class _UpstreamCall:
+    """Times one upstream call and records how it ended: "ok", or the `UpstreamError`'s code.
+    (A class rather than a generator under `contextlib.contextmanager`: every chat call passes
+    through it, and entering and leaving cost a third as much.)"""
+
+    __slots__ = ("_exchange", "_endpoint", "_started")
+
+    def __init__(self, exchange: Exchange, endpoint: str):
+        self._exchange = exchange
+        self._endpoint = endpoint
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        elapsed = time.perf_counter() - self._started
+        exchange = self._exchange
+        if exc_type is None:
+            exchange.outcome = "ok"
+        elif isinstance(exc, UpstreamError):
+            exchange.outcome, exchange.upstream_type = exc.code, exc.upstream_type
+            metrics.upstream_failed(self._endpoint, exc.upstream_type or exc.code)
+        exchange.upstream_ms = round(elapsed * 1000, 1)
+        metrics.upstream_called(self._endpoint, elapsed)
+
 
 
 def current_request_id() -> str | None:
