@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -118,3 +119,36 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
         assert body["code"] == code
     assert "Traceback" not in body["error"] and "<html" not in response.get_data(as_text=True).lower()
     return body
+
+
+class RawUpstream:
+    """A raw socket server on loopback standing in for the upstream, where the simulator cannot
+    say what a test needs on the wire: every connection it accepts is handed to `answer(conn)`
+    in a thread of its own. `base_url` is its URL for KIMI_BASE_URL."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted()
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def accepted(self) -> None:
+        """Called for each connection accepted, before it is answered."""
+
+    def close(self) -> None:
+        self.listener.close()

@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 
 import pytest
 from urllib3.exceptions import ProtocolError
 
 from kimi_backend.moonshot.exchange import MAX_HEAD_BYTES, body_framing, parse_head, read_head
 from kimi_backend.moonshot.framing import ChunkedBody, CloseDelimitedBody, LengthBody
-from tests.helpers import free_port
+from tests.helpers import RawUpstream
 
 REPLY = {"id": "c1", "object": "chat.completion", "model": "kimi-k2.6",
          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}],
@@ -34,7 +33,7 @@ def chunked(body: bytes = REPLY_BYTES, size: int = 7) -> bytes:
             + b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n")
 
 
-class KeepAliveUpstream:
+class KeepAliveUpstream(RawUpstream):
     """Reads requests on each connection it accepts and answers each with the next of
     `answers` (bytes, sent in pieces of `piece` bytes), keeping the connection open unless
     told to close after it; records every request's raw bytes and counts connections."""
@@ -43,24 +42,12 @@ class KeepAliveUpstream:
         self.answers, self.piece, self.close_after = list(answers), piece, close_after
         self.requests: list[bytes] = []
         self.connections = 0
-        self.port = free_port()
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def accepted(self) -> None:
+        self.connections += 1
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with conn:
             data = b""
             while self.answers:
@@ -85,9 +72,6 @@ class KeepAliveUpstream:
                     conn.sendall(answer[i:i + step])
                 if self.close_after:
                     return
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import RawUpstream
 
 HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -34,28 +33,14 @@ def chunked(body: bytes, size: int) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
 
 
-class CannedUpstream:
+class CannedUpstream(RawUpstream):
     """Answers every request with `pieces`, written one by one `gap_s` apart, then closes."""
 
     def __init__(self, pieces: list[bytes], gap_s: float = 0.0):
         self.pieces, self.gap_s = pieces, gap_s
-        self.port = free_port()
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with conn:
             request = b""
             while b"\r\n\r\n" not in request:
@@ -67,9 +52,6 @@ class CannedUpstream:
             for piece in self.pieces:
                 conn.sendall(piece)
                 time.sleep(self.gap_s)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 @pytest.fixture
