@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from kimi_backend.moonshot.opening import (WATCH_S, LeanHTTPConnection, LeanHTTPSConnection,
+from kimi_backend.moonshot.opening import (WATCH_S, LeanHTTPConnection, LeanHTTPSConnection, Opening,
                                           RecordingHTTPConnectionPool, RecordingHTTPSConnectionPool, abandon_when)
 from tests.helpers import wait_until
 
@@ -34,6 +34,23 @@ def test_every_opening_whose_client_left_is_abandoned():
         gone["a"] = gone["b"] = True
         wait_until(lambda: first.abandoned and second.abandoned, timeout=WATCH_S * 5)
     assert connections["a"].shut_down() and connections["b"].shut_down()
+
+
+def test_tls_inside_a_proxy_tunnel_is_shut_down_by_the_socket_beneath():
+    """urllib3's SSLTransport (TLS to the upstream inside an HTTPS proxy's TLS) has no
+    `shutdown`; abandoning shuts its socket beneath."""
+    from urllib3.util.ssltransport import SSLTransport
+
+    assert not hasattr(SSLTransport, "shutdown")
+    connection = Connection()
+
+    class Transport:  # what an SSLTransport offers here: `socket`, and no shutdown
+        socket = connection.sock
+
+    opening = Opening(lambda: True)
+    opening.connection = type("Pooled", (), {"sock": Transport()})()
+    opening.abandon()
+    assert opening.abandoned and connection.shut_down()
 
 
 def test_an_opening_that_ended_is_left_alone():

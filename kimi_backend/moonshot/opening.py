@@ -47,6 +47,9 @@ class Opening:
         """Ends the upstream request: shutting its socket down wakes the request blocked on it."""
         self.abandoned = True
         sock = getattr(self.connection, "sock", None)
+        # TLS inside an HTTPS proxy's tunnel is urllib3's SSLTransport, which has no shutdown:
+        # its socket beneath is shut down instead.
+        sock = sock if hasattr(sock, "shutdown") else getattr(sock, "socket", None)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
