@@ -184,3 +184,20 @@ def test_rate_limit_sees_the_real_client_ip_through_nginx(behind_nginx):
     wait_until(lambda: [line.get("client") for line in json_lines(service.log())].count("ip:127.0.0.2") == 4,
                timeout=10, message="the access lines of 127.0.0.2")
     assert "203.0.113." not in service.log()
+
+
+def test_the_package_carries_the_version_the_service_reports():
+    """pyproject.toml takes its version from kimi_backend/version.py, the one place it is
+    written (/health, /api/info and the OpenAPI document read it there)."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    from kimi_backend.version import __version__
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setuptools calls its pyproject support beta
+        package = apply_configuration(Distribution(), str(ROOT / "pyproject.toml"))
+    assert (package.get_name(), package.get_version()) == ("kimi-backend", __version__)
+    assert "version =" not in (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.dynamic]")[0]
