@@ -122,7 +122,8 @@ def exchange(target: Target, body: bytes | None, connect_timeout_s: float, read_
     errors as `urlopen` would for the same failure: `ConnectTimeoutError` or
     `NewConnectionError` connecting, `ReadTimeoutError` when the upstream is silent for
     `read_timeout_s`, `ProtocolError` for a connection closed before the head or a head that
-    is not HTTP, `OSError` for a connection that broke. The connection is closed and given back on any failure."""
+    is not HTTP, `OSError` for a connection that broke. On any failure the connection is
+    closed and given back."""
     conn = target.connection(connect_timeout_s)
     try:
         sock = conn.sock
