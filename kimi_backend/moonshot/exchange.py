@@ -80,8 +80,7 @@ class Target:
                 except socket.timeout:  # TLS's handshake, or the proxy's CONNECT
                     raise ConnectTimeoutError(conn, "timed out connecting") from None
         except BaseException:
-            conn.close()
-            pool._put_conn(conn)
+            _give_back(pool, conn, reusable=False)
             raise
         return conn
 
@@ -112,9 +111,8 @@ class Answer:
         if conn is None:
             return
         framing = self.framing
-        if self.will_close or not framing.done or framing.extra or self.pending:
-            conn.close()
-        self._pool._put_conn(conn)
+        reusable = framing.done and not (framing.extra or self.pending or self.will_close)
+        _give_back(self._pool, conn, reusable)
 
 
 def exchange(target: Target, body: bytes | None, connect_timeout_s: float, read_timeout_s: float) -> Answer:
@@ -132,12 +130,19 @@ def exchange(target: Target, body: bytes | None, connect_timeout_s: float, read_
         status, headers, will_close, pending = read_head(sock)
         framing = body_framing(status, headers)
     except BaseException as exc:
-        conn.close()
-        target.pool._put_conn(conn)
+        _give_back(target.pool, conn, reusable=False)
         if isinstance(exc, socket.timeout):
             raise ReadTimeoutError(target.pool, target.url, f"Read timed out. (read timeout={read_timeout_s})") from None
         raise
     return Answer(target.pool, conn, status, headers, framing, will_close, pending)
+
+
+def _give_back(pool: HTTPConnectionPool, conn, reusable: bool) -> None:
+    """Puts `conn` back in `pool`: open for the next request, or closed (the pool opens a new
+    one in its place when it is next taken)."""
+    if not reusable:
+        conn.close()
+    pool._put_conn(conn)
 
 
 def read_head(sock) -> tuple[int, dict[str, str], bool, bytes]:

@@ -163,9 +163,8 @@ class UpstreamStream:
 
     def _drain(self) -> None:
         """Reads the body to its end, waiting at most DRAIN_TIMEOUT_S; a body that does not
-        end cleanly is left as it is (and its connection closed)."""
-        if isinstance(self._framing, CloseDelimitedBody):
-            return
+        end cleanly is left as it is (and its connection closed). Never called for a body that
+        ends at the close (`will_close`)."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         try:
             while not self._framing.done:
