@@ -12,7 +12,7 @@ Under gevent an increment takes no lock: nothing in it can switch to another gre
 other increment runs meanwhile, and the stock per-counter RLock is there the pure-Python
 `threading._RLock` (gevent's patched locks leave no C one): an increment costs 1.9 µs without
 it against 5.0 µs with it, side by side in one gevent-patched process. A request counts its
-rate limit once and, with two token budgets, increments four times more.
+rate limit once and, with two token budgets, increments both twice (`incr_each`).
 """
 from __future__ import annotations
 
@@ -42,25 +42,35 @@ class MemoryCounts(MemoryStorage):
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         """Adds `amount` to the counter (a new one, or one past its expiry, starts at zero and
         expires `expiry` seconds from now) and returns its value."""
+        return self.incr_each((key,), expiry, amount)[0]
+
+    def incr_each(self, keys, expiry: float, amount: int = 1) -> list[int]:
+        """`incr` of each counter, in one call: a request's token budgets are two or three
+        counters, reserved and then settled together (a call per counter was two Python
+        calls each, a fifth of what the budgets add to a request)."""
         now = time.time()
         if now - self._swept_at >= self.sweep_every_s:
             self._sweep(now)
-        if self.expirations.get(key, 0) <= now:
-            # The stock `get`'s reset of a counter past its expiry, inline: the call, through
-            # `limits`' error wrapper, cost about as much as the rest of the increment.
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
-        if self.greenlets_only:
-            return self._add(key, expiry, amount)
-        with self.locks[key]:
-            return self._add(key, expiry, amount)
-
-    def _add(self, key: str, expiry: float, amount: int) -> int:
-        count = self.storage[key] = self.storage[key] + amount
-        if count == amount:
-            self.expirations[key] = time.time() + expiry
-        return count
+        storage, expirations = self.storage, self.expirations
+        counts = []
+        for key in keys:
+            if expirations.get(key, 0) <= now:
+                # The stock `get`'s reset of a counter past its expiry, inline: the call, through
+                # `limits`' error wrapper, cost about as much as the rest of the increment.
+                storage.pop(key, None)
+                expirations.pop(key, None)
+                self.locks.pop(key, None)
+            if self.greenlets_only:
+                count = storage[key] = storage[key] + amount
+                if count == amount:
+                    expirations[key] = now + expiry
+            else:
+                with self.locks[key]:
+                    count = storage[key] = storage[key] + amount
+                    if count == amount:
+                        expirations[key] = time.time() + expiry
+            counts.append(count)
+        return counts
 
     def _sweep(self, now: float) -> None:
         self._swept_at = now

@@ -344,3 +344,75 @@ def test_a_cut_openai_stream_is_charged_too(budget_app, simulator):
     assert (row["route"], row["cut_short"], row["estimated"]) == ("/v1/chat/completions", True, True)
     assert row["total_tokens"] > estimate.prompt_tokens(
         {"messages": [{"role": "user", "content": "story sim:chunks=50 sim:interval=0.05"}]})
+
+
+class _FailingOnCall:
+    """Stands in for a storage's `incr_each`: counts as the real one, except that its call
+    number `failing` for the budgets (the rate limit's counts pass) raises the storage error
+    `limits` raises."""
+
+    def __init__(self, real, failing: int):
+        self.real, self.failing, self.calls = real, failing, 0
+
+    def __call__(self, keys, expiry, amount=1):
+        self.calls += all(key.startswith(budgets_module.KEY_PREFIX) for key in keys)
+        if self.calls == self.failing:
+            from limits.errors import StorageError
+            raise StorageError(ConnectionError("the storage went away"))
+        return self.real(keys, expiry, amount)
+
+
+def test_a_storage_failure_when_reserving_refuses_with_503_and_reserves_nothing(budget_app, monkeypatch):
+    from kimi_backend.extensions import limiter
+    app = budget_app(TOKEN_BUDGET_PER_DAY="1000", TOKEN_BUDGET_TOTAL_PER_DAY="100000")
+    client = app.test_client()
+    storage = limiter.limiter.storage
+    monkeypatch.setattr(storage, "incr_each", _FailingOnCall(storage.incr_each, failing=1), raising=False)
+    refused = ask(client, KEY_A, max_tokens=100)
+    assert refused.status_code == 503 and refused.get_json()["code"] == "rate_limit_unavailable"
+    assert "Traceback" not in refused.get_data(as_text=True)
+    # Nothing was reserved by the failed request: the whole budget is there for the next one.
+    answered = ask(client, KEY_A, max_tokens=20)
+    assert answered.status_code == 200
+    assert int(answered.headers["X-Budget-Remaining"]) == 1000 - answered.get_json()["data"]["usage"]["total_tokens"]
+
+
+def test_a_storage_failure_when_settling_is_logged_and_counted_and_the_reply_stands(budget_app, monkeypatch, caplog):
+    from prometheus_client import REGISTRY
+    from kimi_backend.extensions import limiter
+    app = budget_app(TOKEN_BUDGET_PER_DAY="1000")
+    client = app.test_client()
+    storage = limiter.limiter.storage
+    failures = REGISTRY.get_sample_value("kimi_token_budget_settle_failures_total") or 0.0
+    monkeypatch.setattr(storage, "incr_each", _FailingOnCall(storage.incr_each, failing=2), raising=False)
+    answered = ask(client, KEY_A, max_tokens=100)
+    assert answered.status_code == 200 and answered.get_json()["success"] is True
+    assert REGISTRY.get_sample_value("kimi_token_budget_settle_failures_total") == failures + 1
+    assert "token budget not settled: its storage failed (ConnectionError)" in caplog.text
+    # The reservation stays counted (the safe side): prompt estimate plus max_tokens.
+    assert answered.headers["X-Budget-Remaining"] == str(1000 - reservation("hi", 100))
+
+
+class _StorageWithoutIncrEach:
+    """A storage with `incr` only (as Redis is), whose increment number `failing` fails."""
+
+    def __init__(self, failing: int):
+        self.counts: dict[str, int] = {}
+        self.calls, self.failing = 0, failing
+
+    def incr(self, key, expiry, amount=1):
+        self.calls += 1
+        if self.calls == self.failing:
+            from limits.errors import StorageError
+            raise StorageError(ConnectionError("the storage went away"))
+        self.counts[key] = self.counts.get(key, 0) + amount
+        return self.counts[key]
+
+
+def test_incr_each_on_a_storage_of_incr_alone_takes_back_what_it_added_when_one_fails():
+    from limits.errors import StorageError
+    storage = _StorageWithoutIncrEach(failing=3)
+    with pytest.raises(StorageError):
+        budgets_module.incr_each(storage, ["client", "token", "service"], 60, 10)
+    assert storage.counts == {"client": 0, "token": 0}
+    assert budgets_module.incr_each(_StorageWithoutIncrEach(failing=0), ["a", "b"], 60, 7) == [7, 7]

@@ -14,10 +14,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import Boolean, Date, DateTime, create_engine, event, func, insert, select, text
+from sqlalchemy import Boolean, Date, DateTime, create_engine, event, func, insert, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from kimi_backend import create_app
+from kimi_backend.config import parsers
 from kimi_backend.config.parsers import ConfigError, key_id
 from kimi_backend.usage.ledger import Ledger, bind_processor
 from kimi_backend.usage.schema import make_engine, migrate, schema_version, usage
@@ -188,11 +189,25 @@ def test_with_the_ledger_off_nothing_is_written_and_budgets_still_count(ledger_a
     assert (disabled.status_code, disabled.get_json()["code"]) == (404, "usage_ledger_disabled")
 
 
+def test_a_version_1_database_loses_its_client_day_index(database_url):
+    engine = make_engine(parsers.database_url("USAGE_DATABASE_URL", database_url))
+    try:
+        migrate(engine)
+        with engine.begin() as conn:  # the database as version 1 left it
+            conn.execute(text("CREATE INDEX kimi_usage_client_day ON kimi_usage (client, day)"))
+            conn.execute(schema_version.delete().where(schema_version.c.version > 1))
+        assert "kimi_usage_client_day" in {index["name"] for index in inspect(engine).get_indexes("kimi_usage")}
+        assert migrate(engine) == 2
+        assert {index["name"] for index in inspect(engine).get_indexes("kimi_usage")} == {"kimi_usage_day"}
+    finally:
+        engine.dispose()
+
+
 def test_the_schema_is_created_at_startup_once(simulator_server, database_url):
     apps = [create_app(base_config(simulator_server, USAGE_DATABASE_URL=database_url)) for _ in range(2)]
     try:
         with apps[-1].extensions["usage_ledger"].engine.connect() as conn:
-            assert [row.version for row in conn.execute(select(schema_version))] == [1]
+            assert [row.version for row in conn.execute(select(schema_version))] == [1, 2]
             assert conn.execute(select(usage)).all() == []
     finally:
         for app in apps:

@@ -157,6 +157,21 @@ def test_our_memory_storage_counts_exactly_as_the_stock_one(greenlets_only):
     assert [ours.get(key) for key in "abcd"] == [stock.get(key) for key in "abcd"]
 
 
+@pytest.mark.parametrize("greenlets_only", [False, True], ids=["threads", "greenlets"])
+def test_our_memory_storage_increments_several_counters_in_one_call_as_one_at_a_time(greenlets_only):
+    """`incr_each` (a request's token budgets) gives what the stock storage's `incr` of each
+    counter in turn gives, repeated, new and expiring counters alike."""
+    from limits.storage import MemoryStorage
+    from kimi_backend.memory_counts import MemoryCounts
+    ours, stock = MemoryCounts(), MemoryStorage()
+    ours.greenlets_only = greenlets_only
+    steps = [(("a", "b"), 60, 5), (("a",), 60, 1), (("b", "c"), 0, 3), (("c", "a"), 60, -2), (("b", "c", "d"), 60, 1),
+             (("d", "d"), 60, 4), ((), 60, 1)]
+    for keys, expiry, amount in steps:
+        assert ours.incr_each(keys, expiry, amount) == [stock.incr(key, expiry, amount) for key in keys]
+    assert [ours.get(key) for key in "abcd"] == [stock.get(key) for key in "abcd"]
+
+
 def test_our_memory_storage_takes_no_lock_only_under_gevent():
     # Under gevent nothing in an increment can switch greenlets; with threads it must lock.
     probe = ("import kimi_backend.memory_counts as m; s = m.MemoryCounts(); s.incr('k', 60); "

@@ -9,6 +9,7 @@ import multiprocessing
 import threading
 
 import pytest
+from limits.errors import StorageError
 
 from kimi_backend import create_app
 from kimi_backend.config.parsers import ConfigError
@@ -43,6 +44,19 @@ def test_two_connections_share_one_count(db_path):
     assert second.incr("k", 60, amount=-25) == 2
     assert (first.get("k"), second.get("missing")) == (2, 0)
     assert first.get_expiry("k") == second.get_expiry("k") == T0 + 60
+
+
+def test_incr_each_adds_to_every_counter_in_one_transaction_or_to_none(db_path):
+    store, other = open_store(db_path), open_store(db_path)
+    assert store.incr_each(["a", "b"], 60, 5) == [5, 5]
+    assert store.incr_each(["a", "b", "c"], 60, -2) == [3, 3, -2]
+    assert [other.get(key) for key in "abc"] == [3, 3, -2]
+    with pytest.raises(StorageError):
+        store.incr_each(["a", {"not": "a key"}], 60, 1)  # the second cannot be bound: "a" is rolled back
+    assert other.get("a") == 3 and not store._connection.in_transaction
+    assert store.incr_each(["a"], 60, 1) == [4]
+    move_clock(store, T0 + 61)  # expired counters start afresh, as with incr
+    assert store.incr_each(["a", "new"], 60, 2) == [2, 2]
 
 
 def test_a_counter_expires_on_the_store_clock(db_path):

@@ -34,7 +34,6 @@ usage = Table(
     Column("stream", Boolean, nullable=False),
     Column("cut_short", Boolean, nullable=False, comment="a stream that did not reach its end"),
     Index("kimi_usage_day", "day"),
-    Index("kimi_usage_client_day", "client", "day"),
 )
 
 schema_version = Table(
@@ -50,9 +49,17 @@ def _create_usage_table(conn: Connection) -> None:
         conn.execute(CreateIndex(index, if_not_exists=True))
 
 
-# (version, step), in order. A later schema change is a new step here, never an edit of an old one.
+def _drop_client_day_index(conn: Connection) -> None:
+    # No query reads it (the report filters by day alone), and every row paid for it: adding
+    # a row to an index on (client, day) took 40 % of the row's insert (2.4 of 6.1 µs).
+    conn.execute(text("DROP INDEX IF EXISTS kimi_usage_client_day"))
+
+
+# (version, step), in order. A later schema change is a new step here, never an edit of an old
+# one. (Step 1 creates the indexes `usage` lists now; a later step drops one it once created.)
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _create_usage_table),
+    (2, _drop_client_day_index),
 ]
 # How long a SQLite connection waits for another process's write (or its switch to WAL).
 SQLITE_TIMEOUT_S = 5.0
