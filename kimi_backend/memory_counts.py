@@ -47,7 +47,7 @@ class MemoryCounts(MemoryStorage):
     def incr_each(self, keys, expiry: float, amount: int = 1) -> list[int]:
         """`incr` of each counter, in one call: a request's token budgets are two or three
         counters, reserved and then settled together (a call per counter was two Python
-        calls each, a fifth of what the budgets add to a request)."""
+        calls each: 8 of the 46 that the budgets added to a request, counted with cProfile)."""
         now = time.time()
         if now - self._swept_at >= self.sweep_every_s:
             self._sweep(now)

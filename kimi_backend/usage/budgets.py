@@ -7,9 +7,11 @@ Reserve, then settle: before the upstream call a request reserves its prompt est
 its output budget in every budget that applies, and is refused when one does not have that
 much left (and gives back what it added to the others); when it ends, the reservation becomes
 what it really cost. Each step adds to all of a request's budgets at once, every addition
-atomic (in memory one call; in the store several workers share one SQLite transaction; in
+atomic (in memory one call; in the store several workers share one SQLite statement; in
 Redis an INCRBY each), so concurrent requests can never together reserve more than a budget
-holds.
+holds. A request that one budget refuses holds its reservation in the others until it gives
+it back, a step later: in memory under gevent nothing runs in between; elsewhere another
+request may, for that moment, see those budgets fuller than they are (the safe side).
 """
 from __future__ import annotations
 
@@ -124,7 +126,7 @@ class Charge:
 def incr_each(storage: Storage, keys: list[str], expiry_s: int, amount: int) -> list[int]:
     """Adds `amount` to each counter and returns their new values: all of them or, on a
     storage error, none. The memory and host-shared stores do it in one call (the shared one
-    in one transaction); another storage, one `incr` at a time, taking back on a failure what
+    in one statement); another storage, one `incr` at a time, taking back on a failure what
     it had added (best effort: when that fails too, the error is the same)."""
     own = getattr(storage, "incr_each", None)
     if own is not None:
