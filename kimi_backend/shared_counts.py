@@ -76,14 +76,7 @@ class SharedCountsStorage(Storage):
         """Adds `amount` to the counter and returns its new value; a missing or expired
         counter starts at `amount` and expires `expiry` seconds from now."""
         now = self.clock()
-        with self._lock:
-            self._purge_now_and_then(now)
-            fcntl.flock(self._writers_turn, fcntl.LOCK_EX)
-            try:
-                row = self._connection.execute(_INCREMENT, (key, amount, now, expiry)).fetchone()
-            finally:
-                fcntl.flock(self._writers_turn, fcntl.LOCK_UN)
-        return row[1]
+        return self._increment(_INCREMENT, (key, amount, now, expiry), now)[0][1]
 
     def incr_each(self, keys, expiry: int, amount: int = 1) -> list[int]:
         """`incr` of each of several distinct counters, in one statement (one write transaction,
@@ -99,23 +92,25 @@ class SharedCountsStorage(Storage):
             statement = self._statements[len(keys)] = _increment_sql(len(keys))
         now = self.clock()
         try:
-            with self._lock:
-                self._purge_now_and_then(now)
-                fcntl.flock(self._writers_turn, fcntl.LOCK_EX)
-                try:
-                    counts = dict(self._connection.execute(statement, (*keys, amount, now, expiry)).fetchall())
-                finally:
-                    fcntl.flock(self._writers_turn, fcntl.LOCK_UN)
+            counts = dict(self._increment(statement, (*keys, amount, now, expiry), now))
         except self.base_exceptions as exc:
             if self.wrap_exceptions:  # as `limits` does for the methods it knows
                 raise StorageError(exc) from exc
             raise
         return [counts[key] for key in keys]
 
-    def _purge_now_and_then(self, now: float) -> None:
-        if now - self._purged_at >= PURGE_EVERY_S:
-            self._purged_at = now
-            self._connection.execute("DELETE FROM counts WHERE expires <= ?", (now,))
+    def _increment(self, statement: str, parameters: tuple, now: float) -> list[tuple[str, int]]:
+        """Runs an increment statement in the writers' turn: its (key, value) rows. Now and
+        then (every PURGE_EVERY_S) deletes the expired counters first."""
+        with self._lock:
+            if now - self._purged_at >= PURGE_EVERY_S:
+                self._purged_at = now
+                self._connection.execute("DELETE FROM counts WHERE expires <= ?", (now,))
+            fcntl.flock(self._writers_turn, fcntl.LOCK_EX)
+            try:
+                return self._connection.execute(statement, parameters).fetchall()
+            finally:
+                fcntl.flock(self._writers_turn, fcntl.LOCK_UN)
 
     def get(self, key: str) -> int:
         """The counter's value, 0 when missing or expired."""

@@ -413,6 +413,6 @@ def test_incr_each_on_a_storage_of_incr_alone_takes_back_what_it_added_when_one_
     from limits.errors import StorageError
     storage = _StorageWithoutIncrEach(failing=3)
     with pytest.raises(StorageError):
-        budgets_module.incr_each(storage, ["client", "token", "service"], 60, 10)
+        budgets_module.incr_each(storage, ("client", "token", "service"), 60, 10)
     assert storage.counts == {"client": 0, "token": 0}
-    assert budgets_module.incr_each(_StorageWithoutIncrEach(failing=0), ["a", "b"], 60, 7) == [7, 7]
+    assert budgets_module.incr_each(_StorageWithoutIncrEach(failing=0), ("a", "b"), 60, 7) == [7, 7]

@@ -139,7 +139,6 @@ class _UpstreamCall:
         metrics.upstream_called(self._endpoint, elapsed)
 
 
-
 def current_request_id() -> str | None:
     """The id of the request being served in this context, if any (for log records)."""
     return g.get("request_id") if has_app_context() else None

@@ -60,7 +60,7 @@ class _Listed(NamedTuple):
     """The budgets that apply to a client, and their counters' keys."""
 
     budgets: tuple[Budget, ...]
-    keys: list[str]
+    keys: tuple[str, ...]
 
 
 class _Day(NamedTuple):
@@ -87,7 +87,7 @@ class Charge:
         self.storage: Storage | None = None
         self.expiry_s = 0
         self.budgets: tuple[Budget, ...] = ()  # those that hold a reservation, or held one
-        self.keys: list[str] = []  # their counters
+        self.keys: tuple[str, ...] = ()  # their counters
         self.counts: list[int] = []  # each one's counter after our last step
         self.refused: Budget | None = None
         self.used_before = 0
@@ -123,7 +123,7 @@ class Charge:
             log.error("token budget not settled: its storage failed (%s)", type(exc.storage_error).__name__)
 
 
-def incr_each(storage: Storage, keys: list[str], expiry_s: int, amount: int) -> list[int]:
+def incr_each(storage: Storage, keys: tuple[str, ...], expiry_s: int, amount: int) -> list[int]:
     """Adds `amount` to each counter and returns their new values: all of them or, on a
     storage error, none. The memory and host-shared stores do it in one call (the shared one
     in one statement); another storage, one `incr` at a time, taking back on a failure what
@@ -181,7 +181,7 @@ class Budgets:
             if len(today.lists) >= LISTS_KEPT:
                 today.lists.clear()
             budgets = self._list(today, identity, token_budget, address)
-            listed = today.lists[asked] = _Listed(budgets, [budget.key for budget in budgets])
+            listed = today.lists[asked] = _Listed(budgets, tuple(budget.key for budget in budgets))
         return listed
 
     def _list(self, today: "_Day", identity: str, token_budget: int | None, address: str | None) -> tuple[Budget, ...]:
