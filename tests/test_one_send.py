@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from gunicorn import util
+from gunicorn.config import Config
 from gunicorn.http import wsgi
 
 from kimi_backend.workers import OneSendResponse, _ServiceWorkerMixin, send_all
@@ -131,7 +132,7 @@ def test_the_service_workers_build_their_responses_with_it(monkeypatch):
             self.started = True
 
     class Worker(_ServiceWorkerMixin, Base):
-        pass
+        cfg = Config()
 
     worker = Worker()
     worker.init_process()
