@@ -11,9 +11,12 @@ from .errors import ApiError
 from .tokens import TokenClaims, get_tokens
 
 
-def bearer_token() -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, if any."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+def bearer_token(headers=None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (of `headers`, by default this
+    request's), if any."""
+    if headers is None:
+        headers = request._get_current_object().headers
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
@@ -21,10 +24,11 @@ def bearer_token() -> str | None:
 
 def presented_key() -> str | None:
     """The client key from `x-api-key` or `Authorization: Bearer`, if any."""
-    key = request.headers.get("x-api-key")
+    headers = request._get_current_object().headers  # one context lookup for both headers
+    key = headers.get("x-api-key")
     if key:
         return key.strip()
-    return bearer_token()
+    return bearer_token(headers)
 
 
 def _is_valid(key: str, valid_keys: tuple[str, ...]) -> bool:
@@ -95,7 +99,7 @@ def require_client_key() -> None:
     """`before_request` for the chat routes: a presented browser token must be valid (whether
     or not keys are required: its origins and limits bind its holder); otherwise, with
     REQUIRE_API_KEY on, a valid client key or 401."""
-    if request.method == "OPTIONS":
+    if request._get_current_object().method == "OPTIONS":
         return
     token = _checked_token()
     if isinstance(token, ApiError):
@@ -118,7 +122,7 @@ def require_client_key() -> None:
 def ip_identity() -> str:
     """The client address as an identity (after ProxyFix, when TRUSTED_PROXY_COUNT trusts the
     proxies in front)."""
-    return f"ip:{request.remote_addr or 'unknown'}"
+    return f"ip:{request._get_current_object().remote_addr or 'unknown'}"
 
 
 def client_identity() -> str:

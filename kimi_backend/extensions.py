@@ -55,7 +55,7 @@ class SecurityHeaders(Talisman):
         # headers are worked out once per (endpoint, HSTS) and then added: nothing else on our
         # responses carries these names (tests/test_security_headers.py compares the result with
         # flask-talisman's own). Another private member: the same test pins it.
-        request = flask.request
+        request = flask.request._get_current_object()  # one context lookup, not one per use
         hsts = bool(self.strict_transport_security) and (
             request.is_secure or request.headers.get("X-Forwarded-Proto", "http") == "https")
         headers_by_case = self.__dict__.setdefault("_headers_by_case", {})

@@ -27,11 +27,12 @@ def require_allowed_origin() -> None:
     outside browsers) pass: this guards the balance against other sites' pages, not clients.
     A valid browser token carries its own origins, already checked against this one (auth.py):
     the site's backend that minted it decided where it may be used."""
-    origin = request.headers.get("Origin")
-    if origin is None or request.method == "OPTIONS" or verified_token() is not None:
+    req = request._get_current_object()  # one context lookup, not one per use of `request`
+    origin = req.headers.get("Origin")
+    if origin is None or req.method == "OPTIONS" or verified_token() is not None:
         return
     allowed = current_app.config["SETTINGS"].cors_origins
-    if "*" in allowed or origin in allowed or origin == f"{request.scheme}://{request.host}":
+    if "*" in allowed or origin in allowed or origin == f"{req.scheme}://{req.host}":
         return
     raise ApiError(403, "origin_not_allowed", f"Requests from the origin {origin[:200]!r} are not allowed "
                    "(the operator lists the allowed ones in ALLOWED_ORIGINS).")
@@ -39,7 +40,8 @@ def require_allowed_origin() -> None:
 
 def require_json_body() -> None:
     """`before_request`: a request with a body must send it as `application/json`."""
-    if request.method in ("GET", "HEAD", "OPTIONS", "DELETE") or request.is_json:
+    req = request._get_current_object()  # one context lookup, not one per use of `request`
+    if req.method in ("GET", "HEAD", "OPTIONS", "DELETE") or req.is_json:
         return
     raise ApiError(415, "unsupported_media_type", "Send the request body as JSON, with 'Content-Type: application/json'.")
 

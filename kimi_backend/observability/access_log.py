@@ -146,7 +146,7 @@ def current_request_id() -> str | None:
 
 def current_exchange() -> Exchange:
     """The record of the request being served."""
-    return g.exchange
+    return g._get_current_object().exchange  # one Python call; `g.exchange` makes three
 
 
 def begin_exchange() -> None:
@@ -163,7 +163,7 @@ def end_exchange(response: Response) -> Response:
     if exchange is None:
         return response
     exchange.status = response.status_code
-    rule = request.url_rule
+    rule = request._get_current_object().url_rule
     exchange.route = rule.rule if rule else "unmatched"
     exchange.client = client_identity()
     if exchange.outcome is None:

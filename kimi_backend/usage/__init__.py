@@ -78,7 +78,7 @@ def _settle(charge: Charge, ledger: Ledger | None, exchange: Exchange) -> None:
 def add_budget_header(response: Response) -> Response:
     """`X-Budget-Remaining` on chat responses: what is left today of the caller's own budget
     (after this request, or for a stream, after its reservation)."""
-    charge = g.get("token_charge")
+    charge = g._get_current_object().get("token_charge")
     remaining = charge.remaining() if charge is not None else None
     if remaining is not None:
         # Added, not set: nothing else writes this header, and setting one scans and compares
