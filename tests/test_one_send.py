@@ -181,3 +181,70 @@ def test_what_the_kernel_cannot_take_at_once_goes_through_gevents_sendall_in_ord
         reader.kill()
         ours.close()
         peer.close()
+
+
+class Name(str):
+    """A header name that is a str, but not exactly one."""
+
+
+HEADER_CASES = {
+    "ordinary": [("Content-Type", "application/json"), ("X-Request-ID", "abc"), ("X-Frame-Options", "DENY")],
+    "values trimmed of spaces and tabs": [("X-Trim", " \tpadded value\t "), ("X-Empty", "")],
+    "Content-Length read": [("Content-Length", "11"), ("content-length", " 12 ")],
+    "hop-by-hop headers dropped": [("Connection", "close"), ("Keep-Alive", "timeout=5"),
+                                   ("Transfer-Encoding", "chunked"), ("X-After", "kept")],
+    "an upgrade to websocket": [("Connection", "Upgrade"), ("Upgrade", "websocket")],
+    "an upgrade to anything else": [("connection", "upgrade"), ("upgrade", "h2c")],
+    "a name in another case": [("x-request-id", "1"), ("X-REQUEST-ID", "2")],
+    "a str subclass as name": [(Name("X-Subclass"), "v")],
+    "an invalid name": [("X-Good", "1"), ("Bad Name", "v")],
+    "a name with a colon": [("X:Y", "v")],
+    "a name that is bytes": [(b"X-Bytes", "v")],
+    "a value with a newline": [("X-Request-ID", "a\r\nInjected: 1")],
+    "a value with a control character": [("Content-Type", "text/plain\x00")],
+    "a value that is not a str": [("X-Count", 3)],
+    "a header that is not a pair": [("X-Three", "a", "b")],
+}
+
+
+def processed(response_class, headers):
+    """What the response keeps of `headers`, or the exception it raises."""
+    response = response_class(request(), RecordingSocket(), CONFIG)
+    try:
+        response.process_headers(headers)
+    except Exception as exc:  # the same refusals are the point
+        return type(exc), str(exc)
+    return response.headers, response.response_length, response.upgrade
+
+
+@pytest.mark.parametrize("case", HEADER_CASES)
+def test_headers_are_processed_as_gunicorn_does_also_once_their_names_are_known(case, monkeypatch):
+    monkeypatch.setattr(OneSendResponse, "_name_kinds", {})
+    headers = HEADER_CASES[case]
+    theirs = processed(wsgi.Response, headers)
+    assert processed(OneSendResponse, headers) == theirs  # names new
+    assert processed(OneSendResponse, headers) == theirs  # names known
+    # Known from other responses, in every order.
+    for other in HEADER_CASES.values():
+        processed(OneSendResponse, other)
+    assert processed(OneSendResponse, headers) == theirs
+    assert processed(OneSendResponse, headers[::-1]) == processed(wsgi.Response, headers[::-1])
+
+
+def test_a_known_ordinary_name_skips_gunicorns_checks(monkeypatch):
+    monkeypatch.setattr(OneSendResponse, "_name_kinds", {})
+    headers = [("Content-Type", "application/json"), ("X-Request-ID", "abc"), ("Content-Length", "2")]
+    processed(OneSendResponse, headers)
+    seen = []
+    original = wsgi.Response.process_headers
+    monkeypatch.setattr(wsgi.Response, "process_headers", lambda self, some: seen.extend(some) or original(self, some))
+    assert processed(OneSendResponse, headers) == ([("Content-Type", "application/json"), ("X-Request-ID", "abc"),
+                                                    ("Content-Length", "2")], 2, False)
+    assert seen == [("Content-Length", "2")]  # only the special one went through gunicorn's code
+
+
+def test_names_past_the_limit_are_not_remembered(monkeypatch):
+    monkeypatch.setattr(OneSendResponse, "_name_kinds", {})
+    many = [(f"X-Name-{i}", "v") for i in range(300)]
+    assert processed(OneSendResponse, many) == processed(wsgi.Response, many)
+    assert len(OneSendResponse._name_kinds) == 256
