@@ -22,6 +22,7 @@ from .moonshot.reading import ReplyLimits
 from .observability import access_log
 from .observability.logs import configure_logging
 from .proxies import trust_proxies
+from .responses import KimiResponse
 from .service import KimiService
 from . import intake, origins, tokens, usage
 
@@ -40,7 +41,9 @@ _SYNC_CACHE_MAX = 512
 class KimiFlask(Flask):
     """Flask, remembering which functions are coroutines instead of asking `inspect` for each of
     a request's twenty-odd hooks, views and handlers on every request (`ensure_sync` is Flask's
-    documented place to change how functions are run)."""
+    documented place to change how functions are run), and answering with `KimiResponse`."""
+
+    response_class = KimiResponse
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

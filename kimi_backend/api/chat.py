@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from ..auth import require_client_key
 from ..extensions import limiter
 from ..origins import protect
+from ..responses import KimiResponse
 from ..schemas import CompletionRequest, HistoryRequest, StreamRequest, validated
 from ..service import dropped_params_header, get_service
 from ..streaming import client_gone_probe
@@ -22,11 +23,11 @@ limiter.limit_api(bp)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def sse_response(events: Iterator[bytes]) -> Response:
+def sse_response(events: Iterator[bytes]) -> KimiResponse:
     """The streamed response for a relay's events. They are bytes already, so the server
     iterates the relay itself, without werkzeug's encoding and closing wrappers around each
     write (closing the relay is all that closing the response would do)."""
-    return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
+    return KimiResponse(events, mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
 
 
 @bp.post("/completion")
