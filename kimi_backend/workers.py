@@ -119,7 +119,7 @@ class OneSendResponse(wsgi.Response):
         if self.headers_sent or not self._joining:
             return super().send_headers()
         lines = self.default_headers()
-        lines.extend("%s: %s\r\n" % header for header in self.headers)
+        lines.extend(["%s: %s\r\n" % header for header in self.headers])  # a list: no generator resumed per header
         self._head = ("%s\r\n" % "".join(lines)).encode("latin-1")
         self.headers_sent = True
 
