@@ -10,8 +10,8 @@ class KimiResponse(Response):
     each again through its checks (five Python calls a header, about seventy on a chat reply,
     counted with cProfile), then fixes a Location or Content-Location, drops Content-Length
     where a status forbids it and works out a missing one; a response that needs none of that
-    (every JSON reply and every stream of ours) gets its headers as they are. The server only
-    reads them (`get_wsgi_response` lists them): so does anything else that calls this."""
+    (every JSON reply and every stream of ours) gets its headers as they are. So a caller must
+    only read what this returns, as werkzeug's `get_wsgi_response` does (it lists them)."""
 
     def get_wsgi_headers(self, environ):
         status = self.status_code
