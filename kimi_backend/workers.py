@@ -176,8 +176,8 @@ class SettledConfig:
     gunicorn's `Config`."""
 
     def __init__(self, cfg):
-        properties = vars(type(cfg))
-        self.__dict__.update((name, setting.get()) for name, setting in cfg.settings.items() if name not in properties)
+        own = set(dir(type(cfg)))  # its properties and methods, inherited ones too: never cached
+        self.__dict__.update((name, setting.get()) for name, setting in cfg.settings.items() if name not in own)
         self.is_ssl = cfg.is_ssl  # a property, read twice per request, that only reads two settings
         self._config = cfg
 
