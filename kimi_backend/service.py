@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, TypeVar
 
-from flask import Response, current_app, g
+from flask import Response, current_app, g, request
 
 from .catalog import ModelCatalog
 from .config.settings import Settings
 from .errors import ApiError
+from .hub_relay import direct_client
 from .model_policy import DROPPED_HEADER, ModelPolicy
 from .moonshot.client import MoonshotClient
 from .moonshot.replies import first_answer
@@ -91,7 +92,8 @@ class KimiService:
         upstream = _until_given_up(exchange, "chat_stream", client_gone, shutting_down, SHUTTING_DOWN,
                                    lambda give_up: self.client.open_stream(payload, give_up))
         return relay(upstream, keepalive_s=self.settings.sse_keepalive_s, client_gone=client_gone,
-                     exchange=exchange.stream_handed_over(), events=events, shutting_down=shutting_down)
+                     exchange=exchange.stream_handed_over(), events=events, shutting_down=shutting_down,
+                     client=direct_client(request.environ))
 
     def models(self) -> tuple[list[dict], str]:
         """The model list and its source ("upstream" or "fallback")."""

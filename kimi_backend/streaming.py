@@ -12,7 +12,8 @@ import time
 from typing import Callable, Iterator
 
 from .errors import error_body
-from .moonshot.replies import StreamTally, first_choice_texts
+from .hub_relay import DirectClient, HubRelay
+from .moonshot.replies import StreamTally, TextDelta, first_choice_texts
 from .moonshot.sse import DONE, KEEPALIVE, event, text_event
 from .moonshot.stream import StreamBroken, UpstreamStream
 from .observability.access_log import Exchange
@@ -63,6 +64,11 @@ class ContractEvents:
             out += text_event(_REASONING if kind == "reasoning" else _CONTENT, text)
         return out
 
+    def text(self, delta: TextDelta) -> bytes:
+        """Our event for a text-only chunk read as its text (`UpstreamStream.read_text_deltas`):
+        the same bytes `chunk` makes of that chunk."""
+        return text_event(_REASONING if delta.kind == "reasoning" else _CONTENT, delta.text)
+
     def end(self, finish_reason: str | None, usage: dict | None) -> bytes:
         """The final event and `[DONE]`."""
         return event({"content": "", "finish_reason": finish_reason or "stop", "usage": usage}) + DONE
@@ -74,12 +80,14 @@ class ContractEvents:
 
 def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
           client_gone: Callable[[], bool] | None = None, events=None,
-          shutting_down: Callable[[], bool] | None = None) -> Iterator[bytes]:
+          shutting_down: Callable[[], bool] | None = None, client: DirectClient | None = None) -> Iterator[bytes]:
     """Yields the events (`events`: `ContractEvents` by default) for an open upstream stream,
     then its end; a failure after the start becomes an in-band error event, and so does the
     server's stop (`shutting_down()` true). Receives plain values only (never `request`) and
     always releases the upstream, also when the client leaves. Reports how the stream ended to
-    `exchange` (the request's log line and metrics)."""
+    `exchange` (the request's log line and metrics). With `client` (the gevent worker's plain
+    connection, `hub_relay.direct_client`) and an upstream socket to match, the chunks between
+    the first event and the end are relayed from the event loop (hub_relay.py)."""
     events = events or ContractEvents()
     watch_s = CLIENT_POLL_S if client_gone or shutting_down else keepalive_s
     tally = StreamTally()
@@ -87,6 +95,20 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
     exchange.stream_started()
     try:
         yield OPENED
+        if client is not None and client.ready() and stream.raw_socket() is not None:
+            ending = HubRelay(stream, client, events, tally, keepalive_s=keepalive_s, watch_s=watch_s,
+                              request_id=exchange.request_id, client_gone=client_gone,
+                              shutting_down=shutting_down).run()
+            outcome = ending.outcome
+            if outcome == "client_closed" or not client.send_rest(ending.wire):
+                outcome = "client_closed"
+                return
+            if outcome == "ok":
+                yield ending.queued + events.end(tally.finish_reason, tally.usage)
+            else:
+                message = SHUTTING_DOWN if outcome == "shutting_down" else ending.message
+                yield ending.queued + events.error(outcome, message, exchange.request_id)
+            return
         last_sent = last_watch = time.monotonic()
         while not stream.complete:
             # Wait for the upstream, but no longer than the next duty is due: content-less

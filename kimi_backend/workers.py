@@ -72,6 +72,24 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     util.write_nonblock(sock, json_error(status_int, reason))
 
 
+# Where the service's worker leaves a request's `OneSendResponse` in its environ, for a stream
+# relayed from the event loop (hub_relay.py) to frame and count the bytes it writes itself.
+RESPONSE_KEY = "kimi_backend.response"
+
+
+def environ_with_response(create):
+    """gunicorn's `wsgi.create`, with the response it builds put in the environ it builds
+    (under RESPONSE_KEY) when it is a `OneSendResponse` (HTTP/1)."""
+
+    def create_keeping_response(*args, **kwargs):
+        response, environ = create(*args, **kwargs)
+        if type(response) is OneSendResponse:
+            environ[RESPONSE_KEY] = response
+        return response, environ
+
+    return create_keeping_response
+
+
 # Header names whose kind OneSendResponse remembers: the app's own are a few dozen; past this
 # many, new ones are not remembered.
 _NAMES_KEPT = 256
@@ -192,10 +210,12 @@ class _ServiceWorkerMixin:
     def init_process(self):
         """gunicorn writes every error answer through `util.write_error` and builds every
         response with `wsgi.Response` (looked up when each request starts); this worker's
-        process uses the JSON writer and `OneSendResponse` instead. Its settings, complete by
-        now, are read from a `SettledConfig`."""
+        process uses the JSON writer and `OneSendResponse` instead, and leaves the response
+        in the environ (`environ_with_response`). Its settings, complete by now, are read
+        from a `SettledConfig`."""
         util.write_error = write_json_error
         wsgi.Response = OneSendResponse
+        wsgi.create = environ_with_response(wsgi.create)
         self.cfg = SettledConfig(self.cfg)
         super().init_process()
 

@@ -28,8 +28,27 @@ class ChunkedBody:
         self._line = b""  # a size or trailer line split across blocks
         self._trailers = False  # past the last chunk, reading trailer lines up to the empty one
 
+    def whole_chunk(self, block: bytes) -> bytes | None:
+        """The data of `block` when it is exactly one whole chunk that is not the last (a size
+        in plain hex, no extension) and the body is at a chunk boundary: the usual block when
+        relaying a stream, read in a third of `decode`'s steps, and with the same result.
+        None for any other block; the body's state is not changed either way."""
+        if self._left or self._crlf or self._line or self._trailers or self.done:
+            return None
+        newline = block.find(b"\n")
+        if 0 < newline <= MAX_FRAMING_LINE and block[newline - 1] == 13:  # CR
+            size = block[:newline - 1]
+            if size and _HEX.issuperset(size):
+                end = newline + 1 + int(size, 16)
+                if end > newline + 1 and len(block) == end + 2 and block.endswith(b"\r\n"):
+                    return block[newline + 1:end]
+        return None
+
     def decode(self, block: bytes) -> bytes:
         """The chunk data in `block`; raises BrokenFraming."""
+        data = self.whole_chunk(block)
+        if data is not None:
+            return data
         pieces = []
         pos, end = 0, len(block)
         while pos < end:

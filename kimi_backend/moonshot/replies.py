@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -169,6 +169,91 @@ def _clean_turn(message: dict, choice: dict) -> None:
         choice["finish_reason"] = None
 
 
+class TextDelta(NamedTuple):
+    """A stream chunk that only adds text to the first choice (`kind`: "content" or
+    "reasoning"): what `TextTemplates` reads off a chunk shaped like an earlier one."""
+
+    kind: str
+    text: str
+
+
+# The members a text delta's text is in, and their kinds.
+_TEXT_KEYS = ((b'"content":', "content", "content"), (b'"reasoning_content":', "reasoning_content", "reasoning"))
+
+
+class TextTemplates:
+    """The shapes of a stream's text-only chunks, learnt from chunks read in full: the
+    bytes before and after the text's JSON string. Kimi's chunks repeat everything but the
+    text (id, created, model, the choice's index and null finish reason), so a later chunk
+    that starts and ends with the same bytes around one JSON string is that chunk with its
+    text changed: reading the string alone gives what reading the whole chunk would, at a
+    fraction of the cost, and no dict is built. (A JSON string is a token that ends at its
+    first unescaped quote, so a middle that reads as one string alone is one string there.)"""
+
+    MAX = 2  # one for content, one for reasoning
+
+    def __init__(self) -> None:
+        self._shapes: list[tuple[bytes, bytes, str]] = []
+
+    def read(self, payload: bytes) -> TextDelta | None:
+        """The text delta `payload` is when it has a learnt shape and non-empty text; None
+        otherwise (read it in full)."""
+        for before, after, kind in self._shapes:
+            if payload.startswith(before) and payload.endswith(after) and len(payload) > len(before) + len(after):
+                try:
+                    text = orjson.loads(payload[len(before):len(payload) - len(after)])
+                except orjson.JSONDecodeError:  # not one string (or a lone surrogate): read in full
+                    return None
+                return TextDelta(kind, text) if type(text) is str and text else None
+        return None
+
+    def learn(self, payload: bytes, chunk: dict) -> None:
+        """Keeps the shape of a plain chunk (`plain_chunk(payload)`) that only adds
+        non-empty text to its one choice: index 0, no finish reason, no usage, one text
+        member in its delta (a role may be there too)."""
+        if len(self._shapes) >= self.MAX or chunk.get("usage") is not None:
+            return
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1:
+            return
+        choice = choices[0]
+        delta = choice.get("delta")
+        if choice.get("index", 0) != 0 or choice.get("finish_reason") is not None or type(delta) is not dict:
+            return
+        present = [entry for entry in _TEXT_KEYS if entry[1] in delta]
+        if len(present) != 1 or not delta[present[0][1]]:
+            return
+        key, name, kind = present[0]
+        start = payload.find(key)
+        if start < 0 or payload.find(key, start + 1) >= 0:
+            return  # a member name can only be outside strings, but keep to the plain case
+        start += len(key)
+        end = _string_end(payload, start)
+        if end is None or orjson.loads(payload[start:end]) != delta[name]:
+            return
+        shape = (payload[:start], payload[end:], kind)
+        if all(known[2] != kind for known in self._shapes):
+            self._shapes.append(shape)
+
+
+def _string_end(payload: bytes, start: int) -> int | None:
+    """The index after the JSON string that starts at `payload[start]`, or None when no
+    string starts there."""
+    if payload[start:start + 1] != b'"':
+        return None
+    pos = start + 1
+    while True:
+        quote = payload.find(b'"', pos)
+        if quote < 0:
+            return None
+        backslashes = 0
+        while payload[quote - 1 - backslashes] == 0x5C:  # a quote after an odd run of backslashes is escaped
+            backslashes += 1
+        if not backslashes % 2:
+            return quote + 1
+        pos = quote + 1
+
+
 @dataclass(frozen=True)
 class Answer:
     """The first choice of a checked non-streamed reply (see `completion`)."""
@@ -197,16 +282,21 @@ def carries_something(chunk: dict) -> bool:
     return False
 
 
-def first_choice_texts(chunk: dict) -> Iterator[tuple[str, str]]:
+def first_choice_texts(chunk: dict) -> list[tuple[str, str]]:
     """The text a checked chunk adds to the first choice, in order: ("reasoning", text) and
-    ("content", text), each only when not empty."""
+    ("content", text), each only when not empty. (A list, not a generator: a chunk carries
+    one or two, and resuming a generator per chunk cost more than building them.)"""
+    texts = []
     for choice in chunk.get("choices") or ():
         if choice.get("index", 0) == 0:
             delta = choice.get("delta") or {}
-            if delta.get("reasoning_content"):
-                yield "reasoning", delta["reasoning_content"]
-            if delta.get("content"):
-                yield "content", delta["content"]
+            reasoning = delta.get("reasoning_content")
+            if reasoning:
+                texts.append(("reasoning", reasoning))
+            content = delta.get("content")
+            if content:
+                texts.append(("content", content))
+    return texts
 
 
 class StreamTally:
@@ -229,15 +319,18 @@ class StreamTally:
                 self.finish_reason = choice.get("finish_reason") or self.finish_reason
                 self.text_bytes += _text_bytes(choice.get("delta"))
 
+    def add_text(self, text: str) -> None:
+        """Counts a text delta in (`TextDelta`: no usage, no finish reason)."""
+        self.text_bytes += len(text) if text.isascii() else len(text.encode())
+
 
 def _text_bytes(delta) -> int:
     """How much generated text a checked chunk's delta carries (answer, reasoning, tool-call
     arguments), in bytes: what a stream cut short before its usage is charged for."""
     size = 0
-    for name in ("content", "reasoning_content"):
-        value = delta.get(name)
+    for value in (delta.get("content"), delta.get("reasoning_content")):
         if value:  # text or None once checked (see `chunk`)
-            size += len(value.encode())
+            size += len(value) if value.isascii() else len(value.encode())
     for call in delta.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):

@@ -34,8 +34,20 @@ class DataLines:
         self._max = max_line_bytes
         self._partial = bytearray()
 
+    def whole_event(self, block: bytes) -> bytes | None:
+        """The payload of `block` when it is exactly one whole `data:` event ended by two LFs
+        and no line is pending: the usual block when relaying a stream, and `feed`'s result
+        for it. None for any other block; nothing is changed either way."""
+        if not self._partial and block.startswith(b"data:") and block.find(b"\n") == len(block) - 2 \
+                and block.endswith(b"\n\n") and len(block) - 2 <= self._max:
+            return block[5:-2].strip()
+        return None
+
     def feed(self, block: bytes) -> list[bytes]:
         """The payloads of the lines that `block` completes, in order."""
+        payload = self.whole_event(block)
+        if payload is not None:
+            return [payload]
         partial = self._partial
         if b"\n" not in block:
             partial += block

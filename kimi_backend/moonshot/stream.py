@@ -39,9 +39,11 @@ class UpstreamStream:
     def __init__(self, answer: Answer, limits: ReplyLimits, read_timeout_s: float, redact: Callable[[str], str]):
         self._answer = answer
         self._limits = limits
-        self._read_timeout_s = read_timeout_s
+        self.read_timeout_s = read_timeout_s  # the longest silence (and run of empty chunks) allowed
         self._redact = redact
         self._framing = answer.framing
+        self._whole_chunk = getattr(answer.framing, "whole_chunk", None)  # chunked bodies only
+        self._templates: replies.TextTemplates | None = None  # see read_text_deltas
         # Only the body bytes that came with the head (at most one block): the rest stays in
         # the socket for the bounded reads below, so the reply limit applies before more is read.
         self._pending, answer.pending = answer.pending, b""
@@ -49,7 +51,7 @@ class UpstreamStream:
         self._received = 0
         self._heard_at = self._progress_at = time.monotonic()
         self._lines = DataLines(limits.max_line_bytes)
-        self._failure: StreamBroken | None = None
+        self.failure: StreamBroken | None = None  # what ends the stream once the chunks before it are relayed
         self.complete = False
 
     def receive(self, wait_s: float) -> list[dict]:
@@ -59,15 +61,15 @@ class UpstreamStream:
         connection, silence longer than the read timeout, an end without `[DONE]`, a line or
         a reply over its limit, or nothing but empty chunks for longer than the read timeout
         (the timeout bounds silence, and empty chunks say nothing)."""
-        if self._failure is not None:
-            raise self._failure
+        if self.failure is not None:
+            raise self.failure
         chunks: list[dict] = []
         try:
             self._take(chunks, time.monotonic() + wait_s)
         except StreamBroken as exc:
             if not chunks:
                 raise
-            self._failure = exc  # the chunks before the failure are relayed first
+            self.failure = exc  # the chunks before the failure are relayed first
         return chunks
 
     def _take(self, chunks: list[dict], deadline: float) -> None:
@@ -75,17 +77,101 @@ class UpstreamStream:
             data = self._next_data(deadline)
             if data is None:
                 return
-            if not data:
-                raise StreamBroken("upstream_incomplete", "The upstream stream ended before it was complete.")
-            try:
-                payloads = self._lines.feed(data)
-            except LineTooLong as exc:
-                self._parse_into(chunks, exc.payloads)
-                raise StreamBroken("upstream_reply_too_large", f"The upstream sent a stream line longer than "
-                                   f"UPSTREAM_MAX_LINE_BYTES ({self._limits.max_line_bytes} bytes).") from None
-            self._parse_into(chunks, payloads)
+            self._chunks_of(chunks, data)
         except (BrokenFraming, OSError):
             raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
+
+    def raw_socket(self):
+        """The OS socket under the upstream connection when a caller may read it itself with
+        `take` (a plain gevent socket, non-blocking); None otherwise (TLS, threads)."""
+        return getattr(self._receiver, "raw_socket", None)
+
+    def take(self, block: bytes) -> list[dict | replies.TextDelta]:
+        """`receive` for a caller that read `block` off `raw_socket()` itself (b"" when the
+        upstream closed it): the parsed chunks it completes; sets `complete` at `[DONE]`.
+        Raises `StreamBroken` as `receive` does; a failure after some chunks is kept in
+        `failure` and those chunks are returned first. The caller bounds the silence: it
+        is `silent_for()`."""
+        chunk = self._usual(block)
+        if chunk is not None:
+            return [chunk]
+        chunks: list[dict] = []
+        try:
+            try:
+                if not block and not isinstance(self._framing, CloseDelimitedBody):
+                    raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.")
+                self._heard_at = time.monotonic()
+                data = self._framing.decode(block) if block else b""
+                if data:
+                    self._chunks_of(chunks, self._count(data))
+                if (not block or self._framing.done) and not self.complete:
+                    self._chunks_of(chunks, b"")  # the body ended without [DONE]
+            except BrokenFraming:
+                raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
+        except StreamBroken as exc:
+            if not chunks:
+                raise
+            self.failure = exc
+        return chunks
+
+    def read_text_deltas(self) -> None:
+        """From now on `take` may return a `replies.TextDelta` in place of a chunk that only
+        adds text to the first choice and is shaped like an earlier one (`TextTemplates`):
+        for a caller that needs no more of such a chunk than its text."""
+        self._templates = replies.TextTemplates()
+
+    def _usual(self, block: bytes) -> dict | replies.TextDelta | None:
+        """`take` for the usual block of a relayed stream, in a third of its steps: one whole
+        HTTP chunk holding one whole `data:` event of a plain chunk (`replies.plain_chunk`),
+        the body at a chunk boundary with no line pending. None for any other block, before
+        anything is changed, so `take` reads it the general way."""
+        whole_chunk = self._whole_chunk
+        data = whole_chunk(block) if whole_chunk is not None else None
+        if data is None:
+            return None
+        payload = self._lines.whole_event(data)
+        if payload is None or payload == b"[DONE]":
+            return None
+        templates = self._templates
+        if templates is not None:
+            delta = templates.read(payload)
+            if delta is not None:  # text: it moves the reply on
+                self._heard_at = self._progress_at = time.monotonic()
+                self._count(data)
+                return delta
+        chunk = replies.plain_chunk(payload)
+        if chunk is None:
+            return None
+        self._heard_at = time.monotonic()
+        self._count(data)
+        if replies.carries_something(chunk):
+            self._progress_at = self._heard_at
+        elif self._heard_at - self._progress_at > self.read_timeout_s:
+            raise StreamBroken("upstream_timeout", "The upstream sent only empty chunks for longer than the read timeout.")
+        if templates is not None:
+            templates.learn(payload, chunk)
+        return chunk
+
+    def silent_for(self, now: float) -> float:
+        """How long the upstream has sent nothing, at `now`."""
+        return now - self._heard_at
+
+    def resume(self) -> None:
+        """Restarts the silence clock: the caller stopped reading for a while (a slow client),
+        and that time is not the upstream's silence."""
+        self._heard_at = time.monotonic()
+
+    def _chunks_of(self, chunks: list[dict], data: bytes) -> None:
+        """Parses the body's data into `chunks`; b"" is the body's end."""
+        if not data:
+            raise StreamBroken("upstream_incomplete", "The upstream stream ended before it was complete.")
+        try:
+            payloads = self._lines.feed(data)
+        except LineTooLong as exc:
+            self._parse_into(chunks, exc.payloads)
+            raise StreamBroken("upstream_reply_too_large", f"The upstream sent a stream line longer than "
+                               f"UPSTREAM_MAX_LINE_BYTES ({self._limits.max_line_bytes} bytes).") from None
+        self._parse_into(chunks, payloads)
 
     def _parse_into(self, chunks: list[dict], payloads: list[bytes]) -> None:
         for data in payloads:
@@ -93,9 +179,10 @@ class UpstreamStream:
                 self.complete = True
                 return
             chunk = self._parse(data)
+            # Measured from when the block was read (`_heard_at`): the same moment, one clock read fewer.
             if replies.carries_something(chunk):
-                self._progress_at = time.monotonic()
-            elif time.monotonic() - self._progress_at > self._read_timeout_s:
+                self._progress_at = self._heard_at
+            elif self._heard_at - self._progress_at > self.read_timeout_s:
                 raise StreamBroken("upstream_timeout", "The upstream sent only empty chunks for longer than the read timeout.")
             chunks.append(chunk)
 
@@ -108,7 +195,7 @@ class UpstreamStream:
                 return self._count(data)
         while not self._framing.done:
             now = time.monotonic()
-            silent_until = self._heard_at + self._read_timeout_s
+            silent_until = self._heard_at + self.read_timeout_s
             if now >= silent_until:
                 raise StreamBroken("upstream_timeout", "The upstream stopped sending for longer than the read timeout.")
             if now >= deadline:
