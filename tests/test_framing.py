@@ -57,3 +57,33 @@ def test_content_length_body_ends_at_its_length():
 def test_close_delimited_body_is_every_byte():
     body = CloseDelimitedBody()
     assert body.decode(b"abc") == b"abc" and not body.done
+
+
+def test_a_whole_chunk_is_read_in_one_step_as_the_general_reading_reads_it():
+    pieces = [b"data: one\n\n", b"x" * 300, "\u00e9t\u00e9".encode()]
+    quick, general = ChunkedBody(), ChunkedBody()
+    for piece in pieces:
+        block = b"%X\r\n%s\r\n" % (len(piece), piece)
+        assert quick.whole_chunk(block) == piece
+        assert quick.decode(block) == piece == decode_in_pieces(general, block, [1, 3])
+    assert quick.decode(b"0\r\n\r\n") == b"" and quick.done
+
+
+@pytest.mark.parametrize("block", [
+    b"0\r\n\r\n",  # the last chunk: its trailers follow
+    b"3;ext=1\r\nabc\r\n",  # an extension
+    b" 3\r\nabc\r\n", b"0x3\r\nabc\r\n", b"+3\r\nabc\r\n", b"3_\r\nabc\r\n",  # not plain hex (int() would take some)
+    b"3\nabc\r\n",  # a size line without CR
+    b"3\r\nab\r\n", b"3\r\nabcd\r\n", b"3\r\nabc\r\n4\r\n",  # shorter, longer, or more than one chunk
+    b"3\r\nabcXY",  # data not followed by CRLF
+])
+def test_anything_but_one_whole_plain_chunk_is_left_to_the_general_reading(block):
+    assert ChunkedBody().whole_chunk(block) is None
+
+
+def test_a_whole_chunk_is_only_read_so_at_a_chunk_boundary():
+    body = ChunkedBody()
+    assert body.decode(b"5\r\nab") == b"ab"  # three bytes of this chunk still to come
+    assert body.whole_chunk(b"3\r\nabc\r\n") is None
+    assert body.decode(b"cde\r\n") == b"cde"
+    assert body.whole_chunk(b"3\r\nabc\r\n") == b"abc"

@@ -12,7 +12,7 @@ from gunicorn import util
 from gunicorn.config import Config
 from gunicorn.http import wsgi
 
-from kimi_backend.workers import OneSendResponse, _ServiceWorkerMixin, send_all
+from kimi_backend.workers import RESPONSE_KEY, OneSendResponse, _ServiceWorkerMixin, environ_with_response, send_all
 
 
 class RecordingSocket:
@@ -125,6 +125,7 @@ def test_sendfile_sends_its_head_alone_then_the_file():
 def test_the_service_workers_build_their_responses_with_it(monkeypatch):
     """The worker mixin installs it where gunicorn's workers look their Response class up."""
     monkeypatch.setattr(wsgi, "Response", wsgi.Response)
+    monkeypatch.setattr(wsgi, "create", wsgi.create)
     monkeypatch.setattr(util, "write_error", util.write_error)
 
     class Base:
@@ -137,6 +138,21 @@ def test_the_service_workers_build_their_responses_with_it(monkeypatch):
     worker = Worker()
     worker.init_process()
     assert worker.started and wsgi.Response is OneSendResponse
+    assert wsgi.create.__name__ == "create_keeping_response"  # see below
+
+
+def test_the_response_is_left_in_the_environ_only_when_it_is_ours():
+    """For a stream relayed from the event loop (hub_relay.py); gunicorn's HTTP/2 passes its
+    own response class, whose bytes are not ours to frame."""
+    def create(response_class=OneSendResponse):
+        return response_class(request(), RecordingSocket(), CONFIG), {"REQUEST_METHOD": "POST"}
+
+    class Other(wsgi.Response):
+        pass
+    response, environ = environ_with_response(create)()
+    assert environ[RESPONSE_KEY] is response
+    response, environ = environ_with_response(create)(response_class=Other)
+    assert environ == {"REQUEST_METHOD": "POST"}
 
 
 def gevent_pair():

@@ -95,6 +95,23 @@ def test_a_long_line_costs_linear_time():
     assert data_lines(lambda: next(reader, b""), max_line_bytes=1 << 30) == []
 
 
+@given(payload=st.binary(max_size=40).filter(lambda data: b"\n" not in data), ends=st.sampled_from([b"\n\n", b"\r\n\r\n", b"\n", b""]),
+       field=st.sampled_from([b"data:", b"data: ", b"event:", b": ", b"dat"]), partial=st.binary(max_size=3),
+       limit=st.sampled_from([4, 1 << 20]))
+@settings(max_examples=300)
+def test_a_whole_event_is_read_in_one_step_as_feed_reads_it(payload, ends, field, partial, limit):
+    block = field + payload + ends
+    quick, general = DataLines(limit), DataLines(limit)
+    if partial:
+        quick.feed(partial)
+    whole = quick.whole_event(block)
+    if whole is None:
+        return
+    assert not partial
+    # In two pieces, the general reading (the first piece holds no line end, so it is kept as a partial line).
+    assert [whole] == general.feed(block[:1]) + general.feed(block[1:])
+
+
 @given(TEXT)
 def test_a_text_event_is_the_event_of_its_object(text):
     assert text_event(b'{"content":', text) == event({"content": text})
@@ -134,6 +151,74 @@ def test_a_chunk_whose_model_is_not_an_id_is_read_with_none_there_on_both_paths(
         assert plain is None or plain["model"] is None
     body = {"model": "kimi-k2.6", "choices": []}
     assert replies.chunk(dict(body))["model"] == replies.plain_chunk(json.dumps(body).encode())["model"] == "kimi-k2.6"
+
+
+def general_texts(payload: bytes):
+    """What the relay counts and sends for a payload read in full: the first choice's texts,
+    and the tally's usage, finish reason and text size after it."""
+    chunk = replies.plain_chunk(payload)
+    if chunk is None:
+        try:
+            chunk = replies.chunk(replies.encodable(json.loads(payload)))
+        except (ValueError, replies.UnusableReply):
+            return None
+    tally = replies.StreamTally()
+    tally.add(chunk)
+    return replies.first_choice_texts(chunk), tally.usage, tally.finish_reason, tally.text_bytes
+
+
+# Middles that try to leave the string a learnt shape expects: a closing quote followed by more
+# members, another choice, an escaped quote at the end, a number, nothing, JSON with spaces.
+MIDDLES = st.sampled_from([b'"a","role":"x"', b'"a"},{"index":1,"delta":{"content":"b"', b'"a\\"', b'"a\\\"',
+                           b'12', b'""', b' "spaced" ', b'"\ud800"', b'"\ud83d\ude00"', b'null', b'"a" "b"',
+                           b'["a"]', b'"\u0022"'])
+
+
+@given(first=TEXT.filter(bool), kind=st.sampled_from(["content", "reasoning_content"]), role=st.booleans(),
+       later=st.one_of(TEXT.map(lambda text: json.dumps(text).encode()),
+                       TEXT.map(lambda text: json.dumps(text, ensure_ascii=False).encode()), MIDDLES, st.binary(max_size=12)))
+@settings(max_examples=500)
+def test_a_chunk_read_as_its_text_is_what_reading_it_in_full_gives(first, kind, role, later):
+    """A text-only chunk's shape is learnt from one chunk; any later chunk with the same bytes
+    around any middle is either read in full (None) or read as text that is exactly what the
+    full reading gives: the same event bytes and the same counts."""
+    delta = {"role": "assistant"} if role else {}
+    delta[kind] = first
+    body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "kimi-k2.6",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    templates = replies.TextTemplates()
+    templates.learn(payload, replies.plain_chunk(payload))
+    assert templates.read(payload) == replies.TextDelta("reasoning" if kind == "reasoning_content" else "content", first)
+    start = payload.index(json.dumps(first, ensure_ascii=False).encode(), payload.index(kind.encode()))
+    candidate = payload[:start] + later + payload[start + len(json.dumps(first, ensure_ascii=False).encode()):]
+    read = templates.read(candidate)
+    if read is None:
+        return
+    texts, usage, finish_reason, text_bytes = general_texts(candidate)
+    tally = replies.StreamTally()
+    tally.add_text(read.text)
+    assert texts == [(read.kind, read.text)]
+    assert (usage, finish_reason, text_bytes) == (tally.usage, tally.finish_reason, tally.text_bytes)
+
+
+def test_only_a_text_only_chunk_with_one_choice_teaches_a_shape():
+    usual = {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+    for unusual in (dict(usual, choices=[]), dict(usual, usage=None) | {"choices": usual["choices"] * 2},
+                    {"id": "c", "choices": [{"index": 1, "delta": {"content": "Hi"}, "finish_reason": None}]},
+                    {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]},
+                    {"id": "c", "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]},
+                    {"id": "c", "choices": [{"index": 0, "delta": {"content": "a", "reasoning_content": "b"}}]},
+                    {"id": "content", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}):
+        templates = replies.TextTemplates()
+        payload = json.dumps(unusual).encode()
+        templates.learn(payload, replies.plain_chunk(payload))
+        assert templates.read(payload) is None, unusual
+    templates = replies.TextTemplates()
+    payload = json.dumps(usual).encode()
+    templates.learn(payload, replies.plain_chunk(payload))
+    assert templates.read(payload.replace(b'"Hi"', b'"there"')) == replies.TextDelta("content", "there")
+    assert templates.read(payload.replace(b'"Hi"', b'""')) is None  # empty text: read in full
 
 
 @given(st.text())

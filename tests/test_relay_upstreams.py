@@ -1,7 +1,8 @@
 """The relay reads the upstream's body off the socket itself: every HTTP/1.1 framing an
 upstream may use is relayed whole, however its bytes are split, and what came before a
-failure in the same block is relayed before the in-band error. The upstream here is a raw
-socket server that plays one canned answer per connection."""
+failure in the same block is relayed before the in-band error; by the generator relay and by
+the event-loop relay under the real gunicorn alike. The upstream here is a raw socket server
+that plays one canned answer per connection."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,11 @@ import socket
 import time
 
 import pytest
+import requests
 
+from tests.conftest import UPSTREAM_KEY
 from tests.helpers import RawUpstream
+from tests.servers import Service
 
 HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -54,19 +58,44 @@ class CannedUpstream(RawUpstream):
                 time.sleep(self.gap_s)
 
 
-@pytest.fixture
-def relay_through(make_app):
-    """Streams one request through an app whose upstream plays `pieces`; returns its data events."""
+def data_events(body: bytes) -> list:
+    return [json.loads(raw[6:]) if raw[6:] != b"[DONE]" else "[DONE]"
+            for raw in body.split(b"\n\n") if raw.startswith(b"data: ")]
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The service under gunicorn (its gevent worker relays from the event loop, hub_relay.py),
+    with one canned upstream whose pieces each test sets."""
+    upstream = CannedUpstream([])
+    service = Service(KIMI_API_KEY=UPSTREAM_KEY, KIMI_BASE_URL=upstream.base_url, UPSTREAM_MAX_RETRIES="0",
+                      UPSTREAM_READ_TIMEOUT_S="2", RATE_LIMIT_MAX_REQUESTS="100000")
+    yield service, upstream
+    service.stop()
+    upstream.close()
+
+
+@pytest.fixture(params=["generator relay (test client)", "event-loop relay (gunicorn)"])
+def relay_through(request, make_app):
+    """Streams one request through the service whose upstream plays `pieces`, relayed by the
+    generator (Flask's test client) or from gevent's event loop (the real gunicorn worker);
+    returns its data events."""
     upstreams = []
 
-    def run(pieces: list[bytes], gap_s: float = 0.0) -> list:
+    def through_test_client(pieces: list[bytes], gap_s: float = 0.0) -> list:
         upstream = CannedUpstream(pieces, gap_s)
         upstreams.append(upstream)
         app = make_app(KIMI_BASE_URL=upstream.base_url, UPSTREAM_MAX_RETRIES="0", UPSTREAM_READ_TIMEOUT_S="2")
-        body = app.test_client().post("/api/chat/stream", json={"messages": "hi"}).get_data()
-        return [json.loads(raw[6:]) if raw[6:] != b"[DONE]" else "[DONE]"
-                for raw in body.split(b"\n\n") if raw.startswith(b"data: ")]
-    yield run
+        return data_events(app.test_client().post("/api/chat/stream", json={"messages": "hi"}).get_data())
+
+    def through_gunicorn(pieces: list[bytes], gap_s: float = 0.0) -> list:
+        service, upstream = request.getfixturevalue("served")
+        upstream.pieces, upstream.gap_s = pieces, gap_s
+        answer = requests.post(service.url + "/api/chat/stream", json={"messages": "hi"}, timeout=20)
+        assert answer.status_code == 200, answer.text
+        return data_events(answer.content)
+
+    yield through_gunicorn if "gunicorn" in request.param else through_test_client
     for upstream in upstreams:
         upstream.close()
 

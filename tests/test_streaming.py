@@ -4,12 +4,14 @@ upstream closed when the client leaves."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
 import pytest
 import requests
 
+from kimi_backend.moonshot.framing import ChunkedBody
 from kimi_backend.moonshot.stream import DRAIN_TIMEOUT_S
 from tests.conftest import UPSTREAM_KEY
 from tests.helpers import post_by_hand, receive_until, wait_until
@@ -220,3 +222,30 @@ def test_a_finished_stream_returns_its_upstream_connection_to_the_pool(make_app,
         assert body.endswith(b"data: [DONE]\n\n")
     pools = app.extensions["kimi_service"].client._adapter.poolmanager.pools
     assert [pools[key].num_connections for key in pools.keys()] == [1]
+
+
+def test_a_slow_client_gets_the_whole_reply_in_order(service, simulator):
+    """A client that reads nothing for a while, through small buffers, while the upstream sends
+    about six megabytes (more than the kernel buffers on both sides hold): the relay waits for it (and stops reading the upstream meanwhile), and
+    every event arrives, in order."""
+    messages = "story sim:repeat=400000 sim:chunks=400 sim:interval=0"
+    status, events = read_stream(service.url, messages)
+    assert status == 200
+    expected = "".join(payload.get("content", "") for payload in data_events(events) if isinstance(payload, dict))
+    assert len(expected) > 5_000_000
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", int(service.url.rsplit(":", 1)[1])))
+    body = json.dumps({"messages": messages}).encode()
+    sock.sendall(b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    with sock:
+        time.sleep(1.0)  # the slow client: it reads nothing yet (this is the behaviour under test, not a wait for it)
+        received = receive_until(sock, lambda data: data.endswith(b"0\r\n\r\n") and b"data: [DONE]" in data)
+    head, raw = received.split(b"\r\n\r\n", 1)
+    assert b" 200 " in head.split(b"\r\n")[0]
+    sse = ChunkedBody().decode(raw)
+    content = "".join(json.loads(block[6:]).get("content", "") for block in sse.split(b"\n\n")
+                      if block.startswith(b"data: {"))
+    assert content == expected

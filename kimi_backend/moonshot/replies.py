@@ -228,6 +228,8 @@ class TextTemplates:
         if start < 0 or payload.find(key, start + 1) >= 0:
             return  # a member name can only be outside strings, but keep to the plain case
         start += len(key)
+        while payload[start:start + 1] in (b" ", b"\t", b"\r", b"\n"):  # JSON's whitespace, kept in the shape
+            start += 1
         end = _string_end(payload, start)
         if end is None or orjson.loads(payload[start:end]) != delta[name]:
             return

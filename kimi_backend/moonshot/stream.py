@@ -63,7 +63,7 @@ class UpstreamStream:
         (the timeout bounds silence, and empty chunks say nothing)."""
         if self.failure is not None:
             raise self.failure
-        chunks: list[dict] = []
+        chunks: list[dict | replies.TextDelta] = []
         try:
             self._take(chunks, time.monotonic() + wait_s)
         except StreamBroken as exc:
@@ -72,7 +72,7 @@ class UpstreamStream:
             self.failure = exc  # the chunks before the failure are relayed first
         return chunks
 
-    def _take(self, chunks: list[dict], deadline: float) -> None:
+    def _take(self, chunks: list[dict | replies.TextDelta], deadline: float) -> None:
         try:
             data = self._next_data(deadline)
             if data is None:
@@ -95,7 +95,7 @@ class UpstreamStream:
         chunk = self._usual(block)
         if chunk is not None:
             return [chunk]
-        chunks: list[dict] = []
+        chunks: list[dict | replies.TextDelta] = []
         try:
             try:
                 if not block and not isinstance(self._framing, CloseDelimitedBody):
@@ -132,25 +132,36 @@ class UpstreamStream:
         payload = self._lines.whole_event(data)
         if payload is None or payload == b"[DONE]":
             return None
-        templates = self._templates
-        if templates is not None:
-            delta = templates.read(payload)
-            if delta is not None:  # text: it moves the reply on
-                self._heard_at = self._progress_at = time.monotonic()
-                self._count(data)
-                return delta
-        chunk = replies.plain_chunk(payload)
+        chunk = self._known(payload)
         if chunk is None:
             return None
         self._heard_at = time.monotonic()
         self._count(data)
-        if replies.carries_something(chunk):
+        self._progressed(chunk)
+        return chunk
+
+    def _known(self, payload: bytes) -> dict | replies.TextDelta | None:
+        """A payload read the quick ways: as text when shaped like an earlier text-only chunk
+        (`read_text_deltas`), else as a plain chunk (whose shape is then learnt); None for
+        anything else, with nothing changed."""
+        templates = self._templates
+        if templates is not None:
+            delta = templates.read(payload)
+            if delta is not None:
+                return delta
+        chunk = replies.plain_chunk(payload)
+        if chunk is not None and templates is not None:
+            templates.learn(payload, chunk)
+        return chunk
+
+    def _progressed(self, chunk: dict | replies.TextDelta) -> None:
+        """Moves the progress clock on for a chunk that moves the reply on; raises once only
+        empty chunks have come for longer than the read timeout. Measured from when the
+        chunk's block was read (`_heard_at`): the same moment, one clock read fewer."""
+        if type(chunk) is replies.TextDelta or replies.carries_something(chunk):
             self._progress_at = self._heard_at
         elif self._heard_at - self._progress_at > self.read_timeout_s:
             raise StreamBroken("upstream_timeout", "The upstream sent only empty chunks for longer than the read timeout.")
-        if templates is not None:
-            templates.learn(payload, chunk)
-        return chunk
 
     def silent_for(self, now: float) -> float:
         """How long the upstream has sent nothing, at `now`."""
@@ -161,7 +172,7 @@ class UpstreamStream:
         and that time is not the upstream's silence."""
         self._heard_at = time.monotonic()
 
-    def _chunks_of(self, chunks: list[dict], data: bytes) -> None:
+    def _chunks_of(self, chunks: list[dict | replies.TextDelta], data: bytes) -> None:
         """Parses the body's data into `chunks`; b"" is the body's end."""
         if not data:
             raise StreamBroken("upstream_incomplete", "The upstream stream ended before it was complete.")
@@ -173,17 +184,15 @@ class UpstreamStream:
                                f"UPSTREAM_MAX_LINE_BYTES ({self._limits.max_line_bytes} bytes).") from None
         self._parse_into(chunks, payloads)
 
-    def _parse_into(self, chunks: list[dict], payloads: list[bytes]) -> None:
+    def _parse_into(self, chunks: list[dict | replies.TextDelta], payloads: list[bytes]) -> None:
         for data in payloads:
             if data == b"[DONE]":
                 self.complete = True
                 return
-            chunk = self._parse(data)
-            # Measured from when the block was read (`_heard_at`): the same moment, one clock read fewer.
-            if replies.carries_something(chunk):
-                self._progress_at = self._heard_at
-            elif self._heard_at - self._progress_at > self.read_timeout_s:
-                raise StreamBroken("upstream_timeout", "The upstream sent only empty chunks for longer than the read timeout.")
+            chunk = self._known(data)
+            if chunk is None:
+                chunk = self._parse(data)
+            self._progressed(chunk)
             chunks.append(chunk)
 
     def _next_data(self, deadline: float) -> bytes | None:
@@ -222,9 +231,7 @@ class UpstreamStream:
         return data
 
     def _parse(self, data: bytes) -> dict:
-        chunk = replies.plain_chunk(data)
-        if chunk is not None:
-            return chunk
+        """The general reading of a payload that is not a plain chunk (`_known`)."""
         try:
             chunk = json.loads(data)
             if replies.may_hold_surrogates(data):
