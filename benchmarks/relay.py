@@ -2,7 +2,8 @@
 
 N clients each read a stream of 500 content chunks 20 ms apart (50 chunks/s, a 10-second
 stream), straight from the simulator, through the reference minimal proxy and through our
-service, each relay one gevent process. For each: the relay's CPU time per content chunk
+service (on the original contract's route and on the OpenAI-compatible one), each relay one
+gevent process. For each: the relay's CPU time per content chunk
 delivered (for the direct row, the simulator's own CPU per chunk produced), how late chunks
 arrive (a gap between two chunks beyond the 20 ms the simulator waits), completion and peak
 memory. Then the saturation point: the most such streams one process holds with the p99
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
                {"Authorization": f"Bearer {BENCH_KEY}"}),
         Target("min_proxy (reference), relaying", floor, "/api/chat/stream", chat),
         Target("kimi-backend /api/chat/stream, relaying", service, "/api/chat/stream", {"messages": DIRECTIVES}),
+        Target("kimi-backend /v1/chat/completions, relaying", service, "/v1/chat/completions",
+               {"model": DEFAULT_MODEL, "stream": True, "messages": [{"role": "user", "content": DIRECTIVES}]}),
     ]
     try:
         print(f"\n## Relay cost: {args.streams} streams x {1 / INTERVAL_S:.0f} chunks/s, "

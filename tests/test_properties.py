@@ -10,10 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kimi_backend.api.openai import OpenAIEvents
 from kimi_backend.errors import ApiError
 from kimi_backend.moonshot import replies
 from kimi_backend.moonshot.redaction import FRAGMENT_CHARS, KeyRedactor
 from kimi_backend.moonshot.sse import DataLines, LineTooLong, event, text_event
+from kimi_backend.streaming import ContractEvents
 from kimi_backend.schemas import CompletionRequest, HistoryRequest, OpenAIChatRequest, StreamRequest, parse
 
 # Any JSON value, with any Unicode text (lone surrogates excluded: JSON text on the wire is
@@ -102,12 +104,10 @@ def test_a_long_line_costs_linear_time():
 def test_a_whole_event_is_read_in_one_step_as_feed_reads_it(payload, ends, field, partial, limit):
     block = field + payload + ends
     quick, general = DataLines(limit), DataLines(limit)
-    if partial:
-        quick.feed(partial)
+    assert quick.feed(partial) == general.feed(partial)  # a line left pending, or not
     whole = quick.whole_event(block)
     if whole is None:
         return
-    assert not partial
     # In two pieces, the general reading (the first piece holds no line end, so it is kept as a partial line).
     assert [whole] == general.feed(block[:1]) + general.feed(block[1:])
 
@@ -189,7 +189,7 @@ def test_a_chunk_read_as_its_text_is_what_reading_it_in_full_gives(first, kind, 
     payload = json.dumps(body, ensure_ascii=False).encode()
     templates = replies.TextTemplates()
     templates.learn(payload, replies.plain_chunk(payload))
-    assert templates.read(payload) == replies.TextDelta("reasoning" if kind == "reasoning_content" else "content", first)
+    assert templates.read(payload)[:2] == ("reasoning" if kind == "reasoning_content" else "content", first)
     start = payload.index(json.dumps(first, ensure_ascii=False).encode(), payload.index(kind.encode()))
     candidate = payload[:start] + later + payload[start + len(json.dumps(first, ensure_ascii=False).encode()):]
     read = templates.read(candidate)
@@ -200,6 +200,11 @@ def test_a_chunk_read_as_its_text_is_what_reading_it_in_full_gives(first, kind, 
     tally.add_text(read.text)
     assert texts == [(read.kind, read.text)]
     assert (usage, finish_reason, text_bytes) == (tally.usage, tally.finish_reason, tally.text_bytes)
+    # Both surfaces' events: the same bytes as for the chunk read in full.
+    full = replies.plain_chunk(candidate)
+    assert full is not None and read.shape.with_text(read.text) == full
+    for events in (ContractEvents(), OpenAIEvents(include_usage=False)):
+        assert events.text(read) == events.chunk(full)
 
 
 def test_only_a_text_only_chunk_with_one_choice_teaches_a_shape():
@@ -217,7 +222,7 @@ def test_only_a_text_only_chunk_with_one_choice_teaches_a_shape():
     templates = replies.TextTemplates()
     payload = json.dumps(usual).encode()
     templates.learn(payload, replies.plain_chunk(payload))
-    assert templates.read(payload.replace(b'"Hi"', b'"there"')) == replies.TextDelta("content", "there")
+    assert templates.read(payload.replace(b'"Hi"', b'"there"'))[:2] == ("content", "there")
     assert templates.read(payload.replace(b'"Hi"', b'""')) is None  # empty text: read in full
 
 

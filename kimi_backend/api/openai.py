@@ -4,18 +4,24 @@ format; the key, limits, model policy and CORS are the same as on `/api/chat/*`,
 OpenAI's shape (see `errors.error_body`)."""
 from __future__ import annotations
 
+import orjson
 from flask import Blueprint, jsonify, request
 
 from ..auth import require_client_key
 from ..errors import error_body
 from ..extensions import limiter
 from ..origins import protect
+from ..moonshot.replies import TextDelta
 from ..moonshot.sse import DONE, event
 from ..schemas import OpenAIChatRequest, validated
 from ..service import dropped_params_header, get_service
 from ..streaming import client_gone_probe
 from .chat import sse_response
 from .openapi import listed
+
+# A text no upstream sends, put where a shape's text goes to find that place in its rendering.
+_MARK = "\u0000kimi-backend text\u0000"
+_MARK_JSON = orjson.dumps(_MARK)
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 protect(bp)
@@ -36,6 +42,19 @@ class OpenAIEvents:
     def chunk(self, chunk: dict) -> bytes:
         """The chunk itself."""
         return event(chunk) if chunk.get("choices") or self.include_usage else b""
+
+    def text(self, delta: TextDelta) -> bytes:
+        """The event for a text-only chunk read as its text (`UpstreamStream.read_text_deltas`):
+        the bytes `chunk` makes of that chunk, with only the text encoded (the rest of the
+        rendering is made once per shape)."""
+        shape = delta.shape
+        if shape.rendered is None:
+            rendered = event(shape.with_text(_MARK)).split(_MARK_JSON)
+            if len(rendered) != 2:  # the mark elsewhere too (it cannot be, but never guess)
+                return event(shape.with_text(delta.text))
+            shape.rendered = (rendered[0], rendered[1])
+        before, after = shape.rendered
+        return before + orjson.dumps(delta.text) + after
 
     def end(self, finish_reason: str | None, usage: dict | None) -> bytes:
         """`[DONE]`."""

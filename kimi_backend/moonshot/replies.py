@@ -169,12 +169,31 @@ def _clean_turn(message: dict, choice: dict) -> None:
         choice["finish_reason"] = None
 
 
+class TextShape:
+    """A text-only chunk's shape (see `TextTemplates`): the payload's bytes `before` and
+    `after` the text's JSON string, the delta member the text is in (`name`) and its `kind`,
+    and the chunk it was learnt from, read in full. `rendered`: for the events that render
+    such chunks whole (`api/openai.py`), their rendering's bytes around the text."""
+
+    __slots__ = ("before", "after", "name", "kind", "chunk", "rendered")
+
+    def __init__(self, before: bytes, after: bytes, name: str, kind: str, chunk: dict):
+        self.before, self.after, self.name, self.kind, self.chunk = before, after, name, kind, chunk
+        self.rendered: tuple[bytes, bytes] | None = None
+
+    def with_text(self, text: str) -> dict:
+        """The chunk of this shape carrying `text`: what reading such a chunk in full gives."""
+        choice = self.chunk["choices"][0]
+        return {**self.chunk, "choices": [{**choice, "delta": {**choice["delta"], self.name: text}}]}
+
+
 class TextDelta(NamedTuple):
     """A stream chunk that only adds text to the first choice (`kind`: "content" or
-    "reasoning"): what `TextTemplates` reads off a chunk shaped like an earlier one."""
+    "reasoning"): what `TextTemplates` reads off a chunk of a learnt `shape`."""
 
     kind: str
     text: str
+    shape: TextShape
 
 
 # The members a text delta's text is in, and their kinds.
@@ -193,18 +212,19 @@ class TextTemplates:
     MAX = 2  # one for content, one for reasoning
 
     def __init__(self) -> None:
-        self._shapes: list[tuple[bytes, bytes, str]] = []
+        self._shapes: list[TextShape] = []
 
     def read(self, payload: bytes) -> TextDelta | None:
         """The text delta `payload` is when it has a learnt shape and non-empty text; None
         otherwise (read it in full)."""
-        for before, after, kind in self._shapes:
+        for shape in self._shapes:
+            before, after = shape.before, shape.after
             if payload.startswith(before) and payload.endswith(after) and len(payload) > len(before) + len(after):
                 try:
                     text = orjson.loads(payload[len(before):len(payload) - len(after)])
                 except orjson.JSONDecodeError:  # not one string (or a lone surrogate): read in full
                     return None
-                return TextDelta(kind, text) if type(text) is str and text else None
+                return TextDelta(shape.kind, text, shape) if type(text) is str and text else None
         return None
 
     def learn(self, payload: bytes, chunk: dict) -> None:
@@ -233,9 +253,8 @@ class TextTemplates:
         end = _string_end(payload, start)
         if end is None or orjson.loads(payload[start:end]) != delta[name]:
             return
-        shape = (payload[:start], payload[end:], kind)
-        if all(known[2] != kind for known in self._shapes):
-            self._shapes.append(shape)
+        if all(known.kind != kind for known in self._shapes):
+            self._shapes.append(TextShape(payload[:start], payload[end:], name, kind, chunk))
 
 
 def _string_end(payload: bytes, start: int) -> int | None:
