@@ -39,7 +39,7 @@ class DirectClient:
         self.socket = response.sock._sock  # non-blocking, as gevent keeps it
 
     def ready(self) -> bool:
-        """Whether gunicorn's part is done: the head is out and nothing of it is pending."""
+        """Whether gunicorn has sent the response's head (it has once the first event is out)."""
         return bool(self._response.headers_sent)
 
     def frame(self, data: bytes) -> bytes:
@@ -183,7 +183,7 @@ class HubRelay:
 
     # Relaying.
 
-    def _relay(self, chunks: list[dict]) -> None:
+    def _relay(self, chunks: list[dict | TextDelta]) -> None:
         """Sends the events of `chunks` (all in one write), then ends the stream when it is
         complete or failed."""
         if chunks:

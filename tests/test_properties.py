@@ -164,7 +164,7 @@ def general_texts(payload: bytes):
             return None
     tally = replies.StreamTally()
     tally.add(chunk)
-    return replies.first_choice_texts(chunk), tally.usage, tally.finish_reason, tally.text_bytes
+    return list(replies.first_choice_texts(chunk)), tally.usage, tally.finish_reason, tally.text_bytes
 
 
 # Middles that try to leave the string a learnt shape expects: a closing quote followed by more

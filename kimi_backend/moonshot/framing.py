@@ -31,7 +31,7 @@ class ChunkedBody:
     def whole_chunk(self, block: bytes) -> bytes | None:
         """The data of `block` when it is exactly one whole chunk that is not the last (a size
         in plain hex, no extension) and the body is at a chunk boundary: the usual block when
-        relaying a stream, read in a third of `decode`'s steps, and with the same result.
+        relaying a stream, read without `decode`'s loop, and with the same result.
         None for any other block; the body's state is not changed either way."""
         if self._left or self._crlf or self._line or self._trailers or self.done:
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import orjson
 
@@ -175,11 +175,14 @@ class TextShape:
     and the chunk it was learnt from, read in full. `rendered`: for the events that render
     such chunks whole (`api/openai.py`), their rendering's bytes around the text."""
 
-    __slots__ = ("before", "after", "name", "kind", "chunk", "rendered")
+    __slots__ = ("before", "after", "name", "kind", "chunk", "rendered", "start", "stop", "least")
 
     def __init__(self, before: bytes, after: bytes, name: str, kind: str, chunk: dict):
         self.before, self.after, self.name, self.kind, self.chunk = before, after, name, kind, chunk
         self.rendered: tuple[bytes, bytes] | None = None
+        # Where the text's JSON string is in a payload of this shape (`after` is never empty:
+        # it holds at least the closing braces), and the shortest such payload.
+        self.start, self.stop, self.least = len(before), -len(after), len(before) + len(after) + 1
 
     def with_text(self, text: str) -> dict:
         """The chunk of this shape carrying `text`: what reading such a chunk in full gives."""
@@ -218,10 +221,9 @@ class TextTemplates:
         """The text delta `payload` is when it has a learnt shape and non-empty text; None
         otherwise (read it in full)."""
         for shape in self._shapes:
-            before, after = shape.before, shape.after
-            if payload.startswith(before) and payload.endswith(after) and len(payload) > len(before) + len(after):
+            if payload.startswith(shape.before) and payload.endswith(shape.after) and len(payload) >= shape.least:
                 try:
-                    text = orjson.loads(payload[len(before):len(payload) - len(after)])
+                    text = orjson.loads(payload[shape.start:shape.stop])
                 except orjson.JSONDecodeError:  # not one string (or a lone surrogate): read in full
                     return None
                 return TextDelta(shape.kind, text, shape) if type(text) is str and text else None
@@ -303,21 +305,16 @@ def carries_something(chunk: dict) -> bool:
     return False
 
 
-def first_choice_texts(chunk: dict) -> list[tuple[str, str]]:
+def first_choice_texts(chunk: dict) -> Iterator[tuple[str, str]]:
     """The text a checked chunk adds to the first choice, in order: ("reasoning", text) and
-    ("content", text), each only when not empty. (A list, not a generator: a chunk carries
-    one or two, and resuming a generator per chunk cost more than building them.)"""
-    texts = []
+    ("content", text), each only when not empty."""
     for choice in chunk.get("choices") or ():
         if choice.get("index", 0) == 0:
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content")
-            if reasoning:
-                texts.append(("reasoning", reasoning))
-            content = delta.get("content")
-            if content:
-                texts.append(("content", content))
-    return texts
+            if delta.get("reasoning_content"):
+                yield "reasoning", delta["reasoning_content"]
+            if delta.get("content"):
+                yield "content", delta["content"]
 
 
 class StreamTally:

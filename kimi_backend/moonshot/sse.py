@@ -38,8 +38,9 @@ class DataLines:
         """The payload of `block` when it is exactly one whole `data:` event ended by two LFs
         and no line is pending: the usual block when relaying a stream, and `feed`'s result
         for it. None for any other block; nothing is changed either way."""
-        if not self._partial and block.startswith(b"data:") and block.find(b"\n") == len(block) - 2 \
-                and block.endswith(b"\n\n") and len(block) - 2 <= self._max:
+        line = len(block) - 2
+        if not self._partial and block.startswith(b"data:") and block.find(b"\n") == line \
+                and block.endswith(b"\n\n") and line <= self._max:
             return block[5:-2].strip()
         return None
 

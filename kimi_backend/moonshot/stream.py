@@ -54,7 +54,7 @@ class UpstreamStream:
         self.failure: StreamBroken | None = None  # what ends the stream once the chunks before it are relayed
         self.complete = False
 
-    def receive(self, wait_s: float) -> list[dict]:
+    def receive(self, wait_s: float) -> list[dict | replies.TextDelta]:
         """The parsed chunks that arrive within `wait_s`: every one already here, or those of
         the next block the upstream sends, or none when it stays quiet that long. Sets
         `complete` at `[DONE]`. Raises `StreamBroken` on a malformed chunk, a broken
@@ -121,10 +121,10 @@ class UpstreamStream:
         self._templates = replies.TextTemplates()
 
     def _usual(self, block: bytes) -> dict | replies.TextDelta | None:
-        """`take` for the usual block of a relayed stream, in a third of its steps: one whole
-        HTTP chunk holding one whole `data:` event of a plain chunk (`replies.plain_chunk`),
-        the body at a chunk boundary with no line pending. None for any other block, before
-        anything is changed, so `take` reads it the general way."""
+        """`take` for the usual block of a relayed stream, without its loops: one whole HTTP
+        chunk holding one whole `data:` event of a plain chunk (`replies.plain_chunk`) or of a
+        learnt text shape, the body at a chunk boundary with no line pending. None for any
+        other block, before anything is changed, so `take` reads it the general way."""
         whole_chunk = self._whole_chunk
         data = whole_chunk(block) if whole_chunk is not None else None
         if data is None:
@@ -137,7 +137,10 @@ class UpstreamStream:
             return None
         self._heard_at = time.monotonic()
         self._count(data)
-        self._progressed(chunk)
+        if type(chunk) is replies.TextDelta:  # text moves the reply on
+            self._progress_at = self._heard_at
+        else:
+            self._progressed(chunk)
         return chunk
 
     def _known(self, payload: bytes) -> dict | replies.TextDelta | None:
