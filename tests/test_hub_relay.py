@@ -332,12 +332,14 @@ def test_a_killed_relay_leaves_no_watcher_behind(rigs):
     rig = rigs()
     relay = rig.relay()
     runner = gevent.spawn(relay.run)
-    gevent.sleep(0.05)
+    gevent.sleep(0)  # the runner starts and parks, waiting for the loop
+    assert not runner.dead and relay._readable.active and relay._ticker.active
     runner.kill()
+    assert not (relay._readable.active or relay._writable.active or relay._ticker.active)
     rig.upstream_peer.sendall(BLOCKS[0])
-    gevent.sleep(0.1)
+    for _ in range(3):
+        gevent.sleep(0)  # the loop runs: a watcher left behind would read now
     assert rig.upstream.recv(65536) == BLOCKS[0]  # still there: nobody read it
-    assert not rig.received
 
 
 def test_only_the_service_workers_plain_http_1_responses_are_written_directly():
