@@ -10,12 +10,14 @@ waits meanwhile, and takes the stream's end back (final event, in-band errors) t
 gunicorn as before.
 
 Used only where it can write the client's bytes exactly as gunicorn would: a plain (not TLS)
-gevent socket on each side and an HTTP/1 response from the service's worker
-(`workers.OneSendResponse`, which puts itself in the environ); anything else is relayed by
-the generator."""
+gevent socket to the client and an HTTP/1 response from the service's worker
+(`workers.OneSendResponse`, which puts itself in the environ); the upstream's socket may be
+plain or TLS (gevent's). Anything else is relayed by the generator, which also takes a stream
+back when TLS needs to write in order to read (`Ending.outcome` "handback")."""
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -71,11 +73,62 @@ def direct_client(environ: dict) -> DirectClient | None:
     return DirectClient(response)
 
 
+class _PlainReader:
+    """The upstream's plain gevent socket, read through the OS socket under it (by
+    `HubRelay._on_plain_readable` itself: a call less per chunk)."""
+
+    def __init__(self, sock):
+        self.socket = sock._sock  # non-blocking, as gevent keeps it
+
+
+class _TlsReader:
+    """The upstream's TLS socket (gevent's), read through its SSL object without waiting.
+    Bytes decrypted but not yet read (`pending`) do not make the socket readable."""
+
+    def __init__(self, sock):
+        self.socket = sock
+        self._tls = sock._sslobj
+
+    def read(self) -> bytes | None:
+        """The next block, b"" at the close, None when nothing is there; raises OSError, and
+        `_HandBack` when TLS must write before it can read (a renegotiation), which the
+        generator relay's socket waits for."""
+        try:
+            return self._tls.read(READ_BLOCK)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLWantWriteError:
+            raise _HandBack from None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # a close, with or without TLS's own notice
+            return b""
+
+    def pending(self) -> int:
+        """Bytes decrypted and waiting in the SSL object."""
+        return self._tls.pending()
+
+
+class _HandBack(Exception):
+    """The stream goes back to the generator relay."""
+
+
+def upstream_reader(stream: UpstreamStream) -> _PlainReader | _TlsReader | None:
+    """How the event loop can read this stream's upstream socket: a plain gevent socket or
+    gevent's TLS socket; None for any other (threads)."""
+    sock = stream.socket
+    kind = type(sock)
+    if kind.__module__ == "gevent._socket3" and kind.__name__ == "socket":
+        return _PlainReader(sock)
+    if kind.__module__ == "gevent.ssl" and kind.__name__ == "SSLSocket" and getattr(sock, "_sslobj", None) is not None:
+        return _TlsReader(sock)
+    return None
+
+
 @dataclass
 class Ending:
     """How the event loop's part of a stream ended: `outcome` ("ok", "client_closed",
-    "shutting_down", "internal_error" or a `StreamBroken` code) and its message; `wire`:
-    framed bytes still to send; `queued`: events not yet framed (a slow client's)."""
+    "shutting_down", "internal_error", a `StreamBroken` code, or "handback": the generator
+    relay goes on with the stream) and its message; `wire`: framed bytes still to send;
+    `queued`: events not yet framed (a slow client's)."""
 
     outcome: str
     message: str = ""
@@ -87,15 +140,19 @@ class HubRelay:
     """One stream relayed by event-loop callbacks. `run()` from the request's greenlet: it
     returns the `Ending` once the stream is complete, broken, or to be ended."""
 
-    def __init__(self, stream: UpstreamStream, client: DirectClient, events, tally: StreamTally, *,
-                 keepalive_s: float, watch_s: float, request_id: str,
+    def __init__(self, stream: UpstreamStream, reader: _PlainReader | _TlsReader, client: DirectClient, events,
+                 tally: StreamTally, *, keepalive_s: float, watch_s: float, request_id: str,
                  client_gone: Callable[[], bool] | None, shutting_down: Callable[[], bool] | None):
         from gevent import get_hub
         from gevent.hub import Waiter
 
         hub = get_hub()
         self._stream = stream
-        self._upstream = stream.raw_socket()
+        self._upstream = reader.socket
+        self._tls = reader if isinstance(reader, _TlsReader) else None
+        # Plain sockets: one read per readable event (the common case, kept lean); TLS: reads
+        # until the SSL object holds nothing more.
+        self._on_readable = self._on_plain_readable if self._tls is None else self._on_tls_readable
         self._client = client
         self._events = events
         self._tally = tally
@@ -127,6 +184,8 @@ class HubRelay:
             if self._ending is None:
                 self._readable.start(self._on_readable)
                 self._ticker.start(self._on_tick, update=True)
+                self._read_pending()
+            if self._ending is None:
                 return self._waiter.get()
             return self._ending
         finally:
@@ -137,7 +196,7 @@ class HubRelay:
     # Event-loop callbacks. Each catches everything: an exception in a callback would only be
     # printed by gevent, and the stream would hang.
 
-    def _on_readable(self) -> None:
+    def _on_plain_readable(self) -> None:
         try:
             try:
                 block = self._upstream.recv(READ_BLOCK)
@@ -152,6 +211,33 @@ class HubRelay:
         except Exception:
             self._failed()
 
+    def _on_tls_readable(self) -> None:
+        tls = self._tls
+        try:
+            while self._ending is None and not self._wire:  # a slow client: reading waits for it
+                try:
+                    block = tls.read()
+                except _HandBack:
+                    self._end("handback")
+                    return
+                except OSError:  # ssl.SSLError included
+                    self._end("upstream_disconnected", "The upstream connection broke before the reply was complete.")
+                    return
+                if block is None:
+                    return
+                self._relay(self._stream.take(block))
+                if not tls.pending():
+                    return
+        except StreamBroken as exc:
+            self._end(exc.code, exc.message)
+        except Exception:
+            self._failed()
+
+    def _read_pending(self) -> None:
+        """Reads what TLS has already decrypted: the socket will not say it is readable."""
+        if self._tls is not None and self._ending is None and not self._wire and self._tls.pending():
+            self._on_tls_readable()
+
     def _on_writable(self) -> None:
         try:
             self._flush()
@@ -159,6 +245,7 @@ class HubRelay:
                 self._writable.stop()
                 self._stream.resume()  # the upstream was not read meanwhile: that was not its silence
                 self._readable.start(self._on_readable)
+                self._read_pending()
         except Exception:
             self._failed()
 

@@ -12,7 +12,7 @@ import time
 from typing import Callable, Iterator
 
 from .errors import error_body
-from .hub_relay import DirectClient, HubRelay
+from .hub_relay import DirectClient, HubRelay, upstream_reader
 from .moonshot.replies import StreamTally, TextDelta, first_choice_texts
 from .moonshot.sse import DONE, KEEPALIVE, event, text_event
 from .moonshot.stream import StreamBroken, UpstreamStream
@@ -95,8 +95,9 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
     exchange.stream_started()
     try:
         yield OPENED
-        if client is not None and client.ready() and stream.raw_socket() is not None:
-            ending = HubRelay(stream, client, events, tally, keepalive_s=keepalive_s, watch_s=watch_s,
+        reader = upstream_reader(stream) if client is not None and client.ready() else None
+        if reader is not None:
+            ending = HubRelay(stream, reader, client, events, tally, keepalive_s=keepalive_s, watch_s=watch_s,
                               request_id=exchange.request_id, client_gone=client_gone,
                               shutting_down=shutting_down).run()
             outcome = ending.outcome
@@ -105,10 +106,14 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                 return
             if outcome == "ok":
                 yield ending.queued + events.end(tally.finish_reason, tally.usage)
-            else:
+                return
+            if outcome != "handback":
                 message = SHUTTING_DOWN if outcome == "shutting_down" else ending.message
                 yield ending.queued + events.error(outcome, message, exchange.request_id)
-            return
+                return
+            outcome = "client_closed"
+            if ending.queued:
+                yield ending.queued
         last_sent = last_watch = time.monotonic()
         while not stream.complete:
             # Wait for the upstream, but no longer than the next duty is due: content-less
@@ -125,8 +130,12 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                 # Every chunk that came in one block goes out in one write.
                 out = b""
                 for chunk in chunks:
-                    tally.add(chunk)
-                    out += events.chunk(chunk)
+                    if type(chunk) is TextDelta:  # a stream handed back by the hub relay reads these
+                        tally.add_text(chunk.text)
+                        out += events.text(chunk)
+                    else:
+                        tally.add(chunk)
+                        out += events.chunk(chunk)
                 if out:
                     yield out
                     last_sent = now

@@ -9,21 +9,24 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
 import time
 from types import SimpleNamespace
 
 import gevent
 import gevent.event
 import gevent.socket
+import gevent.ssl
 import pytest
 
-from kimi_backend.hub_relay import DirectClient, HubRelay, direct_client
+from kimi_backend.hub_relay import DirectClient, HubRelay, direct_client, upstream_reader
 from kimi_backend.moonshot.framing import ChunkedBody, CloseDelimitedBody
 from kimi_backend.moonshot.reading import ReplyLimits
 from kimi_backend.moonshot.replies import StreamTally, plain_chunk
 from kimi_backend.moonshot.stream import UpstreamStream
 from kimi_backend.streaming import ContractEvents, client_gone_probe
 from kimi_backend.workers import RESPONSE_KEY
+from tests.helpers import require_binary
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
 
@@ -67,13 +70,40 @@ def unchunk(raw: bytes) -> bytes:
     return body.decode(raw)
 
 
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """A self-signed certificate and its key for localhost, made by openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([require_binary("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def tls_pair(certificate):
+    """A gevent socket pair with TLS over it: (our client end, the upstream's server end)."""
+    cert, key = certificate
+    server_context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    client_context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
+    client_context.load_verify_locations(cert)
+    ours, theirs = gevent.socket.socketpair()
+    server = gevent.spawn(server_context.wrap_socket, theirs, server_side=True)
+    client = client_context.wrap_socket(ours, server_hostname="localhost")
+    return client, server.get(timeout=10)
+
+
 class Rig:
-    """An upstream stream and a client connection, both gevent socket pairs; `relay()` makes
-    the HubRelay, `run()` runs it in this greenlet."""
+    """An upstream stream (over TLS or not) and a client connection, both gevent socket pairs;
+    `relay()` makes the HubRelay, `run()` runs it in this greenlet."""
 
     def __init__(self, *, pending: bytes = b"", read_timeout_s: float = 5.0, chunked: bool = True,
-                 framing=None, client_buffer: int | None = None):
-        self.upstream, self.upstream_peer = gevent.socket.socketpair()
+                 framing=None, client_buffer: int | None = None, certificate=None):
+        if certificate:
+            self.upstream, self.upstream_peer = tls_pair(certificate)
+        else:
+            self.upstream, self.upstream_peer = gevent.socket.socketpair()
         self.client, self.client_peer = gevent.socket.socketpair()
         if client_buffer:
             self.client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, client_buffer)
@@ -117,7 +147,9 @@ class Rig:
 
     def relay(self, *, keepalive_s: float = 15.0, watch_s: float = 0.05, client_gone=None, shutting_down=None,
               events=None):
-        return HubRelay(self.stream, DirectClient(self.response), events or ContractEvents(), self.tally,
+        reader = upstream_reader(self.stream)
+        assert reader is not None
+        return HubRelay(self.stream, reader, DirectClient(self.response), events or ContractEvents(), self.tally,
                         keepalive_s=keepalive_s, watch_s=watch_s, request_id="req-1",
                         client_gone=client_gone, shutting_down=shutting_down)
 
@@ -137,12 +169,14 @@ class Rig:
             sock.close()
 
 
-@pytest.fixture
-def rigs():
+@pytest.fixture(params=["plain upstream", "TLS upstream"])
+def rigs(request):
+    """Makes rigs whose upstream is a plain gevent socket or gevent's TLS socket (each test runs with both)."""
     made = []
+    tls = request.getfixturevalue("certificate") if request.param.startswith("TLS") else None
 
     def make(**kwargs) -> Rig:
-        rig = Rig(**kwargs)
+        rig = Rig(certificate=tls, **kwargs)
         made.append(rig)
         return rig
     yield make
@@ -351,3 +385,56 @@ def test_only_the_service_workers_plain_http_1_responses_are_written_directly():
         std, other = socket.socketpair()  # the gthread worker's plain socket
         with std, other:
             assert direct_client({RESPONSE_KEY: SimpleNamespace(sock=std)}) is None
+
+
+def test_each_upstream_socket_is_read_the_way_it_can_be(rigs):
+    rig = rigs()
+    reader = upstream_reader(rig.stream)
+    expected = "_TlsReader" if isinstance(rig.upstream, gevent.ssl.SSLSocket) else "_PlainReader"
+    assert type(reader).__name__ == expected
+    std, other = socket.socketpair()  # a thread's socket: the generator relay's
+    with std, other:
+        rig.stream._answer.sock = std
+        assert upstream_reader(rig.stream) is None
+
+
+class FakeExchange:
+    request_id = "req-1"
+
+    def stream_started(self):
+        pass
+
+    def stream_ended(self, usage, outcome, relayed_bytes=0):
+        self.ended = (usage, outcome, relayed_bytes)
+
+
+def test_a_stream_tls_cannot_read_without_writing_goes_back_to_the_generator_relay(certificate, monkeypatch):
+    """TLS that must write before it can read (a renegotiation) hands the stream back: the
+    generator relay goes on from where the event loop stopped, and nothing is lost or doubled."""
+    from kimi_backend.hub_relay import _HandBack, _TlsReader
+    from kimi_backend.streaming import relay
+
+    reads = {"n": 0}
+    real_read = _TlsReader.read
+
+    def read_then_need_to_write(self):
+        reads["n"] += 1
+        if reads["n"] == 3:
+            raise _HandBack
+        return real_read(self)
+    monkeypatch.setattr(_TlsReader, "read", read_then_need_to_write)
+    rig = Rig(certificate=certificate)
+    try:
+        rig.read_client()
+        rig.send_upstream(*BLOCKS, END, gap_s=0.02)
+        exchange = FakeExchange()
+        events = relay(rig.stream, keepalive_s=15, exchange=exchange, client=DirectClient(rig.response))
+        yielded = b"".join(events)  # what gunicorn would frame and write after the event loop's part
+        direct = unchunk(rig.finish())
+    finally:
+        rig.close()
+    assert reads["n"] == 3
+    assert yielded.startswith(b": stream open\n\n")
+    final = ContractEvents().end("stop", USAGE)
+    assert direct + yielded[len(b": stream open\n\n"):] == expected_events([chunk_json(text) for text in TEXTS]) + final
+    assert exchange.ended == (USAGE, "ok", sum(len(text.encode()) for text in TEXTS))

@@ -81,13 +81,13 @@ class UpstreamStream:
         except (BrokenFraming, OSError):
             raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
 
-    def raw_socket(self):
-        """The OS socket under the upstream connection when a caller may read it itself with
-        `take` (a plain gevent socket, non-blocking); None otherwise (TLS, threads)."""
-        return getattr(self._receiver, "raw_socket", None)
+    @property
+    def socket(self):
+        """The upstream connection's socket, for a caller that reads it itself (`take`)."""
+        return self._answer.sock
 
     def take(self, block: bytes) -> list[dict | replies.TextDelta]:
-        """`receive` for a caller that read `block` off `raw_socket()` itself (b"" when the
+        """`receive` for a caller that read `block` off `socket` itself (b"" when the
         upstream closed it): the parsed chunks it completes; sets `complete` at `[DONE]`.
         Raises `StreamBroken` as `receive` does; a failure after some chunks is kept in
         `failure` and those chunks are returned first. The caller bounds the silence: it

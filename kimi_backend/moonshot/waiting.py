@@ -40,7 +40,6 @@ class GeventReceiver:
 
     def __init__(self, sock, hub, getcurrent):
         self._raw = sock._sock  # non-blocking, as gevent keeps it
-        self.raw_socket = self._raw  # for a relay that reads it from the event loop (hub_relay.py)
         self._hub = hub
         self._getcurrent = getcurrent
         self._io = hub.loop.io(self._raw.fileno(), 1)  # 1: readable
