@@ -156,7 +156,6 @@ class HubRelay:
         self._client = client
         self._events = events
         self._tally = tally
-        self._keepalive_s = keepalive_s
         self._request_id = request_id
         self._read_timeout_s = stream.read_timeout_s
         self._client_gone = client_gone
@@ -165,6 +164,10 @@ class HubRelay:
         self._writable = hub.loop.io(client.socket.fileno(), 2)  # 2: writable
         tick = min(watch_s, keepalive_s, self._read_timeout_s)
         self._ticker = hub.loop.timer(tick, tick)
+        # A keep-alive due within half a tick goes now: the tick that finds it due a hair
+        # early (its clock and ours differ by microseconds) would otherwise put it off a
+        # whole tick.
+        self._keepalive_due_s = keepalive_s - tick / 2
         self._waiter = Waiter(hub)
         self._wire = b""  # framed bytes the client's socket has not taken yet
         self._queued = b""  # events made meanwhile, framed when the wire is clear
@@ -251,7 +254,7 @@ class HubRelay:
 
     def _on_tick(self) -> None:
         # Every duty on every tick (the shortest of their periods): a keep-alive or a timeout
-        # is at most one tick late.
+        # comes within a tick of when it is due.
         try:
             now = time.monotonic()
             if not self._wire and self._stream.silent_for(now) >= self._read_timeout_s:
@@ -263,7 +266,7 @@ class HubRelay:
             if self._shutting_down is not None and self._shutting_down():
                 self._end("shutting_down")
                 return
-            if not self._wire and now - self._last_sent >= self._keepalive_s:
+            if not self._wire and now - self._last_sent >= self._keepalive_due_s:
                 self._send(KEEPALIVE)
         except Exception:
             self._failed()
