@@ -185,7 +185,8 @@ class HubRelay:
             except StreamBroken as exc:
                 self._end(exc.code, exc.message)
             if self._ending is None:
-                self._readable.start(self._on_readable)
+                if not self._wire:  # else a slow client already: reading starts once it has taken that
+                    self._readable.start(self._on_readable)
                 self._ticker.start(self._on_tick, update=True)
                 self._read_pending()
             if self._ending is None:

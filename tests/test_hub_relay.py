@@ -438,3 +438,20 @@ def test_a_stream_tls_cannot_read_without_writing_goes_back_to_the_generator_rel
     final = ContractEvents().end("stop", USAGE)
     assert direct + yielded[len(b": stream open\n\n"):] == expected_events([chunk_json(text) for text in TEXTS]) + final
     assert exchange.ended == (USAGE, "ok", sum(len(text.encode()) for text in TEXTS))
+
+
+def test_a_client_too_slow_for_the_first_block_holds_the_upstream_reads_from_the_start(rigs):
+    """The bytes that came with the upstream's head already fill the client's buffers: the
+    relay waits for the client before it reads the upstream at all."""
+    texts = [f"{i:04d}:" + "y" * 2000 for i in range(150)]  # ~300 kB with the head
+    rig = rigs(pending=b"".join(event_block(chunk_json(text)) for text in texts), client_buffer=4096)
+    relay = rig.relay()
+    runner = gevent.spawn(relay.run)
+    gevent.sleep(0)  # the runner sends what it can and parks
+    assert relay._writable.active and not relay._readable.active
+    rig.send_upstream(BLOCKS[0], END)
+    rig.read_client()
+    ending = runner.get(timeout=10)
+    assert (ending.outcome, ending.queued) == ("ok", b"")
+    assert DirectClient(rig.response).send_rest(ending.wire)
+    assert unchunk(rig.finish()) == expected_events([chunk_json(text) for text in texts + [TEXTS[0]]])
