@@ -17,6 +17,8 @@ additions the WSGI app cannot make itself.
   to the OS socket (`send_all`).
 - The worker reads its settings from a `SettledConfig`: each value looked up once, not on
   each of the twenty-odd reads a request makes.
+- Each request's response is left in its environ (RESPONSE_KEY), so a stream can be relayed
+  from the event loop (hub_relay.py), its bytes framed and counted as gunicorn would.
 
 gunicorn.conf.py loads this file on its own in the master, so it imports nothing of the
 package and only gunicorn's own worker modules.
