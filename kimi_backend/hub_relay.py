@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .moonshot.reading import READ_BLOCK
-from .moonshot.stream import StreamBroken, UpstreamStream
+from .moonshot.stream import StreamBroken, UpstreamStream, disconnected
 from .moonshot.replies import StreamTally, TextDelta
 from .moonshot.sse import KEEPALIVE
 from .workers import RESPONSE_KEY
@@ -183,7 +183,7 @@ class HubRelay:
             try:
                 self._relay(self._stream.receive(0))  # what came with the upstream's head
             except StreamBroken as exc:
-                self._end(exc.code, exc.message)
+                self._broken(exc)
             if self._ending is None:
                 if not self._wire:  # else a slow client already: reading starts once it has taken that
                     self._readable.start(self._on_readable)
@@ -207,11 +207,11 @@ class HubRelay:
             except BlockingIOError:
                 return
             except OSError:
-                self._end("upstream_disconnected", "The upstream connection broke before the reply was complete.")
+                self._broken(disconnected())
                 return
             self._relay(self._stream.take(block))
         except StreamBroken as exc:
-            self._end(exc.code, exc.message)
+            self._broken(exc)
         except Exception:
             self._failed()
 
@@ -225,7 +225,7 @@ class HubRelay:
                     self._end("handback")
                     return
                 except OSError:  # ssl.SSLError included
-                    self._end("upstream_disconnected", "The upstream connection broke before the reply was complete.")
+                    self._broken(disconnected())
                     return
                 if block is None:
                     return
@@ -233,7 +233,7 @@ class HubRelay:
                 if not tls.pending():
                     return
         except StreamBroken as exc:
-            self._end(exc.code, exc.message)
+            self._broken(exc)
         except Exception:
             self._failed()
 
@@ -293,7 +293,7 @@ class HubRelay:
         if self._stream.complete:
             self._end("ok")
         elif self._stream.failure is not None:
-            self._end(self._stream.failure.code, self._stream.failure.message)
+            self._broken(self._stream.failure)
 
     def _send(self, data: bytes) -> None:
         """Writes events to the client now, or queues them behind what it has not taken."""
@@ -324,6 +324,9 @@ class HubRelay:
                 self._last_sent = time.monotonic()
                 if self._queued:
                     self._wire, self._queued = self._client.frame(self._queued), b""
+
+    def _broken(self, failure: StreamBroken) -> None:
+        self._end(failure.code, failure.message)
 
     def _failed(self) -> None:
         log.exception("stream relay failed (request_id=%s)", self._request_id)

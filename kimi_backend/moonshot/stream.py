@@ -32,6 +32,11 @@ class StreamBroken(Exception):
         self.message = message
 
 
+def disconnected() -> StreamBroken:
+    """The failure of a connection that broke (or closed) before the reply was complete."""
+    return StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.")
+
+
 class UpstreamStream:
     """An open streaming completion whose status was 200: call `receive()` until `complete`,
     then `close()`, from the one thread (or greenlet) that relays it."""
@@ -79,7 +84,7 @@ class UpstreamStream:
                 return
             self._chunks_of(chunks, data)
         except (BrokenFraming, OSError):
-            raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
+            raise disconnected() from None
 
     @property
     def socket(self):
@@ -98,16 +103,13 @@ class UpstreamStream:
         chunks: list[dict | replies.TextDelta] = []
         try:
             try:
-                if not block and not isinstance(self._framing, CloseDelimitedBody):
-                    raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.")
-                self._heard_at = time.monotonic()
-                data = self._framing.decode(block) if block else b""
+                data = self._data_of(block)
                 if data:
                     self._chunks_of(chunks, self._count(data))
                 if (not block or self._framing.done) and not self.complete:
                     self._chunks_of(chunks, b"")  # the body ended without [DONE]
             except BrokenFraming:
-                raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.") from None
+                raise disconnected() from None
         except StreamBroken as exc:
             if not chunks:
                 raise
@@ -137,10 +139,7 @@ class UpstreamStream:
             return None
         self._heard_at = time.monotonic()
         self._count(data)
-        if type(chunk) is replies.TextDelta:  # text moves the reply on
-            self._progress_at = self._heard_at
-        else:
-            self._progressed(chunk)
+        self._progressed(chunk)
         return chunk
 
     def _known(self, payload: bytes) -> dict | replies.TextDelta | None:
@@ -217,15 +216,20 @@ class UpstreamStream:
             block = self._receiver.recv(min(deadline, silent_until) - now)
             if block is None:
                 continue
-            if not block:
-                if isinstance(self._framing, CloseDelimitedBody):
-                    return b""
-                raise StreamBroken("upstream_disconnected", "The upstream connection broke before the reply was complete.")
-            self._heard_at = time.monotonic()
-            data = self._framing.decode(block)
-            if data:
+            data = self._data_of(block)
+            if data or not block:
                 return self._count(data)
         return b""
+
+    def _data_of(self, block: bytes) -> bytes:
+        """The body's data in a block read off the socket; b"" for the close (raises unless
+        the body ends at the close); raises BrokenFraming."""
+        if not block:
+            if isinstance(self._framing, CloseDelimitedBody):
+                return b""
+            raise disconnected()
+        self._heard_at = time.monotonic()
+        return self._framing.decode(block)
 
     def _count(self, data: bytes) -> bytes:
         self._received += len(data)
