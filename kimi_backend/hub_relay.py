@@ -26,7 +26,7 @@ from .moonshot.reading import READ_BLOCK
 from .moonshot.stream import StreamBroken, UpstreamStream, disconnected
 from .moonshot.replies import StreamTally, TextDelta
 from .moonshot.sse import KEEPALIVE
-from .workers import RESPONSE_KEY
+from .workers import RESPONSE_KEY, is_plain_gevent_socket
 
 log = logging.getLogger("kimi_backend")
 
@@ -67,8 +67,7 @@ def direct_client(environ: dict) -> DirectClient | None:
     response = environ.get(RESPONSE_KEY)
     if response is None:
         return None
-    kind = type(response.sock)
-    if kind.__name__ != "socket" or kind.__module__ != "gevent._socket3":
+    if not is_plain_gevent_socket(response.sock):
         return None  # TLS straight to gunicorn: its own socket writes
     return DirectClient(response)
 
@@ -115,9 +114,9 @@ def upstream_reader(stream: UpstreamStream) -> _PlainReader | _TlsReader | None:
     """How the event loop can read this stream's upstream socket: a plain gevent socket or
     gevent's TLS socket; None for any other (threads)."""
     sock = stream.socket
-    kind = type(sock)
-    if kind.__module__ == "gevent._socket3" and kind.__name__ == "socket":
+    if is_plain_gevent_socket(sock):
         return _PlainReader(sock)
+    kind = type(sock)
     if kind.__module__ == "gevent.ssl" and kind.__name__ == "SSLSocket" and getattr(sock, "_sslobj", None) is not None:
         return _TlsReader(sock)
     return None

@@ -167,6 +167,13 @@ class OneSendResponse(wsgi.Response):
         send_all(self.sock, head + data)
 
 
+def is_plain_gevent_socket(sock) -> bool:
+    """Whether `sock` is gevent's plain (not TLS) socket, whose OS socket (`_sock`) gevent
+    keeps non-blocking; gevent is not imported for the check."""
+    kind = type(sock)
+    return kind.__name__ == "socket" and kind.__module__ == "gevent._socket3"
+
+
 def send_all(sock, data: bytes) -> None:
     """`sock.sendall(data)`, but a plain gevent socket first offers the bytes to the OS socket
     under it: a reply or an event fits the kernel's buffer nearly always, and one `send` there
@@ -174,8 +181,7 @@ def send_all(sock, data: bytes) -> None:
     slices the data through four Python calls each time; what does not fit is left to gevent's
     `sendall`, which waits for room. gevent's TLS sockets and other servers' sockets are
     left to their own `sendall`."""
-    kind = type(sock)
-    if kind.__name__ == "socket" and kind.__module__ == "gevent._socket3":
+    if is_plain_gevent_socket(sock):
         try:
             sent = sock._sock.send(data)  # non-blocking, as gevent keeps it
         except BlockingIOError:
