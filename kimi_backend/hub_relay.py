@@ -122,6 +122,20 @@ def upstream_reader(stream: UpstreamStream) -> _PlainReader | _TlsReader | None:
     return None
 
 
+def events_of(chunks: list[dict | TextDelta], tally: StreamTally, events) -> bytes:
+    """The events of one block's chunks, in one piece, each chunk counted in `tally` (a text
+    delta by its text alone); for both relays, this one and the generator (streaming.py)."""
+    out = b""
+    for chunk in chunks:
+        if type(chunk) is TextDelta:
+            tally.add_text(chunk.text)
+            out += events.text(chunk)
+        else:
+            tally.add(chunk)
+            out += events.chunk(chunk)
+    return out
+
+
 @dataclass
 class Ending:
     """How the event loop's part of a stream ended: `outcome` ("ok", "client_closed",
@@ -277,14 +291,7 @@ class HubRelay:
         """Sends the events of `chunks` (all in one write), then ends the stream when it is
         complete or failed."""
         if chunks:
-            out = b""
-            for chunk in chunks:
-                if type(chunk) is TextDelta:
-                    self._tally.add_text(chunk.text)
-                    out += self._events.text(chunk)
-                else:
-                    self._tally.add(chunk)
-                    out += self._events.chunk(chunk)
+            out = events_of(chunks, self._tally, self._events)
             if out:
                 self._send(out)
         if self._ending is not None:

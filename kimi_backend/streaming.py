@@ -12,7 +12,7 @@ import time
 from typing import Callable, Iterator
 
 from .errors import error_body
-from .hub_relay import DirectClient, HubRelay, upstream_reader
+from .hub_relay import DirectClient, HubRelay, events_of, upstream_reader
 from .moonshot.replies import StreamTally, TextDelta, first_choice_texts
 from .moonshot.sse import DONE, KEEPALIVE, event, text_event
 from .moonshot.stream import StreamBroken, UpstreamStream
@@ -127,15 +127,9 @@ def relay(stream: UpstreamStream, *, keepalive_s: float, exchange: Exchange,
                 return
             now = time.monotonic()
             if chunks:
-                # Every chunk that came in one block goes out in one write.
-                out = b""
-                for chunk in chunks:
-                    if type(chunk) is TextDelta:  # a stream handed back by the hub relay reads these
-                        tally.add_text(chunk.text)
-                        out += events.text(chunk)
-                    else:
-                        tally.add(chunk)
-                        out += events.chunk(chunk)
+                # Every chunk that came in one block goes out in one write (text deltas too,
+                # in a stream the hub relay handed back).
+                out = events_of(chunks, tally, events)
                 if out:
                     yield out
                     last_sent = now
