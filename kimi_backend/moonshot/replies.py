@@ -212,8 +212,6 @@ class TextTemplates:
     fraction of the cost, and no dict is built. (A JSON string is a token that ends at its
     first unescaped quote, so a middle that reads as one string alone is one string there.)"""
 
-    MAX = 2  # one for content, one for reasoning
-
     def __init__(self) -> None:
         self._shapes: list[TextShape] = []
 
@@ -233,8 +231,8 @@ class TextTemplates:
         """Keeps the shape of a plain chunk (`plain_chunk(payload)`) that only adds
         non-empty text to its one choice: index 0, no finish reason, no usage, one text
         member in its delta (a role may be there too)."""
-        if len(self._shapes) >= self.MAX or chunk.get("usage") is not None:
-            return
+        if len(self._shapes) == len(_TEXT_KEYS) or chunk.get("usage") is not None:
+            return  # one shape per kind is kept
         choices = chunk.get("choices")
         if type(choices) is not list or len(choices) != 1:
             return
@@ -246,6 +244,8 @@ class TextTemplates:
         if len(present) != 1 or not delta[present[0][1]]:
             return
         key, name, kind = present[0]
+        if any(known.kind == kind for known in self._shapes):
+            return
         start = payload.find(key)
         if start < 0 or payload.find(key, start + 1) >= 0:
             return  # a member name can only be outside strings, but keep to the plain case
@@ -255,8 +255,7 @@ class TextTemplates:
         end = _string_end(payload, start)
         if end is None or orjson.loads(payload[start:end]) != delta[name]:
             return
-        if all(known.kind != kind for known in self._shapes):
-            self._shapes.append(TextShape(payload[:start], payload[end:], name, kind, chunk))
+        self._shapes.append(TextShape(payload[:start], payload[end:], name, kind, chunk))
 
 
 def _string_end(payload: bytes, start: int) -> int | None:
@@ -339,7 +338,12 @@ class StreamTally:
 
     def add_text(self, text: str) -> None:
         """Counts a text delta in (`TextDelta`: no usage, no finish reason)."""
-        self.text_bytes += len(text) if text.isascii() else len(text.encode())
+        self.text_bytes += _utf8_size(text)
+
+
+def _utf8_size(text: str) -> int:
+    """The size of `text` in UTF-8, without encoding it when it is ASCII."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _text_bytes(delta) -> int:
@@ -348,7 +352,7 @@ def _text_bytes(delta) -> int:
     size = 0
     for value in (delta.get("content"), delta.get("reasoning_content")):
         if value:  # text or None once checked (see `chunk`)
-            size += len(value) if value.isascii() else len(value.encode())
+            size += _utf8_size(value)
     for call in delta.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
