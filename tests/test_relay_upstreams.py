@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import pytest
 import requests
 
 from tests.conftest import UPSTREAM_KEY
-from tests.helpers import RawUpstream
+from tests.helpers import RawUpstream, wait_until
 from tests.servers import Service
 
 HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -38,13 +39,26 @@ def chunked(body: bytes, size: int) -> bytes:
 
 
 class CannedUpstream(RawUpstream):
-    """Answers every request with `pieces`, written one by one `gap_s` apart, then closes."""
+    """Answers every request with `pieces`, written one by one `gap_s` apart, then closes.
+    `accepted_count` and `closed_count`: connections taken, and closed after their answer."""
 
     def __init__(self, pieces: list[bytes], gap_s: float = 0.0):
         self.pieces, self.gap_s = pieces, gap_s
+        self.accepted_count = self.closed_count = 0
+        self._lock = threading.Lock()  # each connection is answered in a thread of its own
         super().__init__()
 
+    def accepted(self) -> None:
+        self.accepted_count += 1  # one accepting thread: no lock needed
+
     def answer(self, conn: socket.socket) -> None:
+        try:
+            self._answer(conn)
+        finally:
+            with self._lock:
+                self.closed_count += 1
+
+    def _answer(self, conn: socket.socket) -> None:
         with conn:
             request = b""
             while b"\r\n\r\n" not in request:
@@ -90,6 +104,10 @@ def relay_through(request, make_app):
 
     def through_gunicorn(pieces: list[bytes], gap_s: float = 0.0) -> list:
         service, upstream = request.getfixturevalue("served")
+        # Every earlier answer's connection closed first: the service would otherwise take one
+        # from its pool before the close reached it (the canned answers close without saying so).
+        wait_until(lambda: upstream.closed_count == upstream.accepted_count, timeout=10,
+                   message="the canned upstream to close its earlier connections")
         upstream.pieces, upstream.gap_s = pieces, gap_s
         answer = requests.post(service.url + "/api/chat/stream", json={"messages": "hi"}, timeout=20)
         assert answer.status_code == 200, answer.text
