@@ -3,6 +3,7 @@ request with the upstream's figures, the admin report (`GET /api/usage`), the sc
 startup, and failures (a full queue, an unreachable database) that never fail a request."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -13,6 +14,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy import Boolean, Date, DateTime, create_engine, event, func, insert, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from kimi_backend import create_app
 from kimi_backend.config import parsers
 from kimi_backend.config.parsers import ConfigError, key_id
-from kimi_backend.usage.ledger import Ledger, bind_processor
+from kimi_backend.usage.ledger import COLUMNS, Ledger, as_row, bind_processor
 from kimi_backend.usage.schema import make_engine, migrate, schema_version, usage
 from tests.conftest import base_config, close_app
 from tests.helpers import wait_until
@@ -271,6 +274,7 @@ def test_a_database_failure_at_run_time_is_logged_and_counted(ledger_app, postgr
 
 
 def ledger_row(i: int) -> dict:
+    """A row's values by column name (`as_row` makes the row)."""
     now = datetime.now(timezone.utc)
     return {"at": now, "day": now.date(), "request_id": f"r{i}", "client": "ip:127.0.0.1",
             "route": "/api/chat/completion", "model_requested": None, "model_served": "kimi-k2.6",
@@ -307,7 +311,7 @@ def test_the_writer_wakes_once_per_batch_not_once_per_row(tmp_path):
         return real_wait(timeout)
     ledger._wake.wait = counting_wait
     for i in range(200):
-        ledger.record(ledger_row(i))
+        ledger.record(as_row(ledger_row(i)))
     began = time.monotonic()
     ledger.close()
     assert time.monotonic() - began < 10
@@ -320,7 +324,7 @@ def test_flush_writes_what_is_queued_without_waiting_out_the_flush_interval(tmp_
     try:
         for round_ in range(3):
             for i in range(5):
-                ledger.record(ledger_row(round_ * 5 + i))
+                ledger.record(as_row(ledger_row(round_ * 5 + i)))
             began = time.monotonic()
             assert ledger.flush(timeout_s=10)
             assert time.monotonic() - began < 10
@@ -345,13 +349,13 @@ def test_a_batch_that_cannot_be_written_does_not_stop_the_writer(tmp_path, caplo
     lost_before = metric("kimi_usage_ledger_rows_total", result="lost_write_failed")
     try:
         for i in range(3):
-            ledger.record(ledger_row(i))
+            ledger.record(as_row(ledger_row(i)))
         assert ledger.flush(timeout_s=10)
         assert count_rows(url) == 0
         assert metric("kimi_usage_ledger_rows_total", result="lost_write_failed") - lost_before == 3
         assert "3 rows lost" in caplog.text
         for i in range(3, 5):
-            ledger.record(ledger_row(i))
+            ledger.record(as_row(ledger_row(i)))
         assert ledger.flush(timeout_s=10)
         assert count_rows(url) == 2
     finally:
@@ -363,40 +367,94 @@ def test_a_half_full_queue_is_written_without_waiting_for_the_flush(tmp_path):
     ledger, url = a_ledger(tmp_path, queue_size=10)
     try:
         for i in range(5):
-            ledger.record(ledger_row(i))
+            ledger.record(as_row(ledger_row(i)))
         wait_until(lambda: count_rows(url) == 5, timeout=10)
     finally:
         ledger.close()
+
+
+def stored(engine_url: str) -> list[tuple]:
+    """Every row of the ledger's table as SQLite holds it: each value and its storage class."""
+    path = engine_url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        names = [row[1] for row in conn.execute("PRAGMA table_info(kimi_usage)") if row[1] != "id"]
+        picks = ", ".join(f"{name}, typeof({name})" for name in names)
+        return conn.execute(f"SELECT {picks} FROM kimi_usage ORDER BY id").fetchall()
+
+
+def core_stored(tmp_path, rows: list[tuple]) -> list[tuple]:
+    """What SQLAlchemy Core's own insert of `rows` stores, in a database of its own."""
+    url = f"sqlite:///{tmp_path / f'core-{uuid.uuid4().hex}.sqlite3'}"
+    core = make_engine(url)
+    migrate(core)
+    with core.begin() as conn:
+        conn.execute(insert(usage), [dict(zip(COLUMNS, row)) for row in rows])
+    core.dispose()
+    return stored(url)
+
+
+def inserts_of(ledger: Ledger) -> list[tuple[str, bool]]:
+    """The INSERT statements `ledger` sends from now on, each with whether it is an executemany."""
+    statements = []
+    event.listen(ledger.engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, parameters, context, many: statements.append((sql, many)))
+    return statements
 
 
 def test_a_sqlite_batch_goes_out_as_a_few_multi_row_inserts_storing_what_core_would(tmp_path):
     # One executemany let the driver drop and retake the GIL once per row, each time taken back
     # from the busy event loop's thread (33-68 µs of the writer's CPU per request under load).
     ledger, url = a_ledger(tmp_path, queue_size=1000)
-    statements = []
-    event.listen(ledger.engine, "before_cursor_execute",
-                 lambda conn, cursor, sql, parameters, context, many: statements.append((sql, many)))
-    rows = [dict(ledger_row(i), client=f"sub:訪客-{i % 7}", model_requested=None if i % 2 else "moonshot-v1-8k",
-                 estimated=bool(i % 3), cut_short=i % 5 == 0, duration_ms=i / 3) for i in range(150)]
+    statements = inserts_of(ledger)
+    rows = [as_row(dict(ledger_row(i), client=f"sub:訪客-{i % 7}", model_requested=None if i % 2 else "moonshot-v1-8k",
+                        estimated=bool(i % 3), cut_short=i % 5 == 0, duration_ms=i / 3)) for i in range(150)]
     for row in rows:
         ledger.record(row)
     ledger.close()
     inserts = [(sql, many) for sql, many in statements if sql.startswith("INSERT")]
     assert len(inserts) == 3 and not any(many for _, many in inserts)  # 64 + 64 + 22 rows
-    core = make_engine(f"sqlite:///{tmp_path / 'core.sqlite3'}")
-    migrate(core)
-    with core.begin() as conn:
-        conn.execute(insert(usage), rows)
+    assert stored(url) == core_stored(tmp_path, rows)
 
-    def stored(engine_url) -> list[tuple]:
-        engine = create_engine(engine_url)
-        try:
-            with engine.connect() as conn:
-                return [tuple(row)[1:] for row in conn.execute(text("SELECT * FROM kimi_usage ORDER BY id"))]
-        finally:
-            engine.dispose()
-    assert stored(url) == stored(f"sqlite:///{tmp_path / 'core.sqlite3'}")
-    core.dispose()
+
+# Any text but a lone surrogate, which JSON intake refuses (see the test after).
+LEDGER_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+LEDGER_ROWS = st.lists(st.tuples(
+    st.datetimes(min_value=datetime(1, 1, 1, 0, 0, 1), timezones=st.one_of(st.none(), st.timezones())),
+    st.dates(), LEDGER_TEXT, LEDGER_TEXT, LEDGER_TEXT, st.one_of(st.none(), LEDGER_TEXT), st.one_of(st.none(), LEDGER_TEXT),
+    *[st.integers(0, 2**53)] * 4, st.booleans(), st.integers(100, 599), LEDGER_TEXT,
+    st.floats(0, 10**12, allow_nan=False), st.booleans(), st.booleans()), min_size=1, max_size=70)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=LEDGER_ROWS)
+def test_any_rows_are_stored_as_core_stores_them(tmp_path, rows):
+    # A row is a tuple in COLUMNS order: a value in the wrong place, or converted otherwise
+    # than SQLAlchemy converts it, shows here.
+    directory = tmp_path / uuid.uuid4().hex
+    directory.mkdir()
+    ledger, url = a_ledger(directory, queue_size=1000)
+    for row in rows:
+        ledger.record(row)
+    ledger.close()
+    assert stored(url) == core_stored(directory, rows)
+
+
+def test_a_text_no_driver_can_encode_is_stored_made_valid_and_costs_no_other_row(database_url, tmp_path):
+    # A lone surrogate (say in a model name the upstream sent back) failed the whole batch.
+    engine = make_engine(parsers.database_url("USAGE_DATABASE_URL", database_url))
+    migrate(engine)
+    ledger = Ledger(engine, queue_size=1000, flush_interval_s=30)
+    lost_before = metric("kimi_usage_ledger_rows_total", result="lost_write_failed")
+    try:
+        ledger.record(as_row(ledger_row(0)))
+        ledger.record(as_row(dict(ledger_row(1), model_served="kimi-\udc80", model_requested="\ud83d\ude00")))
+        assert ledger.flush(timeout_s=10)
+        with engine.connect() as conn:
+            served = conn.execute(select(usage.c.model_served, usage.c.model_requested).order_by(usage.c.id)).all()
+    finally:
+        ledger.close()
+    assert served == [("kimi-k2.6", None), ("kimi-\ufffd", "😀")]
+    assert metric("kimi_usage_ledger_rows_total", result="lost_write_failed") == lost_before
 
 
 def test_dates_times_and_booleans_are_bound_as_sqlalchemys_own_processors_bind_them():
