@@ -25,8 +25,10 @@ opening a stream costs, with relaying that chunk and ending the stream.
 The count still moves with the machine's load a little: some of the worker's work is per
 second, not per request (gunicorn's heartbeat, gevent's timers), and under valgrind a busier
 machine means more seconds per request. Two runs at a time, side by side, agreed with runs
-alone; five at a time raised one setup's count by 1.5 %. Compare commits or setups measured
-under the same load: run them together (`--checkout` in two shells) or one after the other.
+alone in one session; in another (2026-12-05) each counted 1.6-2.9 % fewer instructions than
+alone, every setup alike; five at a time raised one setup's count by 1.5 %. Compare commits or
+setups measured under the same load: run them together (`--checkout` in two shells) or one
+after the other, never a count from a run alone against one from a run beside another.
 
 Needs valgrind (`apt-get install valgrind`); a run of the default two setups takes 8-10 minutes.
 """
