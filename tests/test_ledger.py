@@ -442,7 +442,8 @@ def test_any_rows_are_stored_as_core_stores_them(tmp_path, rows):
 
 
 def test_a_text_no_driver_can_encode_is_stored_made_valid_and_costs_no_other_row(database_url, tmp_path):
-    # A lone surrogate (say in a model name the upstream sent back) failed the whole batch.
+    # A lone surrogate failed the whole batch. No input brings one today (JSON intake refuses
+    # them, a reply's model id must look like one): this is the guard should one ever come.
     engine = make_engine(parsers.database_url("USAGE_DATABASE_URL", database_url))
     migrate(engine)
     ledger = Ledger(engine, queue_size=1000, flush_interval_s=30)

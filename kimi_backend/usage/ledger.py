@@ -298,9 +298,11 @@ class Ledger:
                 try:
                     self._off_the_event_loop(self._execute, statements)
                 except UnicodeEncodeError:
-                    # A text the driver cannot encode (a lone surrogate, say in a model name the
-                    # upstream sent) failed the whole batch: it goes again with such texts made
-                    # valid. (Not looked for beforehand: that would cost every row's every text.)
+                    # A text the driver cannot encode (a lone surrogate) would fail the whole
+                    # batch: it goes again with such texts made valid. No input reaches here with
+                    # one today (JSON intake refuses them, a reply's model id must look like one,
+                    # identities are checked): a guard, not looked for beforehand, which would
+                    # cost every row's every text.
                     batch = [valid_text_row(row) for row in batch]
                     statements = self._insert.statements(batch)
                     self._off_the_event_loop(self._execute, statements)
