@@ -53,24 +53,31 @@ class MemoryCounts(MemoryStorage):
             self._sweep(now)
         storage, expirations = self.storage, self.expirations
         counts = []
-        for key in keys:
-            if expirations.get(key, 0) <= now:
-                # The stock `get`'s reset of a counter past its expiry, inline: the call, through
-                # `limits`' error wrapper, cost about as much as the rest of the increment.
-                storage.pop(key, None)
-                expirations.pop(key, None)
-                self.locks.pop(key, None)
-            if self.greenlets_only:
-                count = storage[key] = storage[key] + amount
-                if count == amount:
-                    expirations[key] = now + expiry
-            else:
+        if not self.greenlets_only:
+            for key in keys:
+                self._reset_if_expired(key, now)
                 with self.locks[key]:
                     count = storage[key] = storage[key] + amount
                     if count == amount:
                         expirations[key] = time.time() + expiry
+                counts.append(count)
+            return counts
+        for key in keys:
+            if expirations.get(key, 0) <= now:
+                self._reset_if_expired(key, now)
+            count = storage[key] = storage[key] + amount
+            if count == amount:
+                expirations[key] = now + expiry
             counts.append(count)
         return counts
+
+    def _reset_if_expired(self, key: str, now: float) -> None:
+        # The stock `get`'s reset of a counter past its expiry: the call, through `limits`'
+        # error wrapper, cost about as much as the rest of the increment.
+        if self.expirations.get(key, 0) <= now:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
 
     def _sweep(self, now: float) -> None:
         self._swept_at = now

@@ -11,7 +11,7 @@ import random
 import sqlite3
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from kimi_backend import create_app
 from kimi_backend.config import parsers
 from kimi_backend.config.parsers import ConfigError, key_id
-from kimi_backend.usage.ledger import COLUMNS, Ledger, as_row, bind_processor
+from kimi_backend.usage.ledger import COLUMNS, Ledger, as_row, column_conversion
 from kimi_backend.usage.schema import make_engine, migrate, schema_version, usage
 from tests.conftest import base_config, close_app
 from tests.helpers import wait_until
@@ -465,23 +465,38 @@ def test_dates_times_and_booleans_are_bound_as_sqlalchemys_own_processors_bind_t
     rng = random.Random(13)
     for column_type, make in ((DateTime(timezone=True), random_datetime), (Date(), lambda r: random_datetime(r).date())):
         impl = column_type.dialect_impl(dialect)
-        ours, stock = bind_processor(impl, dialect), impl.bind_processor(dialect)
-        assert stock is not None and ours is not stock
-        for _ in range(3000):
-            value = make(rng)
-            assert ours(value) == stock(value), value
+        ours, stock = column_conversion(impl, dialect), impl.bind_processor(dialect)
+        assert stock is not None
+        values = [make(rng) for _ in range(3000)]
+        assert list(ours(values)) == [stock(value) for value in values]
+    with pytest.raises(TypeError):  # a date where a DATETIME goes: SQLAlchemy's fails too
+        list(column_conversion(DateTime().dialect_impl(dialect), dialect)([date(2026, 12, 5)]))
     for dialect_of_its_own in (sqlite.dialect(), postgresql.dialect()):
-        ours, stock = bind_processor(Boolean(), dialect_of_its_own), Boolean().bind_processor(dialect_of_its_own)
-        for value in (True, False, None, 0, 1, 1.0):
-            assert ours(value) == stock(value) and type(ours(value)) is type(stock(value)), value
+        ours, stock = column_conversion(Boolean(), dialect_of_its_own), Boolean().bind_processor(dialect_of_its_own)
+        values = [True, False, None, 0, 1, 1.0]
+        converted = list(ours(values))
+        assert converted == [stock(value) for value in values]
+        assert [type(value) for value in converted] == [type(stock(value)) for value in values]
         for value in (2, -1, "yes", 0.5):
             with pytest.raises(Exception):
                 stock(value)
             with pytest.raises(Exception):
-                ours(value)
+                list(ours([value]))
     for other in (sqlite.DATETIME(truncate_microseconds=True), sqlite.DATE(storage_format="%(year)04d/%(month)02d/%(day)02d"),
-                  sqlite.TIME()):  # a format of its own, another type: SQLAlchemy's processor
-        assert bind_processor(other, dialect).__qualname__ == other.bind_processor(dialect).__qualname__
+                  sqlite.TIME()):  # a format of its own, another type: SQLAlchemy's processor, value by value
+        ours = column_conversion(other, dialect)
+        assert ours.func is map and ours.args[0].__qualname__ == other.bind_processor(dialect).__qualname__
+
+
+def test_rows_of_the_wrong_width_are_refused_not_cut(tmp_path):
+    ledger, _ = a_ledger(tmp_path, queue_size=10)
+    try:
+        good = as_row(ledger_row(0))
+        for rows in ([good[:-1]], [good, good[:-1]], [good + (1,)]):
+            with pytest.raises(ValueError):
+                ledger._insert.statements(rows)
+    finally:
+        ledger.close()
 
 
 def random_datetime(rng: random.Random) -> datetime:

@@ -15,6 +15,7 @@ request may, for that moment, see those budgets fuller than they are (the safe s
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from datetime import date, datetime, timedelta, timezone
@@ -31,9 +32,13 @@ from . import estimate
 log = logging.getLogger("kimi_backend")
 
 DAY = timedelta(days=1)
-# Counters outlive their day by this much, so a stream that began before midnight settles
-# into the day it was reserved in (a new day's requests count in a new key).
+# Counters outlive their day by at least this much, so a stream that began before midnight
+# settles into the day it was reserved in (a new day's requests count in a new key).
 GRACE = timedelta(days=1)
+# A counter's lifetime from its first count, the same for all: begun at any moment of its day,
+# it lasts the rest of that day and GRACE more. (The day's end less now, worked out per
+# request, cost more than what a counter alive a little longer costs.)
+COUNTER_LIFETIME_S = int((DAY + GRACE).total_seconds())
 KEY_PREFIX = "kimi:budget"
 # The clients whose budgets are kept listed (see `applicable`); past it, the list starts over.
 LISTS_KEPT = 10_000
@@ -57,37 +62,39 @@ class Budget(NamedTuple):
 
 
 class _Listed(NamedTuple):
-    """The budgets that apply to a client, and their counters' keys."""
+    """The budgets that apply to a client, their counters' keys, and which of them are the
+    caller's own (all but the service's): (position, limit) each."""
 
     budgets: tuple[Budget, ...]
     keys: tuple[str, ...]
+    own: tuple[tuple[int, int], ...]
 
 
 class _Day(NamedTuple):
-    """What the requests of one UTC day share: their counters' key prefix and expiry, and the
-    budgets of the clients seen that day."""
+    """What the requests of one UTC day share: their counters' key prefix, and the budgets of
+    the clients seen that day."""
 
     day: date
     key_prefix: str
-    counters_expire: datetime
     lists: dict[tuple, _Listed]  # (identity, token budget, address) -> its budgets
 
 
 class Charge:
     """One request's reservation: which budgets hold how much, until `settle()`."""
 
-    __slots__ = ("identity", "started", "prompt_estimate", "reserved", "storage", "expiry_s", "budgets",
-                 "keys", "counts", "refused", "used_before", "settled")
+    __slots__ = ("identity", "started", "prompt_estimate", "reserved", "add", "budgets", "keys", "own",
+                 "counts", "refused", "used_before", "settled")
 
     def __init__(self, identity: str, started: datetime, prompt_estimate: int, reserved: int):
         self.identity = identity
         self.started = started
         self.prompt_estimate = prompt_estimate
         self.reserved = reserved
-        self.storage: Storage | None = None
-        self.expiry_s = 0
+        # Adds to each of `keys`: (keys, lifetime_s, amount) -> their new counts (`counter_adder`).
+        self.add: Callable[[tuple[str, ...], int, int], list[int]] | None = None
         self.budgets: tuple[Budget, ...] = ()  # those that hold a reservation, or held one
         self.keys: tuple[str, ...] = ()  # their counters
+        self.own: tuple[tuple[int, int], ...] = ()  # the caller's own among them: (position, limit)
         self.counts: list[int] = []  # each one's counter after our last step
         self.refused: Budget | None = None
         self.used_before = 0
@@ -101,11 +108,14 @@ class Charge:
     def remaining(self) -> int | None:
         """What is left of the caller's own budgets (its client budget, its token's), or None
         when none applies. Before settling it already excludes this request's reservation."""
-        least = None
-        for budget, count in zip(self.budgets, self.counts):
-            if budget.scope != "service" and (least is None or budget.limit - count < least):
-                least = budget.limit - count
-        return None if least is None else max(0, least)
+        own, counts = self.own, self.counts
+        if not own:
+            return None
+        position, limit = own[0]
+        least = limit - counts[position]
+        for position, limit in own[1:]:
+            least = min(least, limit - counts[position])
+        return max(0, least)
 
     def settle(self, tokens: int) -> None:
         """Turns the reservation into the request's real cost, once. A storage failure here is
@@ -117,10 +127,17 @@ class Charge:
         if not delta or not self.budgets:
             return
         try:
-            self.counts = incr_each(self.storage, self.keys, self.expiry_s, delta)
+            self.counts = self.add(self.keys, COUNTER_LIFETIME_S, delta)
         except StorageError as exc:
             BUDGET_SETTLE_FAILURES.inc()
             log.error("token budget not settled: its storage failed (%s)", type(exc.storage_error).__name__)
+
+
+def counter_adder(storage: Storage) -> Callable[[tuple[str, ...], int, int], list[int]]:
+    """What adds to several counters of `storage` at once (see `incr_each`): the memory and
+    host-shared stores' own `incr_each`, else `incr_each` over the storage's `incr`."""
+    own = getattr(storage, "incr_each", None)
+    return own if own is not None else functools.partial(incr_each, storage)
 
 
 def incr_each(storage: Storage, keys: tuple[str, ...], expiry_s: int, amount: int) -> list[int]:
@@ -152,7 +169,7 @@ class Budgets:
         self.output_reserve = settings.token_budget_output_reserve
         self._storage = storage
         self.clock: Callable[[], datetime] = utc_now
-        self._today = _Day(None, "", None, {})  # type: ignore[arg-type]  # no day yet
+        self._today = _Day(None, "", {})  # type: ignore[arg-type]  # no day yet
 
     @property
     def configured(self) -> bool:
@@ -181,7 +198,8 @@ class Budgets:
             if len(today.lists) >= LISTS_KEPT:
                 today.lists.clear()
             budgets = self._list(today, identity, token_budget, address)
-            listed = today.lists[asked] = _Listed(budgets, tuple(budget.key for budget in budgets))
+            own = tuple((position, budget.limit) for position, budget in enumerate(budgets) if budget.scope != "service")
+            listed = today.lists[asked] = _Listed(budgets, tuple(budget.key for budget in budgets), own)
         return listed
 
     def _list(self, today: "_Day", identity: str, token_budget: int | None, address: str | None) -> tuple[Budget, ...]:
@@ -202,8 +220,7 @@ class Budgets:
         # another thread may start the next day meanwhile.)
         today = self._today
         if today.day != day:
-            expires = datetime.combine(day + DAY, datetime.min.time(), timezone.utc) + GRACE
-            today = self._today = _Day(day, f"{KEY_PREFIX}:{day.isoformat()}:", expires, {})
+            today = self._today = _Day(day, f"{KEY_PREFIX}:{day.isoformat()}:", {})
         return today
 
     def reserve(self, identity: str, payload: dict, token_budget: int | None = None,
@@ -215,23 +232,22 @@ class Budgets:
         prompt = estimate.prompt_tokens(payload)
         amount = prompt + estimate.output_budget(payload, self.output_reserve)
         today = self._day(now.date())
-        budgets, keys = self._applicable(today, identity, token_budget, address)
+        budgets, keys, own = self._applicable(today, identity, token_budget, address)
         charge = Charge(identity, now, prompt, amount)
         if not budgets:
             return charge
-        storage = charge.storage = self._storage()
-        expiry_s = charge.expiry_s = math.ceil((today.counters_expire - now).total_seconds())
+        add = charge.add = counter_adder(self._storage())
         # Every budget at once (a failure raises with nothing reserved), then the first that
         # cannot hold it refuses, and every counter is given back.
-        counts = incr_each(storage, keys, expiry_s, amount)
-        charge.budgets, charge.keys, charge.counts = budgets, keys, counts
+        counts = add(keys, COUNTER_LIFETIME_S, amount)
+        charge.budgets, charge.keys, charge.own, charge.counts = budgets, keys, own, counts
         for budget, count in zip(budgets, counts):
             if count > budget.limit:
                 charge.refused, charge.used_before = budget, count - amount
                 BUDGET_REFUSALS.labels(budget.scope).inc()
                 # Best effort: when the storage fails here, the caller sees that error. The
                 # counts stay for `remaining()`; nothing is reserved any more, so nothing is settled.
-                charge.counts = incr_each(storage, keys, expiry_s, -amount)
+                charge.counts = add(keys, COUNTER_LIFETIME_S, -amount)
                 charge.settled = True
                 break
         return charge

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
+import itertools
 import logging
 import operator
 import threading
 import time
-from datetime import date
+from datetime import date, datetime
+from typing import Callable, Iterable
 
 from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import sqlite
@@ -51,11 +54,10 @@ COLUMNS: tuple[str, ...] = tuple(column.name for column in usage.columns if colu
 def usage_row(exchange: Exchange, charge: Charge, cost: Cost) -> tuple:
     """The ledger row of a finished request: its values in COLUMNS order."""
     served = exchange.model if exchange.usage is not None else None
-    prompt, completion, cached, total, estimated = cost
     streaming, outcome, started = exchange.streaming, exchange.outcome, charge.started
     return (started, started.date(), exchange.request_id[:128], charge.identity[:256], exchange.route[:128],
             (exchange.requested_model or "")[:128] or None, served and str(served)[:128],
-            prompt, completion, cached, total, estimated, exchange.status, str(outcome or "error")[:64],
+            *cost, exchange.status, str(outcome or "error")[:64],  # cost: prompt, completion, cached, total, estimated
             round((time.perf_counter() - exchange.started) * 1000, 1), streaming, streaming and outcome != "ok")
 
 
@@ -64,39 +66,50 @@ def as_row(fields: dict) -> tuple:
     return tuple(fields[name] for name in COLUMNS)
 
 
-def _sqlite_datetime_text(value) -> str:
-    # SQLite DATETIME's default storage format, filled from a tuple: SQLAlchemy's processor
-    # fills the same format from a dict it builds per value (2.8 against 4.6 µs).
-    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (
-        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond)
+# SQLite DATETIME's default storage format, "YYYY-MM-DD HH:MM:SS.ffffff" (the time as the value
+# reads, its offset dropped), is the first 26 characters of `isoformat(" ", "microseconds")`.
+_FIRST_26 = operator.itemgetter(slice(0, 26))
 
 
-def bind_processor(impl, dialect):
-    """The column type's bind processor, as SQLAlchemy makes it, except for booleans, and for
-    SQLite's DATETIME and DATE in their default storage formats: faster ones that give the
-    driver the same values (tests/test_ledger.py compares them)."""
+def _sqlite_datetimes(values: Iterable) -> Iterable[str]:
+    # Two `map`s over C functions: no Python call per value (SQLAlchemy's processor builds a
+    # dict per value and fills the format from it). `datetime.isoformat`, unbound, refuses a date.
+    return map(_FIRST_26, map(datetime.isoformat, values, itertools.repeat(" "), itertools.repeat("microseconds")))
+
+
+def column_conversion(impl, dialect) -> Callable[[Iterable], Iterable] | None:
+    """How a column's values, a batch of them at a time, become what the driver takes: with the
+    column type's bind processor as SQLAlchemy makes it (None: the driver converts), except for
+    booleans, and for SQLite's DATETIME and DATE in their default storage formats, converted by
+    C functions alone, no Python call per value, to the same values (tests/test_ledger.py
+    compares them)."""
     stock = impl.bind_processor(dialect)
-    if stock is None:  # the driver converts
-        return stock
+    if stock is None:
+        return None
     if type(impl).bind_processor is sqltypes.Boolean.bind_processor:
         # None, True or False (or 0 and 1, equal to them) as the dialect stores them, looked up
-        # (0.1 µs) rather than checked and converted in Python (0.5 µs); anything else fails
-        # here too, with a KeyError.
+        # rather than checked and converted in Python; anything else fails here too (KeyError).
         as_stored = bool if dialect.supports_native_boolean else int
-        return {None: None, False: as_stored(False), True: as_stored(True)}.__getitem__
+        return functools.partial(map, {None: None, False: as_stored(False), True: as_stored(True)}.__getitem__)
     if isinstance(impl, sqlite.DATETIME) and impl._storage_format == sqlite.DATETIME._storage_format:
-        return _sqlite_datetime_text
+        return _sqlite_datetimes
     if isinstance(impl, sqlite.DATE) and impl._storage_format == sqlite.DATE._storage_format:
-        # date's own isoformat, which writes "YYYY-MM-DD" for datetimes too (0.7 against 2.3 µs).
-        return date.isoformat
-    return stock
+        # date's own isoformat, which writes "YYYY-MM-DD" for datetimes too.
+        return functools.partial(map, date.isoformat)
+    return functools.partial(map, stock)
 
 
 class PreparedInsert:
-    """The ledger's INSERT compiled once for the database's dialect, with each column's own
-    conversion (SQLAlchemy's bind processors). Sending ready driver parameters costs about half
-    of what a Core `insert()` does per row (measured with SQLite on the busy build machine:
-    about 20 against 35 µs), and every chat request pays it.
+    """The ledger's INSERT compiled once for the database's dialect, and each column's own
+    conversion (after SQLAlchemy's bind processors). Sending ready driver parameters costs
+    about half of what a Core `insert()` does per row (measured with SQLite on the busy build
+    machine: about 20 against 35 µs), and every chat request pays it.
+
+    A batch is converted a column at a time (`column_conversion`): the rows turned into
+    columns, each converted with `map`, and back, all in C. The writer shares the GIL with the
+    requests (under gevent it runs in their thread): a Python loop over each row's values was
+    about 130 bytecode instructions a request, 0.7 % of what a chat request runs (counted with
+    `sys.settrace` under wrk).
 
     With SQLite a batch goes out as INSERTs of up to ROWS_PER_STATEMENT rows each, not as one
     `executemany`: the driver lets go of the GIL around every statement it steps, and the
@@ -111,12 +124,9 @@ class PreparedInsert:
         compiled = insert(usage).inline().compile(dialect=engine.dialect, column_keys=list(COLUMNS))
         self.sql = str(compiled)
         names = compiled.positiontup if compiled.positional else list(COLUMNS)
-        processors = [bind_processor(usage.c[name].type.dialect_impl(engine.dialect), engine.dialect) for name in names]
-        # A row's values in the statement's order, taken in one call; then only the few that need
-        # it (dates, times, booleans) converted: 3.4 against 4.6 µs a row for a conversion call
-        # (or none) per value, side by side in one process, in the writer that shares the GIL.
-        self._take = operator.itemgetter(*(COLUMNS.index(name) for name in names))
-        self._conversions = [(index, process) for index, process in enumerate(processors) if process is not None]
+        # For each of the statement's parameters in order: the row's value it takes, converted how.
+        self._plan = [(COLUMNS.index(name), column_conversion(usage.c[name].type.dialect_impl(engine.dialect), engine.dialect))
+                      for name in names]
         self._positional = compiled.positional
         self._names = names
         head, values = self.sql.rsplit(" VALUES ", 1)
@@ -124,35 +134,28 @@ class PreparedInsert:
         self._head, self._values = head + " VALUES ", values
         self._multi_sql: dict[int, str] = {}
 
-    def parameters(self, row: tuple) -> tuple | dict:
-        """One row's parameters, as the driver takes them."""
-        values = self._take(row)
-        if self._conversions:
-            values = list(values)
-            for index, process in self._conversions:
-                values[index] = process(values[index])
-        return tuple(values) if self._positional else dict(zip(self._names, values))
+    def parameters(self, rows: list[tuple]) -> Iterable[tuple]:
+        """The rows' parameters in the statement's order, converted, a tuple a row."""
+        columns = list(zip(*rows))
+        if len(columns) != len(COLUMNS) or not rows:
+            raise ValueError(f"ledger rows must have {len(COLUMNS)} values each")
+        return zip(*[columns[index] if convert is None else convert(columns[index]) for index, convert in self._plan])
 
     def statements(self, rows: list[tuple]) -> list[tuple[str, tuple | list]]:
         """The statements that insert `rows`, each with its driver parameters: a tuple for one
         multi-row INSERT (SQLite), or a list of rows' parameters for an `executemany`."""
+        by_row = self.parameters(rows)
         if not self._multi_row:
-            return [(self.sql, [self.parameters(row) for row in rows])]
+            return [(self.sql, list(by_row) if self._positional else [dict(zip(self._names, row)) for row in by_row])]
+        values = tuple(itertools.chain.from_iterable(by_row))
+        width = len(self._names)
         statements = []
         for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            part = rows[start:start + ROWS_PER_STATEMENT]
-            sql = self._multi_sql.get(len(part))
+            count = min(ROWS_PER_STATEMENT, len(rows) - start)
+            sql = self._multi_sql.get(count)
             if sql is None:
-                sql = self._multi_sql[len(part)] = self._head + ", ".join([self._values] * len(part))
-            # `parameters()` inline: a call less per row.
-            values: list = []
-            take, conversions = self._take, self._conversions
-            for row in part:
-                at = len(values)
-                values.extend(take(row))
-                for index, process in conversions:
-                    values[at + index] = process(values[at + index])
-            statements.append((sql, tuple(values)))
+                sql = self._multi_sql[count] = self._head + ", ".join([self._values] * count)
+            statements.append((sql, values[start * width:(start + count) * width]))
         return statements
 
 
@@ -279,6 +282,11 @@ class Ledger:
         wake.clear()
         if len(rows) < self._wake_at and not self._closed and not self._marks:
             wake.wait(self.flush_interval_s)
+        ready = min(len(rows), BATCH_SIZE)
+        if not self._marks:
+            # No flush mark among the first `ready` items (flush() counts a mark before it
+            # queues it, and they were counted first): all rows, popped in C, not one by one.
+            return list(itertools.starmap(rows.popleft, itertools.repeat((), ready))), []
         batch: list[tuple] = []
         marks: list[_FlushMark] = []
         while rows and len(batch) < BATCH_SIZE:
