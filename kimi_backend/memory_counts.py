@@ -55,7 +55,8 @@ class MemoryCounts(MemoryStorage):
         counts = []
         if not self.greenlets_only:
             for key in keys:
-                self._reset_if_expired(key, now)
+                if expirations.get(key, 0) <= now:
+                    self._reset(key)
                 with self.locks[key]:
                     count = storage[key] = storage[key] + amount
                     if count == amount:
@@ -64,20 +65,19 @@ class MemoryCounts(MemoryStorage):
             return counts
         for key in keys:
             if expirations.get(key, 0) <= now:
-                self._reset_if_expired(key, now)
+                self._reset(key)
             count = storage[key] = storage[key] + amount
             if count == amount:
                 expirations[key] = now + expiry
             counts.append(count)
         return counts
 
-    def _reset_if_expired(self, key: str, now: float) -> None:
+    def _reset(self, key: str) -> None:
         # The stock `get`'s reset of a counter past its expiry: the call, through `limits`'
         # error wrapper, cost about as much as the rest of the increment.
-        if self.expirations.get(key, 0) <= now:
-            self.storage.pop(key, None)
-            self.expirations.pop(key, None)
-            self.locks.pop(key, None)
+        self.storage.pop(key, None)
+        self.expirations.pop(key, None)
+        self.locks.pop(key, None)
 
     def _sweep(self, now: float) -> None:
         self._swept_at = now

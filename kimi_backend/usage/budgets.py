@@ -134,20 +134,17 @@ class Charge:
 
 
 def counter_adder(storage: Storage) -> Callable[[tuple[str, ...], int, int], list[int]]:
-    """What adds to several counters of `storage` at once (see `incr_each`): the memory and
-    host-shared stores' own `incr_each`, else `incr_each` over the storage's `incr`."""
+    """What adds `amount` to several counters of `storage` and returns their new values: all
+    of them or, on a storage error, none. The memory and host-shared stores' own `incr_each`
+    does it in one call (the shared one in one statement); another storage's, `incr_each`."""
     own = getattr(storage, "incr_each", None)
     return own if own is not None else functools.partial(incr_each, storage)
 
 
 def incr_each(storage: Storage, keys: tuple[str, ...], expiry_s: int, amount: int) -> list[int]:
-    """Adds `amount` to each counter and returns their new values: all of them or, on a
-    storage error, none. The memory and host-shared stores do it in one call (the shared one
-    in one statement); another storage, one `incr` at a time, taking back on a failure what
-    it had added (best effort: when that fails too, the error is the same)."""
-    own = getattr(storage, "incr_each", None)
-    if own is not None:
-        return own(keys, expiry_s, amount)
+    """Adds `amount` to each counter of a storage with `incr` alone (Redis), one at a time, and
+    returns their new values: all of them or, on a storage error, none, taking back what it had
+    added (best effort: when that fails too, the error is the same)."""
     counts: list[int] = []
     try:
         for key in keys:
