@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.litellm_proxy import start_litellm  # noqa: E402
-from benchmarks.procs import BENCH_KEY, start_min_proxy, start_service, start_simulator  # noqa: E402
+from benchmarks.procs import BENCH_KEY, SCRATCH, start_min_proxy, start_service, start_simulator  # noqa: E402
 from kimi_backend.config import usable_cpus  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
 
@@ -45,7 +45,7 @@ def wrk(url: str, body: dict, connections: int, seconds: int, headers: dict | No
     script = "wrk.method = 'POST'\nwrk.body = [[" + json.dumps(body, ensure_ascii=False) + "]]\n"
     for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
         script += f"wrk.headers['{name}'] = '{value}'\n"
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", dir=SCRATCH.name, delete=False) as handle:
         handle.write(script)
     threads = 1 if connections == 1 else 2
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", handle.name, url],

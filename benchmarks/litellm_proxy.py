@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.procs import BENCH_KEY, ROOT, Proc, free_port
+from benchmarks.procs import BENCH_KEY, ROOT, SCRATCH, Proc, free_port
 
 VERSION = os.environ.get("LITELLM_VERSION", "1.106.2")
 VENV = Path(os.environ.get("LITELLM_VENV", ROOT / "benchmarks" / ".litellm-venv"))
@@ -37,7 +37,7 @@ def start_litellm(upstream: str, model: str) -> Proc | None:
     command = ensure_installed()
     if command is None:
         return None
-    config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    config = tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=SCRATCH.name, delete=False)
     config.write(f"model_list:\n  - model_name: {model}\n    litellm_params:\n      model: openai/{model}\n"
                  f"      api_base: {upstream}\n      api_key: {BENCH_KEY}\n"
                  "litellm_settings:\n  telemetry: false\n  drop_params: true\n")

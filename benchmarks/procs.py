@@ -20,6 +20,14 @@ REFERENCE = ROOT.parent / "shared" / "reference"
 BENCH_KEY = "sk-bench"
 # Not inherited from the caller's shell: every setting, and what gunicorn and prometheus-client read themselves.
 NOT_INHERITED = frozenset(variable.name for variable in VARIABLES) | {"GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR"}
+# What a benchmark run writes (each service's usage database, wrk's scripts, LiteLLM's config)
+# goes in here, removed when the run ends: a run starts dozens of services, 2 MB of database each.
+SCRATCH = tempfile.TemporaryDirectory(prefix="kimi-bench-")
+
+
+def scratch_dir(prefix: str) -> str:
+    """A new directory in SCRATCH."""
+    return tempfile.mkdtemp(prefix=prefix, dir=SCRATCH.name)
 
 
 def free_port() -> int:
@@ -136,7 +144,7 @@ def service_settings(upstream: str, port: int, **env: str) -> dict:
     """The benchmark's settings for our service on `port` (see `start_service`), then `env`."""
     settings = dict(KIMI_API_KEY=BENCH_KEY, KIMI_BASE_URL=upstream, PORT=str(port), HOST="127.0.0.1",
                     RATE_LIMIT_MAX_REQUESTS="100000000",
-                    USAGE_DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='kimi-bench-usage-')}/usage.sqlite3",
+                    USAGE_DATABASE_URL=f"sqlite:///{scratch_dir('usage-')}/usage.sqlite3",
                     # One load generator plays every client from one address.
                     MAX_CONNECTIONS_PER_IP="0")
     settings.update(env)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.procs import scratch_dir  # noqa: E402
 from kimi_backend.config import load_settings  # noqa: E402
 from kimi_backend.memory_counts import MemoryCounts  # noqa: E402
 from kimi_backend.moonshot.models import DEFAULT_MODEL  # noqa: E402
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     settings = load_settings({}, {"TOKEN_BUDGET_PER_DAY": "1000000000000", "TOKEN_BUDGET_TOTAL_PER_DAY": "1000000000000"})
     storage = MemoryCounts()  # what `memory://` is in the service
     budgets = Budgets(settings, lambda: storage)
-    engine = make_engine(f"sqlite:///{tempfile.mkdtemp(prefix='kimi-bench-usage-')}/usage.sqlite3")
+    engine = make_engine(f"sqlite:///{scratch_dir('usage-')}/usage.sqlite3")
     migrate(engine)
     # A writer that never runs on its own: the insert is timed separately below.
     ledger = Ledger(engine, queue_size=args.requests, flush_interval_s=3600)
