@@ -68,9 +68,17 @@ class Proc:
             time.sleep(0.1)
 
     def pids(self) -> list[int]:
-        """This process and its children (gunicorn's workers)."""
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [self.proc.pid] + [int(pid) for pid in out.split()]
+        """This process and all its descendants, a generation at a time: gunicorn's workers
+        first, then anything they started (a process a worker starts uses CPU and memory the
+        service costs too)."""
+        out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+        children: dict[int, list[int]] = {}
+        for pid, parent in (map(int, line.split()) for line in out.splitlines() if line.strip()):
+            children.setdefault(parent, []).append(pid)
+        tree = [self.proc.pid]
+        for pid in tree:  # grows as it goes: breadth first
+            tree.extend(sorted(children.get(pid, ())))
+        return tree
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory (VmHWM) summed over the process tree, in MiB."""
