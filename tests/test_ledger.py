@@ -492,7 +492,7 @@ def test_rows_of_the_wrong_width_are_refused_not_cut(tmp_path):
     ledger, _ = a_ledger(tmp_path, queue_size=10)
     try:
         good = as_row(ledger_row(0))
-        for rows in ([good[:-1]], [good, good[:-1]], [good + (1,)]):
+        for rows in ([good[:-1]], [good, good[:-1]], [good + (1,)], [good, good + (1,)], [good + (1,), good], []):
             with pytest.raises(ValueError):
                 ledger._insert.statements(rows)
     finally:

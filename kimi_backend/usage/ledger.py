@@ -136,8 +136,11 @@ class PreparedInsert:
 
     def parameters(self, rows: list[tuple]) -> Iterable[tuple]:
         """The rows' parameters in the statement's order, converted, a tuple a row."""
-        columns = list(zip(*rows))
-        if len(columns) != len(COLUMNS) or not rows:
+        try:
+            columns = list(zip(*rows, strict=True))  # strict: rows of unequal width raise, not cut
+        except ValueError:
+            columns = []
+        if len(columns) != len(COLUMNS):  # also no rows at all
             raise ValueError(f"ledger rows must have {len(COLUMNS)} values each")
         return zip(*[columns[index] if convert is None else convert(columns[index]) for index, convert in self._plan])
 
