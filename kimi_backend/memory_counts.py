@@ -52,23 +52,19 @@ class MemoryCounts(MemoryStorage):
         if now - self._swept_at >= self.sweep_every_s:
             self._sweep(now)
         storage, expirations = self.storage, self.expirations
-        counts = []
-        if not self.greenlets_only:
-            for key in keys:
-                if expirations.get(key, 0) <= now:
-                    self._reset(key)
+        greenlets_only, counts = self.greenlets_only, []
+        for key in keys:
+            if expirations.get(key, 0) <= now:
+                self._reset(key)
+            if greenlets_only:
+                count = storage[key] = storage[key] + amount
+                if count == amount:
+                    expirations[key] = now + expiry
+            else:
                 with self.locks[key]:
                     count = storage[key] = storage[key] + amount
                     if count == amount:
                         expirations[key] = time.time() + expiry
-                counts.append(count)
-            return counts
-        for key in keys:
-            if expirations.get(key, 0) <= now:
-                self._reset(key)
-            count = storage[key] = storage[key] + amount
-            if count == amount:
-                expirations[key] = now + expiry
             counts.append(count)
         return counts
 
