@@ -12,8 +12,8 @@ import logging
 import operator
 import threading
 import time
-from datetime import date, datetime
-from typing import Callable, Iterable
+from datetime import date
+from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import sqlite
@@ -66,23 +66,54 @@ def as_row(fields: dict) -> tuple:
     return tuple(fields[name] for name in COLUMNS)
 
 
-# SQLite DATETIME's default storage format, "YYYY-MM-DD HH:MM:SS.ffffff" (the time as the value
-# reads, its offset dropped), is the first 26 characters of `isoformat(" ", "microseconds")`.
-_FIRST_26 = operator.itemgetter(slice(0, 26))
+# SQLite DATETIME's default storage format, "YYYY-MM-DD HH:MM:SS.ffffff": the time as the value
+# reads, its offset dropped (SQLAlchemy's processor fills it from the value's fields).
+_SECOND = operator.attrgetter("year", "month", "day", "hour", "minute", "second")
+_MICROSECOND = operator.attrgetter("microsecond")
 
 
-def _sqlite_datetimes(values: Iterable) -> Iterable[str]:
-    # Two `map`s over C functions: no Python call per value (SQLAlchemy's processor builds a
-    # dict per value and fills the format from it). `datetime.isoformat`, unbound, refuses a date.
-    return map(_FIRST_26, map(datetime.isoformat, values, itertools.repeat(" "), itertools.repeat("microseconds")))
+class _SecondPrefixes(dict):
+    """One batch's "YYYY-MM-DD HH:MM:SS." texts by the fields they are made of: a batch's rows
+    are a second or so of requests, so each text is made once and looked up for the others.
+    (`datetime.isoformat` made the whole text for every row, in 0.78 µs, eight libc `sprintf`s
+    and an offset; this is 0.35 µs.)"""
+
+    def __missing__(self, second: tuple) -> str:
+        text = self[second] = "%04d-%02d-%02d %02d:%02d:%02d." % second
+        return text
+
+
+def _sqlite_datetimes(values: Sequence) -> Iterable[str]:
+    # `map`s over C functions: no Python call per value, except for a batch's first value of
+    # each second. A date has no hour: refused (AttributeError), where SQLAlchemy's would store
+    # its midnight; rows hold the datetime a request began.
+    prefixes = _SecondPrefixes()
+    return map(operator.mod, itertools.repeat("%s%06d"),
+               zip(map(prefixes.__getitem__, map(_SECOND, values)), map(_MICROSECOND, values)))
+
+
+class _DayTexts(dict):
+    """One batch's "YYYY-MM-DD" texts by date: a batch's rows are of one day or two."""
+
+    def __missing__(self, day: date) -> str:
+        text = date.isoformat(day)  # for a datetime too: its own date's
+        if type(day) is date:
+            # Only dates are kept: a datetime can equal another that reads as another day
+            # (the same moment in another zone), and a date never equals a datetime.
+            self[day] = text
+        return text
+
+
+def _sqlite_dates(values: Iterable) -> Iterable[str]:
+    return map(_DayTexts().__getitem__, values)
 
 
 def column_conversion(impl, dialect) -> Callable[[Iterable], Iterable] | None:
     """How a column's values, a batch of them at a time, become what the driver takes: with the
     column type's bind processor as SQLAlchemy makes it (None: the driver converts), except for
     booleans, and for SQLite's DATETIME and DATE in their default storage formats, converted by
-    C functions alone, no Python call per value, to the same values (tests/test_ledger.py
-    compares them)."""
+    C functions, with a Python call only for a batch's first value of each second or day, to
+    the same values (tests/test_ledger.py compares them)."""
     stock = impl.bind_processor(dialect)
     if stock is None:
         return None
@@ -94,8 +125,7 @@ def column_conversion(impl, dialect) -> Callable[[Iterable], Iterable] | None:
     if isinstance(impl, sqlite.DATETIME) and impl._storage_format == sqlite.DATETIME._storage_format:
         return _sqlite_datetimes
     if isinstance(impl, sqlite.DATE) and impl._storage_format == sqlite.DATE._storage_format:
-        # date's own isoformat, which writes "YYYY-MM-DD" for datetimes too.
-        return functools.partial(map, date.isoformat)
+        return _sqlite_dates
     return functools.partial(map, stock)
 
 
