@@ -476,7 +476,9 @@ def test_dates_times_and_booleans_are_bound_as_sqlalchemys_own_processors_bind_t
     close += [moment.astimezone(timezone(timedelta(hours=hours))) for hours in (-5, 0, 9)]
     for column_type, values in ((DateTime(timezone=True), close), (Date(), [value.date() for value in close] + close)):
         impl = column_type.dialect_impl(dialect)
-        assert list(column_conversion(impl, dialect)(values)) == [impl.bind_processor(dialect)(value) for value in values]
+        stock = [impl.bind_processor(dialect)(value) for value in values]
+        assert list(column_conversion(impl, dialect)(values)) == stock
+        assert list(column_conversion(impl, dialect)(iter(values))) == stock  # an iterator, read once
     with pytest.raises(AttributeError):  # a date where a DATETIME goes (SQLAlchemy's would store its midnight)
         list(column_conversion(DateTime().dialect_impl(dialect), dialect)([date(2026, 12, 5)]))
     for dialect_of_its_own in (sqlite.dialect(), postgresql.dialect()):

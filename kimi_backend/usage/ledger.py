@@ -12,8 +12,9 @@ import logging
 import operator
 import threading
 import time
+from collections.abc import Sequence
 from datetime import date
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import sqlite
@@ -83,10 +84,12 @@ class _SecondPrefixes(dict):
         return text
 
 
-def _sqlite_datetimes(values: Sequence) -> Iterable[str]:
+def _sqlite_datetimes(values: Iterable) -> Iterable[str]:
     # `map`s over C functions: no Python call per value, except for a batch's first value of
     # each second. A date has no hour: refused (AttributeError), where SQLAlchemy's would store
     # its midnight; rows hold the datetime a request began.
+    if not isinstance(values, Sequence):
+        values = tuple(values)  # read twice below (an iterator would run out, and zip cut the rows)
     prefixes = _SecondPrefixes()
     return map(operator.mod, itertools.repeat("%s%06d"),
                zip(map(prefixes.__getitem__, map(_SECOND, values)), map(_MICROSECOND, values)))
