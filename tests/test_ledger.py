@@ -505,6 +505,13 @@ def test_rows_of_the_wrong_width_are_refused_not_cut(tmp_path):
         for rows in ([good[:-1]], [good, good[:-1]], [good + (1,)], [good, good + (1,)], [good + (1,), good], []):
             with pytest.raises(ValueError):
                 ledger._insert.statements(rows)
+        # A column's conversion that gave fewer values than it was given: refused, not every
+        # row cut to that many.
+        plan = ledger._insert._plan
+        ledger._insert._plan = [(index, lambda values: list(values)[:-1]) if index == 0 else (index, convert)
+                                for index, convert in plan]
+        with pytest.raises(ValueError):
+            ledger._insert.statements([good, good])
     finally:
         ledger.close()
 

@@ -175,7 +175,10 @@ class PreparedInsert:
             columns = []
         if len(columns) != len(COLUMNS):  # also no rows at all
             raise ValueError(f"ledger rows must have {len(COLUMNS)} values each")
-        return zip(*[columns[index] if convert is None else convert(columns[index]) for index, convert in self._plan])
+        # strict again: a conversion that gave fewer values than it was given raises rather than
+        # cutting every row short.
+        return zip(*[columns[index] if convert is None else convert(columns[index]) for index, convert in self._plan],
+                   strict=True)
 
     def statements(self, rows: list[tuple]) -> list[tuple[str, tuple | list]]:
         """The statements that insert `rows`, each with its driver parameters: a tuple for one
