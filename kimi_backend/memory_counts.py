@@ -12,7 +12,8 @@ Under gevent an increment takes no lock: nothing in it can switch to another gre
 other increment runs meanwhile, and the stock per-counter RLock is there the pure-Python
 `threading._RLock` (gevent's patched locks leave no C one): an increment costs 1.9 µs without
 it against 5.0 µs with it, side by side in one gevent-patched process. A request counts its
-rate limit once and, with two token budgets, increments both twice (`incr_each`).
+rate limit once and, with two token budgets, adds to both twice: `incr_each` to reserve,
+`add_to_live` to settle.
 """
 from __future__ import annotations
 
@@ -65,6 +66,19 @@ class MemoryCounts(MemoryStorage):
                     count = storage[key] = storage[key] + amount
                     if count == amount:
                         expirations[key] = time.time() + expiry
+            counts.append(count)
+        return counts
+
+    def add_to_live(self, keys, amount: int) -> list[int]:
+        """Adds `amount` to counters an `incr_each` made or renewed moments ago and returns
+        their new values: a token budget's settlement, greenlets only. Such a counter outlives
+        its reservation by a day at least (`budgets.COUNTER_LIFETIME_S`), so its expiry is
+        neither checked nor moved: half of `incr_each`'s work, and every budgeted request
+        settles. (A counter cleared in between, by a reset of the storage, holds the amount
+        until its next `incr_each` starts it again.)"""
+        storage, counts = self.storage, []
+        for key in keys:
+            count = storage[key] = storage[key] + amount
             counts.append(count)
         return counts
 

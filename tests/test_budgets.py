@@ -88,8 +88,13 @@ def test_a_client_over_its_budget_gets_429_and_other_clients_do_not(budget_app):
     assert ask(client, KEY_A, max_tokens=1).status_code == 200
 
 
-def test_the_budget_counts_the_upstreams_usage_and_the_ledger_matches(budget_app, simulator):
+@pytest.mark.parametrize("greenlets_only", [False, True], ids=["threads", "greenlets"])
+def test_the_budget_counts_the_upstreams_usage_and_the_ledger_matches(budget_app, simulator, greenlets_only, monkeypatch):
+    from kimi_backend.extensions import limiter
     app = budget_app(TOKEN_BUDGET_PER_DAY="100000")
+    # Under gevent the memory store settles with `add_to_live` (no expiry checks), with
+    # threads with `incr_each`: the same figures either way.
+    monkeypatch.setattr(limiter.limiter.storage, "greenlets_only", greenlets_only)
     client = app.test_client()
     replies = [ask(client, KEY_A, "hello there").get_json()["data"],
                ask(client, KEY_A, "sim:cached=3 again, with a cache").get_json()["data"],
@@ -391,6 +396,22 @@ def test_a_storage_failure_when_settling_is_logged_and_counted_and_the_reply_sta
     assert "token budget not settled: its storage failed (ConnectionError)" in caplog.text
     # The reservation stays counted (the safe side): prompt estimate plus max_tokens.
     assert answered.headers["X-Budget-Remaining"] == str(1000 - reservation("hi", 100))
+
+
+def test_reserving_follows_the_limiters_storage_when_it_changes():
+    """What reserves and settles is worked out once per storage: when the limiter's storage
+    changes (its in-memory fallback, and back), the next request counts in the new one."""
+    from kimi_backend.memory_counts import MemoryCounts
+    settings = load_settings({}, {"KIMI_API_KEY": "", "TOKEN_BUDGET_PER_DAY": "1000"})
+    first, second = MemoryCounts(), MemoryCounts()
+    current = [first]
+    budgets = budgets_module.Budgets(settings, lambda: current[0])
+    payload = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    budgets.reserve("ip:a", payload).settle(4)
+    current[0] = second
+    budgets.reserve("ip:a", payload).settle(5)
+    key = budgets.applicable("ip:a", budgets.clock().date(), None)[0].key
+    assert (first.get(key), second.get(key)) == (4, 5)
 
 
 class _StorageWithoutIncrEach:

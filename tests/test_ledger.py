@@ -86,7 +86,8 @@ def metric(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_every_chat_request_is_recorded_with_the_upstreams_figures(ledger_app, database_url, simulator):
+def test_every_chat_request_is_recorded_with_the_upstreams_figures(ledger_app, database_url, simulator, caplog):
+    caplog.set_level(logging.INFO, logger="kimi_backend.access")
     app = ledger_app(USAGE_DATABASE_URL=database_url, TOKEN_BUDGET_PER_DAY="100000")
     client = app.test_client()
     reply = client.post("/api/chat/completion", json={"message": "hello", "model": "moonshot-v1-32k"},
@@ -106,6 +107,10 @@ def test_every_chat_request_is_recorded_with_the_upstreams_figures(ledger_app, d
     assert (first["status"], first["outcome"], first["stream"], first["cut_short"], first["estimated"]) == \
         (200, "ok", False, False, False)
     assert first["duration_ms"] > 0 and first["day"] == datetime.now(timezone.utc).date()
+    # The same duration as the request's access line.
+    [line] = [record.fields for record in caplog.records
+              if record.name == "kimi_backend.access" and record.fields["request_id"] == "req-one"]
+    assert first["duration_ms"] == line["duration_ms"]
     assert second["client"] == f"key:{key_id(KEY_B)}" and second["route"] == "/api/chat/stream"
     assert (second["stream"], second["cut_short"], second["cached_tokens"]) == (True, False, 2)
     assert f'"total_tokens":{second["total_tokens"]}' in stream_usage[0].replace(" ", "")

@@ -172,6 +172,21 @@ def test_our_memory_storage_increments_several_counters_in_one_call_as_one_at_a_
     assert [ours.get(key) for key in "abcd"] == [stock.get(key) for key in "abcd"]
 
 
+def test_adding_to_live_counters_gives_what_incr_gives_and_keeps_their_expiry():
+    """`add_to_live` (a budget's settlement) on counters an `incr_each` just made or renewed:
+    the stock `incr`'s values, and the expiry the reservation set (not moved on)."""
+    from limits.storage import MemoryStorage
+    from kimi_backend.memory_counts import MemoryCounts
+    ours, stock = MemoryCounts(), MemoryStorage()
+    ours.greenlets_only = True
+    for keys, amount in ((("a", "b"), 50), (("a",), 7), (("b", "a"), 30)):
+        assert ours.incr_each(keys, 60, amount) == [stock.incr(key, 60, amount) for key in keys]
+        expiries = [ours.expirations[key] for key in keys]
+        assert ours.add_to_live(keys, -amount + 3) == [stock.incr(key, 60, -amount + 3) for key in keys]
+        assert [ours.expirations[key] for key in keys] == expiries
+    assert [ours.get(key) for key in "ab"] == [stock.get(key) for key in "ab"] == [9, 6]
+
+
 def test_our_memory_storage_takes_no_lock_only_under_gevent():
     # Under gevent nothing in an increment can switch greenlets; with threads it must lock.
     probe = ("import kimi_backend.memory_counts as m; s = m.MemoryCounts(); s.incr('k', 60); "

@@ -43,6 +43,7 @@ class Exchange:
         self.messages = None
         self.reply = None
         self.streaming = False
+        self.duration_ms = None  # set by finish()
 
     def requested(self, requested_model: str, model: str, messages: list[dict]) -> None:
         """Notes the model the client asked for and the one asked of the upstream (and the
@@ -97,9 +98,10 @@ class Exchange:
         """Writes the request's log line and its metrics, then runs the finish callbacks."""
         elapsed = time.perf_counter() - self.started
         metrics.request_answered(self.method, self.route, self.status, elapsed, self.outcome)
+        self.duration_ms = round(elapsed * 1000, 1)
         fields = {
             "request_id": self.request_id, "method": self.method, "route": self.route, "path": self.path,
-            "status": self.status, "duration_ms": round(elapsed * 1000, 1), "client": self.client,
+            "status": self.status, "duration_ms": self.duration_ms, "client": self.client,
             "model": self.model, "requested_model": self.requested_model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
             "upstream_ms": self.upstream_ms, "upstream_type": self.upstream_type, "outcome": self.outcome,
         }

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import operator
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, NamedTuple
 
@@ -62,12 +63,13 @@ class Budget(NamedTuple):
 
 
 class _Listed(NamedTuple):
-    """The budgets that apply to a client, their counters' keys, and which of them are the
-    caller's own (all but the service's): (position, limit) each."""
+    """The budgets that apply to a client, their counters' keys, which of them are the
+    caller's own (all but the service's): (position, limit) each, and their limits."""
 
     budgets: tuple[Budget, ...]
     keys: tuple[str, ...]
     own: tuple[tuple[int, int], ...]
+    limits: tuple[int, ...]
 
 
 class _Day(NamedTuple):
@@ -82,7 +84,7 @@ class _Day(NamedTuple):
 class Charge:
     """One request's reservation: which budgets hold how much, until `settle()`."""
 
-    __slots__ = ("identity", "started", "prompt_estimate", "reserved", "add", "budgets", "keys", "own",
+    __slots__ = ("identity", "started", "prompt_estimate", "reserved", "add", "settle_add", "budgets", "keys", "own",
                  "counts", "refused", "used_before", "settled")
 
     def __init__(self, identity: str, started: datetime, prompt_estimate: int, reserved: int):
@@ -92,6 +94,8 @@ class Charge:
         self.reserved = reserved
         # Adds to each of `keys`: (keys, lifetime_s, amount) -> their new counts (`counter_adder`).
         self.add: Callable[[tuple[str, ...], int, int], list[int]] | None = None
+        # The same for the settlement, counters the reservation just made or renewed: (keys, amount).
+        self.settle_add: Callable[[tuple[str, ...], int], list[int]] | None = None
         self.budgets: tuple[Budget, ...] = ()  # those that hold a reservation, or held one
         self.keys: tuple[str, ...] = ()  # their counters
         self.own: tuple[tuple[int, int], ...] = ()  # the caller's own among them: (position, limit)
@@ -127,7 +131,7 @@ class Charge:
         if not delta or not self.budgets:
             return
         try:
-            self.counts = self.add(self.keys, COUNTER_LIFETIME_S, delta)
+            self.counts = self.settle_add(self.keys, delta)
         except StorageError as exc:
             BUDGET_SETTLE_FAILURES.inc()
             log.error("token budget not settled: its storage failed (%s)", type(exc.storage_error).__name__)
@@ -139,6 +143,16 @@ def counter_adder(storage: Storage) -> Callable[[tuple[str, ...], int, int], lis
     does it in one call (the shared one in one statement); another storage's, `incr_each`."""
     own = getattr(storage, "incr_each", None)
     return own if own is not None else functools.partial(incr_each, storage)
+
+
+def live_counter_adder(storage: Storage) -> Callable[[tuple[str, ...], int], list[int]]:
+    """What settles a reservation: adds to counters `counter_adder` made or renewed moments
+    ago. The memory store under gevent adds without looking at their expiry (`add_to_live`);
+    any other storage, as `counter_adder`'s does."""
+    if getattr(storage, "greenlets_only", False):
+        return storage.add_to_live
+    add = counter_adder(storage)
+    return lambda keys, amount: add(keys, COUNTER_LIFETIME_S, amount)
 
 
 def incr_each(storage: Storage, keys: tuple[str, ...], expiry_s: int, amount: int) -> list[int]:
@@ -167,6 +181,9 @@ class Budgets:
         self._storage = storage
         self.clock: Callable[[], datetime] = utc_now
         self._today = _Day(None, "", {})  # type: ignore[arg-type]  # no day yet
+        # The limiter's storage last seen, and what reserves and settles in it (it changes
+        # when the limiter falls back to memory, and back).
+        self._adders: tuple = (None, None, None)
 
     @property
     def configured(self) -> bool:
@@ -196,7 +213,8 @@ class Budgets:
                 today.lists.clear()
             budgets = self._list(today, identity, token_budget, address)
             own = tuple((position, budget.limit) for position, budget in enumerate(budgets) if budget.scope != "service")
-            listed = today.lists[asked] = _Listed(budgets, tuple(budget.key for budget in budgets), own)
+            listed = today.lists[asked] = _Listed(budgets, tuple(budget.key for budget in budgets), own,
+                                                  tuple(budget.limit for budget in budgets))
         return listed
 
     def _list(self, today: "_Day", identity: str, token_budget: int | None, address: str | None) -> tuple[Budget, ...]:
@@ -229,15 +247,21 @@ class Budgets:
         prompt = estimate.prompt_tokens(payload)
         amount = prompt + estimate.output_budget(payload, self.output_reserve)
         today = self._day(now.date())
-        budgets, keys, own = self._applicable(today, identity, token_budget, address)
+        budgets, keys, own, limits = self._applicable(today, identity, token_budget, address)
         charge = Charge(identity, now, prompt, amount)
         if not budgets:
             return charge
-        add = charge.add = counter_adder(self._storage())
+        storage = self._storage()
+        if self._adders[0] is not storage:  # worked out once per storage, not per request
+            self._adders = (storage, counter_adder(storage), live_counter_adder(storage))
+        _, add, charge.settle_add = self._adders
+        charge.add = add
         # Every budget at once (a failure raises with nothing reserved), then the first that
         # cannot hold it refuses, and every counter is given back.
         counts = add(keys, COUNTER_LIFETIME_S, amount)
         charge.budgets, charge.keys, charge.own, charge.counts = budgets, keys, own, counts
+        if not any(map(operator.gt, counts, limits)):  # compared in C: the usual case
+            return charge
         for budget, count in zip(budgets, counts):
             if count > budget.limit:
                 charge.refused, charge.used_before = budget, count - amount

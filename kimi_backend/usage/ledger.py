@@ -53,13 +53,14 @@ COLUMNS: tuple[str, ...] = tuple(column.name for column in usage.columns if colu
 
 
 def usage_row(exchange: Exchange, charge: Charge, cost: Cost) -> tuple:
-    """The ledger row of a finished request: its values in COLUMNS order."""
+    """The ledger row of a finished request: its values in COLUMNS order. (Its duration is
+    the access line's, the same figure.)"""
     served = exchange.model if exchange.usage is not None else None
     streaming, outcome, started = exchange.streaming, exchange.outcome, charge.started
     return (started, started.date(), exchange.request_id[:128], charge.identity[:256], exchange.route[:128],
             (exchange.requested_model or "")[:128] or None, served and str(served)[:128],
             *cost, exchange.status, str(outcome or "error")[:64],  # cost: prompt, completion, cached, total, estimated
-            round((time.perf_counter() - exchange.started) * 1000, 1), streaming, streaming and outcome != "ok")
+            exchange.duration_ms, streaming, streaming and outcome != "ok")
 
 
 def as_row(fields: dict) -> tuple:
