@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import operator
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, NamedTuple
 
@@ -63,13 +62,12 @@ class Budget(NamedTuple):
 
 
 class _Listed(NamedTuple):
-    """The budgets that apply to a client, their counters' keys, which of them are the
-    caller's own (all but the service's): (position, limit) each, and their limits."""
+    """The budgets that apply to a client, their counters' keys, and which of them are the
+    caller's own (all but the service's): (position, limit) each."""
 
     budgets: tuple[Budget, ...]
     keys: tuple[str, ...]
     own: tuple[tuple[int, int], ...]
-    limits: tuple[int, ...]
 
 
 class _Day(NamedTuple):
@@ -84,7 +82,7 @@ class _Day(NamedTuple):
 class Charge:
     """One request's reservation: which budgets hold how much, until `settle()`."""
 
-    __slots__ = ("identity", "started", "prompt_estimate", "reserved", "add", "settle_add", "budgets", "keys", "own",
+    __slots__ = ("identity", "started", "prompt_estimate", "reserved", "settle_add", "budgets", "keys", "own",
                  "counts", "refused", "used_before", "settled")
 
     def __init__(self, identity: str, started: datetime, prompt_estimate: int, reserved: int):
@@ -92,9 +90,8 @@ class Charge:
         self.started = started
         self.prompt_estimate = prompt_estimate
         self.reserved = reserved
-        # Adds to each of `keys`: (keys, lifetime_s, amount) -> their new counts (`counter_adder`).
-        self.add: Callable[[tuple[str, ...], int, int], list[int]] | None = None
-        # The same for the settlement, counters the reservation just made or renewed: (keys, amount).
+        # Adds to each of `keys`, counters the reservation made or renewed: (keys, amount) ->
+        # their new counts (`live_counter_adder`).
         self.settle_add: Callable[[tuple[str, ...], int], list[int]] | None = None
         self.budgets: tuple[Budget, ...] = ()  # those that hold a reservation, or held one
         self.keys: tuple[str, ...] = ()  # their counters
@@ -213,8 +210,7 @@ class Budgets:
                 today.lists.clear()
             budgets = self._list(today, identity, token_budget, address)
             own = tuple((position, budget.limit) for position, budget in enumerate(budgets) if budget.scope != "service")
-            listed = today.lists[asked] = _Listed(budgets, tuple(budget.key for budget in budgets), own,
-                                                  tuple(budget.limit for budget in budgets))
+            listed = today.lists[asked] = _Listed(budgets, tuple(budget.key for budget in budgets), own)
         return listed
 
     def _list(self, today: "_Day", identity: str, token_budget: int | None, address: str | None) -> tuple[Budget, ...]:
@@ -247,7 +243,7 @@ class Budgets:
         prompt = estimate.prompt_tokens(payload)
         amount = prompt + estimate.output_budget(payload, self.output_reserve)
         today = self._day(now.date())
-        budgets, keys, own, limits = self._applicable(today, identity, token_budget, address)
+        budgets, keys, own = self._applicable(today, identity, token_budget, address)
         charge = Charge(identity, now, prompt, amount)
         if not budgets:
             return charge
@@ -255,13 +251,10 @@ class Budgets:
         if self._adders[0] is not storage:  # worked out once per storage, not per request
             self._adders = (storage, counter_adder(storage), live_counter_adder(storage))
         _, add, charge.settle_add = self._adders
-        charge.add = add
         # Every budget at once (a failure raises with nothing reserved), then the first that
         # cannot hold it refuses, and every counter is given back.
         counts = add(keys, COUNTER_LIFETIME_S, amount)
         charge.budgets, charge.keys, charge.own, charge.counts = budgets, keys, own, counts
-        if not any(map(operator.gt, counts, limits)):  # compared in C: the usual case
-            return charge
         for budget, count in zip(budgets, counts):
             if count > budget.limit:
                 charge.refused, charge.used_before = budget, count - amount
