@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -23,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from kimi_backend import create_app
 from kimi_backend.config import parsers
 from kimi_backend.config.parsers import ConfigError, key_id
+from kimi_backend.usage import ledger as ledger_module
 from kimi_backend.usage.ledger import COLUMNS, Ledger, as_row, column_conversion
 from kimi_backend.usage.schema import make_engine, migrate, schema_version, usage
 from tests.conftest import base_config, close_app
@@ -419,6 +421,101 @@ def test_a_sqlite_batch_goes_out_as_a_few_multi_row_inserts_storing_what_core_wo
     inserts = [(sql, many) for sql, many in statements if sql.startswith("INSERT")]
     assert len(inserts) == 3 and not any(many for _, many in inserts)  # 64 + 64 + 22 rows
     assert stored(url) == core_stored(tmp_path, rows)
+
+
+def a_loop_ledger(tmp_path) -> tuple[Ledger, str, list[str], list[list]]:
+    """A SQLite ledger that writes as it does under gevent (`Ledger._send`): what it would hand
+    to gevent's thread pool runs in its writer thread here and is listed by name; each time it
+    opens its own connection, that connection's settings are listed."""
+    ledger, url = a_ledger(tmp_path, queue_size=1000)
+    ledger._gevent_sqlite = True
+    pooled, opened = [], []
+
+    def in_thread_pool(function, *args):
+        pooled.append(function.__name__)
+        function(*args)
+
+    def opening(real=ledger._open_loop_connection):
+        connection = real()
+        opened.append([connection.execute(f"PRAGMA {name}").fetchone()[0]
+                       for name in ("busy_timeout", "wal_autocheckpoint", "journal_mode", "synchronous")])
+        return connection
+    ledger._in_thread_pool, ledger._open_loop_connection = in_thread_pool, opening
+    return ledger, url, pooled, opened
+
+
+def test_under_gevent_sqlite_batches_go_through_the_writers_own_connection_that_never_waits(tmp_path):
+    # Each batch through gevent's thread pool cost the event loop's thread more than the insert.
+    ledger, url, pooled, opened = a_loop_ledger(tmp_path)
+    rows = [as_row(dict(ledger_row(i), client=f"sub:訪客-{i % 7}", estimated=bool(i % 3), duration_ms=i / 3))
+            for i in range(150)]
+    for batch in (rows[:70], rows[70:]):
+        for row in batch:
+            ledger.record(row)
+        assert ledger.flush(timeout_s=10)
+    ledger.close()
+    assert pooled == []
+    assert opened == [[0, 0, "wal", 1]]  # opened once; no waiting, no checkpoint; synchronous=NORMAL
+    assert ledger._loop_connection is None  # closed with the ledger
+    assert stored(url) == core_stored(tmp_path, rows)
+
+
+def test_a_batch_that_finds_the_write_lock_taken_is_written_from_the_thread_pool(tmp_path, caplog):
+    # Another worker's writer holds the lock: the event loop must not wait for it.
+    ledger, url, pooled, _ = a_loop_ledger(tmp_path)
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    ledger._in_thread_pool = lambda function, *args: (pooled.append(function.__name__), holder.rollback(), function(*args))
+    lost_before = metric("kimi_usage_ledger_rows_total", result="lost_write_failed")
+    try:
+        for i in range(3):
+            ledger.record(as_row(ledger_row(i)))
+        assert ledger.flush(timeout_s=10)
+    finally:
+        ledger.close()
+        holder.close()
+    assert pooled == ["_execute"]
+    assert count_rows(url) == 3
+    assert metric("kimi_usage_ledger_rows_total", result="lost_write_failed") == lost_before
+    assert "failed" not in caplog.text
+
+
+def test_the_wal_is_checkpointed_from_the_thread_pool_every_so_many_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_module, "CHECKPOINT_EVERY_ROWS", 100)
+    ledger, url, pooled, _ = a_loop_ledger(tmp_path)
+    database = url.removeprefix("sqlite:///")
+    try:
+        for i in range(60):
+            ledger.record(as_row(ledger_row(i)))
+        assert ledger.flush(timeout_s=10)
+        size = os.path.getsize(database)  # the rows are in the WAL alone
+        assert pooled == []
+        for i in range(60, 120):
+            ledger.record(as_row(ledger_row(i)))
+        assert ledger.flush(timeout_s=10)
+        assert pooled == ["_run_checkpoint"]
+        assert os.path.getsize(database) > size  # copied into the database file
+        for i in range(120, 180):
+            ledger.record(as_row(ledger_row(i)))
+        assert ledger.flush(timeout_s=10)
+        assert pooled == ["_run_checkpoint"]  # counted afresh from the checkpoint
+    finally:
+        ledger.close()
+    assert count_rows(url) == 180
+
+
+def test_a_failed_batch_on_the_writers_connection_leaves_nothing_half_written(tmp_path):
+    # The lone surrogate fails the batch after its first row went in: that row must not be in
+    # twice once the batch goes again (the connection is dropped, its transaction with it).
+    ledger, url, pooled, opened = a_loop_ledger(tmp_path)
+    try:
+        ledger.record(as_row(ledger_row(0)))
+        ledger.record(as_row(dict(ledger_row(1), model_served="kimi-\udc80")))
+        assert ledger.flush(timeout_s=10)
+    finally:
+        ledger.close()
+    assert count_rows(url) == 2
+    assert len(opened) == 2 and pooled == []
 
 
 # Any text but a lone surrogate, which JSON intake refuses (see the test after).
