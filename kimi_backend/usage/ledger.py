@@ -241,7 +241,6 @@ class Ledger:
         # SQLite under gevent: the writer's own connection (see `_send`), and the rows it
         # wrote since the last checkpoint.
         self._loop_connection = None
-        self._loop_driver = None  # its driver connection
         self._unchecked_rows = 0
         # What a failed write raises: SQLAlchemy's errors, and the driver's own from that connection.
         self._database_errors = (SQLAlchemyError, engine.dialect.loaded_dbapi.Error)
@@ -372,7 +371,7 @@ class Ledger:
                 break
             except self._database_errors as exc:
                 LEDGER_WRITE_ERRORS.inc()
-                reason = str(exc.orig if getattr(exc, "orig", None) else exc).splitlines()[0][:200]
+                reason = _failure_reason(exc)
                 if delay is None or self._closed:
                     LEDGER_ROWS.labels("lost_write_failed").inc(len(batch))
                     log.error("usage ledger: %d rows lost, the database failed (%s)", len(batch), reason)
@@ -412,7 +411,7 @@ class Ledger:
     def _execute_without_waiting(self, statements: list[tuple[str, tuple | list]]) -> bool:
         """`_execute` through the writer's own SQLite connection, unless another connection holds
         the write lock: then nothing is written and the answer is False."""
-        connection = self._loop_driver if self._loop_connection is not None else self._open_loop_connection()
+        connection = self._loop_connection or self._open_loop_connection()
         try:
             connection.execute("BEGIN IMMEDIATE")  # takes the write lock now, or fails at once
         except connection.OperationalError as exc:
@@ -434,14 +433,14 @@ class Ledger:
         engine (WAL, ...), then to never wait for the write lock and never checkpoint."""
         pooled = self.engine.raw_connection()
         connection = pooled.driver_connection
-        pooled.detach()  # never handed to anyone else, with these settings: closing it closes it
+        pooled.detach()  # never handed to anyone else, with these settings; closed by `_close_loop_connection`
         connection.execute("PRAGMA busy_timeout = 0")
         connection.execute("PRAGMA wal_autocheckpoint = 0")
-        self._loop_connection, self._loop_driver = pooled, connection
+        self._loop_connection = connection
         return connection
 
     def _close_loop_connection(self) -> None:
-        connection, self._loop_connection, self._loop_driver = self._loop_connection, None, None
+        connection, self._loop_connection = self._loop_connection, None
         if connection is not None:
             with contextlib.suppress(Exception):  # closing, after a failure: nothing more to do
                 connection.close()
@@ -453,7 +452,7 @@ class Ledger:
         try:
             self._in_thread_pool(self._run_checkpoint)
         except SQLAlchemyError as exc:
-            log.warning("usage ledger: WAL checkpoint failed (%s)", str(getattr(exc, "orig", None) or exc).splitlines()[0][:200])
+            log.warning("usage ledger: WAL checkpoint failed (%s)", _failure_reason(exc))
 
     def _run_checkpoint(self) -> None:
         with self.engine.connect() as conn:
@@ -464,6 +463,11 @@ class Ledger:
         the GIL while it waits for a lock or the disk), the event loop going on meanwhile."""
         import gevent
         gevent.get_hub().threadpool.apply(function, args)
+
+
+def _failure_reason(exc: Exception) -> str:
+    """A database error's first line, for the log: the driver's own error when SQLAlchemy wraps one."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
 
 
 def open_ledger(engine: Engine, *, queue_size: int, flush_interval_s: float) -> Ledger:
